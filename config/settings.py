@@ -1,0 +1,233 @@
+"""
+emailsvc settings: every value comes from the environment (12-factor).
+
+Each setting is documented in README.md ("Settings"). Invalid values fail at
+start-up with a message naming the variable.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.str(name, default=default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _positive_number(name: str, default: float, cast=float) -> float:
+    try:
+        value = cast(env.str(name, default=str(default)))
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number") from None
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be greater than 0")
+    return value
+
+
+def _domain_list(name: str, default: list[str] | None = None) -> list[str]:
+    return [d.strip().lower().lstrip(".") for d in env.list(name, default=default or []) if d.strip()]
+
+
+# --- Core -------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set (or DEBUG=true for local use)")
+    SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "anymail",
+    "emailsvc",
+    "tracking",
+    "templates_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and beat are separate processes sharing one file: wait for
+    # the write lock instead of failing, and take it at BEGIN.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    # Tests run a real Celery worker in another process: it needs a file too.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Request limits ---------------------------------------------------------
+# A message may be up to MAX_MESSAGE_BYTES once MIME-encoded; its JSON request
+# (base64 attachments) is a little larger, so the raw body limit has headroom.
+MAX_MESSAGE_BYTES = int(_positive_number("MAX_MESSAGE_BYTES", 10 * 1024 * 1024, int))
+DATA_UPLOAD_MAX_MEMORY_SIZE = int(MAX_MESSAGE_BYTES * 1.5)
+MAX_RECIPIENTS = int(_positive_number("MAX_RECIPIENTS", 50, int))
+MAX_METADATA_BYTES = int(_positive_number("MAX_METADATA_BYTES", 10 * 1024, int))
+
+# --- REST API ---------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["emailsvc.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["emailsvc.auth.CanRead"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "emailsvc.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "emailsvc API",
+    "DESCRIPTION": (
+        "Self-hosted transactional email service. Authenticate with "
+        "`Authorization: Bearer <key>` or `X-API-Key: <key>`. Every error body is "
+        '`{"error": "<stable_code>", "detail": "<text>", "fields": {...}}`.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+}
+
+# --- Sending ----------------------------------------------------------------
+EMAIL_PROVIDER = _choice("EMAIL_PROVIDER", "sandbox", ("sandbox", "ses", "smtp", "console"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="emailsvc@example.com")
+DEFAULT_FROM_NAME = env.str("DEFAULT_FROM_NAME", default="")
+# Empty ALLOWED_FROM_DOMAINS means "only the domain of DEFAULT_FROM_EMAIL";
+# "*" allows any. Empty reply-to / recipient lists allow any domain.
+ALLOWED_FROM_DOMAINS = _domain_list("ALLOWED_FROM_DOMAINS") or [DEFAULT_FROM_EMAIL.rpartition("@")[2].lower()]
+ALLOWED_REPLY_TO_DOMAINS = _domain_list("ALLOWED_REPLY_TO_DOMAINS")
+ALLOWED_RECIPIENT_DOMAINS = _domain_list("ALLOWED_RECIPIENT_DOMAINS")
+SEND_RATE_PER_SECOND = _positive_number("SEND_RATE_PER_SECOND", 14)
+DELIVERY_MAX_ATTEMPTS = int(_positive_number("DELIVERY_MAX_ATTEMPTS", 8, int))
+DELIVERY_RETRY_BASE_SECONDS = _positive_number("DELIVERY_RETRY_BASE_SECONDS", 2)
+DELIVERY_RETRY_MAX_SECONDS = _positive_number("DELIVERY_RETRY_MAX_SECONDS", 600)
+
+SES_CONFIGURATION_SET = env.str("SES_CONFIGURATION_SET", default="")
+SES_EVENTS_QUEUE_URL = env.str("SES_EVENTS_QUEUE_URL", default="")
+AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default="us-east-1"))
+AWS_ENDPOINT_URL = env.str("AWS_ENDPOINT_URL", default="")
+if EMAIL_PROVIDER == "sandbox" and not AWS_ENDPOINT_URL:
+    raise ImproperlyConfigured(
+        "EMAIL_PROVIDER=sandbox needs AWS_ENDPOINT_URL pointing at the local AWS emulator "
+        "(`make run` starts one); use EMAIL_PROVIDER=ses for Amazon SES"
+    )
+
+ANYMAIL = {
+    "AMAZON_SES_CLIENT_PARAMS": {"region_name": AWS_REGION},
+}
+if SES_CONFIGURATION_SET:
+    ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
+
+EMAIL_HOST = env.str("SMTP_HOST", default="localhost")
+EMAIL_PORT = env.int("SMTP_PORT", default=25)
+EMAIL_HOST_USER = env.str("SMTP_USERNAME", default="")
+EMAIL_HOST_PASSWORD = env.str("SMTP_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("SMTP_USE_TLS", default=False)
+EMAIL_USE_SSL = env.bool("SMTP_USE_SSL", default=False)
+EMAIL_TIMEOUT = _positive_number("SMTP_TIMEOUT", 30)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("SMTP_USE_TLS and SMTP_USE_SSL are mutually exclusive")
+
+# --- Celery -----------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_DEFAULT_QUEUE = "emails.normal"
+CELERY_TASK_QUEUES = [Queue("emails.high"), Queue("emails.normal"), Queue("emails.low")]
+# A task is acknowledged only after it ran, and re-delivered if its worker died.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULE: dict = {}
+
+# --- Logging ----------------------------------------------------------------
+LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "emailsvc.redaction.RedactAddressesFilter"}},
+    "formatters": {
+        "keyvalue": {"format": "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "keyvalue", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "botocore": {"level": "WARNING"},
+        "boto3": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class EmailsvcConfig(AppConfig):
+    name = "emailsvc"
+    verbose_name = "Sending"

@@ -1,0 +1,210 @@
+"""Sending facts: messages, their recipients, groups, suppressions and API keys (SPEC §3)."""
+
+import uuid
+
+from django.db import models
+from django.db.models.functions import Lower
+
+
+def new_email_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Status(models.TextChoices):
+    """Recipient and message statuses; see PRECEDENCE for how they order."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELAYED = "delayed"
+    SOFT_BOUNCED = "soft_bounced"
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+
+
+# Higher wins; a late event never lowers a recipient's status (SPEC §3).
+PRECEDENCE = {
+    Status.SCHEDULED: 0,
+    Status.QUEUED: 0,
+    Status.SENDING: 1,
+    Status.SENT: 2,
+    Status.DELAYED: 3,
+    Status.SOFT_BOUNCED: 3,
+    Status.DELIVERED: 4,
+    Status.OPENED: 5,
+    Status.CLICKED: 6,
+    Status.BOUNCED: 7,
+    Status.COMPLAINED: 8,
+}
+# Terminal states reached without handing the recipient to the provider.
+NOT_SENT_STATUSES = frozenset({Status.FAILED, Status.SUPPRESSED, Status.CANCELLED})
+
+
+class Priority(models.TextChoices):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class Provider(models.TextChoices):
+    SANDBOX = "sandbox"
+    SES = "ses"
+    SMTP = "smtp"
+    CONSOLE = "console"
+
+
+class ApiKey(models.Model):
+    class Permission(models.TextChoices):
+        READ_ONLY = "read_only"
+        SENDING = "sending"
+        FULL = "full"
+
+    RANK = {Permission.READ_ONLY: 0, Permission.SENDING: 1, Permission.FULL: 2}
+
+    name = models.CharField(max_length=200)
+    prefix = models.CharField(max_length=16, unique=True, help_text="Public part of the key, shown in lists")
+    secret_hash = models.CharField(max_length=64, help_text="SHA-256 of the whole key; the key itself is never stored")
+    permission = models.CharField(max_length=16, choices=Permission.choices, default=Permission.SENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…, {self.permission})"
+
+    def allows(self, permission: str) -> bool:
+        return self.RANK[self.permission] >= self.RANK[permission]
+
+
+class Group(models.Model):
+    """A caller-named set of messages (an invite batch, a campaign)."""
+
+    id = models.CharField(primary_key=True, max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class Message(models.Model):
+    """One submitted email. Its status summarises its recipients' statuses."""
+
+    email_id = models.CharField(max_length=200, unique=True, default=new_email_id, help_text="Public id")
+    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    from_email = models.CharField(max_length=320)
+    from_name = models.CharField(max_length=200, blank=True)
+    reply_to = models.JSONField(default=list, blank=True)
+    subject = models.TextField(blank=True)
+    html = models.TextField(blank=True)
+    text = models.TextField(blank=True)
+    headers = models.JSONField(default=dict, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    template_name = models.CharField(max_length=200, blank=True)
+    template_version = models.PositiveIntegerField(null=True, blank=True)
+    template_data = models.JSONField(null=True, blank=True)
+    send_at = models.DateTimeField(null=True, blank=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    sending_started_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status", "created_at"], name="message_status_created"),
+            models.Index(fields=["group", "created_at"], name="message_group_created"),
+            models.Index(fields=["-created_at"], name="message_created_desc"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.email_id)
+
+
+class Attachment(models.Model):
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
+    filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=255)
+    content = models.BinaryField()
+    size = models.PositiveIntegerField()
+
+    def __str__(self) -> str:
+        return self.filename
+
+
+class Recipient(models.Model):
+    """One address of a message with its own engagement facts."""
+
+    class Role(models.TextChoices):
+        TO = "to"
+        CC = "cc"
+        BCC = "bcc"
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients")
+    email = models.CharField(max_length=320, help_text="Lower-cased address")
+    name = models.CharField(max_length=200, blank=True)
+    role = models.CharField(max_length=3, choices=Role.choices, default=Role.TO)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    delayed = models.PositiveIntegerField(default=0)
+    opens = models.JSONField(default=list, blank=True)
+    last_opened_at = models.DateTimeField(null=True, blank=True)
+    clicks = models.JSONField(default=list, blank=True)
+    bounce = models.JSONField(null=True, blank=True)
+    complained_at = models.DateTimeField(null=True, blank=True)
+    complaint_feedback_type = models.CharField(max_length=64, blank=True)
+    failed_reason = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "email"], name="recipient_unique_per_message")]
+        indexes = [models.Index(fields=["email"], name="recipient_email")]
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Suppression(models.Model):
+    """An address that must not be sent to. Checked before every send."""
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce"
+        COMPLAINT = "complaint"
+        SOFT_BOUNCE_LIMIT = "soft_bounce_limit"
+        MANUAL = "manual"
+        UNSUBSCRIBE = "unsubscribe"
+
+    email = models.CharField(max_length=320, unique=True, help_text="Lower-cased address")
+    reason = models.CharField(max_length=24, choices=Reason.choices, default=Reason.MANUAL)
+    source = models.CharField(max_length=255, blank=True, help_text="Event id or who added it")
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(email=Lower("email")), name="suppression_email_lowercase"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email

@@ -1,0 +1,13 @@
+"""Celery entry points of the sending side: load by id, call the service."""
+
+from celery import shared_task
+
+from emailsvc.services import DeliveryDeferred, message_deliver
+
+
+@shared_task(bind=True, name="emailsvc.deliver", max_retries=None, acks_late=True, reject_on_worker_lost=True)
+def message_deliver_task(self, message_id: int) -> None:
+    try:
+        message_deliver(message_id=message_id)
+    except DeliveryDeferred as deferred:
+        raise self.retry(countdown=deferred.countdown, exc=deferred) from None

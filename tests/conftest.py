@@ -1,0 +1,202 @@
+"""Shared fixtures: API clients with keys, and the real servers at every boundary —
+an aiosmtpd SMTP server, moto's standalone AWS server, and a Celery worker process."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import boto3
+import pytest
+from aiosmtpd.controller import Controller
+from django.conf import settings as django_settings
+from django.db import connections
+from rest_framework.test import APIClient
+
+from config.devservices import free_port, start_moto, stop
+from emailsvc.models import ApiKey, Message, Status
+from emailsvc.services import api_key_create
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PENDING = {Status.QUEUED, Status.SENDING, Status.SCHEDULED}
+
+
+# --- API clients ------------------------------------------------------------
+
+
+@pytest.fixture
+def make_client(db):
+    def make(permission: str = ApiKey.Permission.SENDING, *, header: str = "bearer") -> APIClient:
+        _, raw_key = api_key_create(name=f"test {permission}", permission=permission)
+        client = APIClient()
+        if header == "bearer":
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+        else:
+            client.credentials(HTTP_X_API_KEY=raw_key)
+        client.raw_key = raw_key
+        return client
+
+    return make
+
+
+@pytest.fixture
+def api(make_client) -> APIClient:
+    """A client whose key may send."""
+    return make_client(ApiKey.Permission.SENDING)
+
+
+def wait_for_status(email_id: str, *, timeout: float = 30, pending=PENDING) -> Message:
+    """Poll the database until the message leaves the pending states."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = Message.objects.get(email_id=email_id)
+        if message.status not in pending or time.monotonic() > deadline:
+            return message
+        time.sleep(0.1)
+
+
+# --- SMTP server ------------------------------------------------------------
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)
+
+
+@dataclass
+class SmtpSink:
+    """Everything a real aiosmtpd server received, in order."""
+
+    host: str
+    port: int
+    received: list[ReceivedMail] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.received.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+    def matching(self, needle: str) -> list[ReceivedMail]:
+        with self.lock:
+            return [mail for mail in self.received if needle.encode() in mail.data]
+
+    def wait_for(self, needle: str, *, count: int = 1, timeout: float = 30) -> list[ReceivedMail]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.matching(needle)
+            if len(found) >= count:
+                return found
+            time.sleep(0.05)
+        return self.matching(needle)
+
+
+@pytest.fixture(scope="session")
+def smtp_server():
+    sink = SmtpSink(host="127.0.0.1", port=free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port, decode_data=False)
+    controller.start()
+    yield sink
+    controller.stop()
+
+
+# --- moto (AWS) -------------------------------------------------------------
+
+
+@dataclass
+class MotoServer:
+    url: str
+
+    def client(self, service: str):
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1")
+
+    def sent_raw_messages(self) -> list[dict]:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/moto-api/data.json") as response:
+            data = json.load(response)
+        return data.get("ses", {}).get("RawMessage", []) + data.get("sesv2", {}).get("RawMessage", [])
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    process, url = start_moto()
+    server = MotoServer(url=url)
+    server.client("sesv2").create_email_identity(EmailIdentity="example.com")
+    yield server
+    stop(process)
+
+
+# --- Celery worker ----------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _worker_env(smtp_server: SmtpSink, moto_server: MotoServer) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        TESTS_DB_NAME=str(connections["default"].settings_dict["NAME"]),
+        REDIS_URL=django_settings.REDIS_URL,
+        CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
+        SMTP_HOST=smtp_server.host,
+        SMTP_PORT=str(smtp_server.port),
+        AWS_ENDPOINT_URL=moto_server.url,
+        DELIVERY_RETRY_BASE_SECONDS="0.2",
+        DELIVERY_RETRY_MAX_SECONDS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 2, name: str = "tests") -> WorkerProcess:
+    from config.celery import app
+
+    app.control.purge()  # tasks of earlier runs point at rows that no longer exist
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [
+            sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
+            "--concurrency", str(concurrency), "--queues", "emails.high,emails.normal,emails.low",
+            "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ],
+        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while "ready." not in log_path.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
+            raise RuntimeError(f"celery worker did not start:\n{log_path.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return WorkerProcess(process=process, log_path=log_path)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, smtp_server, moto_server, tmp_path_factory):
+    """A real `celery worker` process on the test database, SMTP server and moto.
+
+    Tests that use it need `@pytest.mark.django_db(transaction=True)` so the
+    worker sees their committed rows.
+    """
+    worker = start_worker(_worker_env(smtp_server, moto_server), tmp_path_factory.mktemp("worker") / "worker.log")
+    yield worker
+    stop(worker.process)

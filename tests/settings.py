@@ -1,0 +1,29 @@
+"""Settings for the test suite: the real settings, with safe defaults for tests.
+
+Without REDIS_URL an embedded Redis is started for the test session (zero-config
+`make test`). A Celery worker started by the tests gets TESTS_DB_NAME so it uses
+the test database.
+"""
+
+import atexit
+import os
+
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
+os.environ.setdefault("EMAIL_PROVIDER", "console")
+os.environ.setdefault("ALLOWED_FROM_DOMAINS", "example.com")
+os.environ.setdefault("DEFAULT_FROM_EMAIL", "noreply@example.com")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+if not os.environ.get("REDIS_URL"):
+    from config.devservices import start_redis, stop
+
+    _redis, os.environ["REDIS_URL"] = start_redis()
+    atexit.register(stop, _redis)
+
+from config.settings import *  # noqa: E402,F403
+from config.settings import DATABASES  # noqa: E402
+
+if os.environ.get("TESTS_DB_NAME"):
+    DATABASES["default"]["NAME"] = os.environ["TESTS_DB_NAME"]
