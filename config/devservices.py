@@ -117,6 +117,8 @@ def run() -> int:
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{_persistent_secret('flower_password')}")
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The Procfile's commands (gunicorn, celery) live next to this interpreter.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     admin_password = _persistent_secret("admin_password")
     started: list[subprocess.Popen] = []
     python = sys.executable

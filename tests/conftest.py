@@ -83,8 +83,17 @@ class SmtpSink:
     received: list[ReceivedMail] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    refusals: list[str] = field(default_factory=list)
+
+    def refuse_next(self, reply: str) -> None:
+        """Answer the next DATA with `reply` (e.g. "550 5.1.1 no such user") instead of 250."""
+        with self.lock:
+            self.refusals.append(reply)
+
     async def handle_DATA(self, server, session, envelope):
         with self.lock:
+            if self.refusals:
+                return self.refusals.pop(0)
             self.received.append(ReceivedMail(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 Message accepted for delivery"
 
