@@ -1,13 +1,26 @@
 """Admin: support staff look up addresses, manage suppressions, keys and messages."""
 
+from django import forms
 from django.contrib import admin, messages
 
 from emailsvc import services
 from emailsvc.models import ApiKey, Attachment, Message, Recipient, Suppression
 
 
+class SuppressionForm(forms.ModelForm):
+    email = forms.EmailField(max_length=320)
+
+    class Meta:
+        model = Suppression
+        fields = ("email", "reason", "note", "expires_at", "source")
+
+    def clean_email(self):
+        return self.cleaned_data["email"].strip().lower()
+
+
 @admin.register(Suppression)
 class SuppressionAdmin(admin.ModelAdmin):
+    form = SuppressionForm
     list_display = ("email", "reason", "source", "created_at", "expires_at")
     list_filter = ("reason",)
     search_fields = ("email", "note", "source")
