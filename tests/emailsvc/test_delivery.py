@@ -125,8 +125,8 @@ def test_ses_delivery_through_moto(api, ses_provider, celery_worker, moto_server
 
 
 def test_ses_configuration_set_header(api, ses_provider, settings, celery_worker, moto_server):
-    # The worker process reads its own settings; the header is checked on the
-    # message built for it by the same code path the worker uses.
+    # The worker process's settings are fixed at its start; the header is
+    # checked on the message built by the same function the worker uses.
     from emailsvc.providers import build_email
 
     settings.SES_CONFIGURATION_SET = "tracking"
@@ -137,10 +137,8 @@ def test_ses_configuration_set_header(api, ses_provider, settings, celery_worker
     wait_for_status(email_id)
 
 
-def test_ses_rejection_fails_with_reason(api, ses_provider, celery_worker, moto_server):
+def test_ses_rejection_fails_with_reason(api, ses_provider, settings, celery_worker, moto_server):
     # moto refuses a from-domain that has no verified identity, as SES does.
-    from django.conf import settings
-
     settings.ALLOWED_FROM_DOMAINS = ["example.com", "unverified.example.org"]
     email_id = send(api, {"from": "x@unverified.example.org", "to": "jane@example.com", "subject": "s", "text": "t"})[
         "email_id"
