@@ -150,8 +150,7 @@ def validation_failed_from_drf(errors) -> ValidationFailed:
     else:
         field, messages = next(((f, m) for f, m in fields.items()), ("", []))
         detail = f"{_DETAILS[code]} {field}: {messages[0]}" if messages else _DETAILS[code]
-    error_class = PayloadTooLarge if code == "payload_too_large" else ValidationFailed
-    return error_class(detail, fields=fields, code=code)
+    return ValidationFailed(detail, fields=fields, code=code)
 
 
 def error_body(error: EmailsvcError) -> dict:

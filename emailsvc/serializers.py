@@ -44,7 +44,7 @@ def _rename_field(fields: dict, old: str, new: str) -> dict:
     return {(new if name == old else name): field for name, field in fields.items()}
 
 
-def parse_address(value, *, field: str) -> tuple[str, str]:
+def parse_address(value) -> tuple[str, str]:
     """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address)."""
     if isinstance(value, dict):
         name, address = value.get("name") or "", value.get("email")
@@ -75,7 +75,7 @@ class AddressField(serializers.Field):
     """One address: a string (optionally with display name) or {email, name}."""
 
     def to_internal_value(self, data):
-        return parse_address(data, field=self.field_name)
+        return parse_address(data)
 
     def to_representation(self, value):
         return value
@@ -90,7 +90,7 @@ class AddressListField(serializers.Field):
         parsed, errors = [], []
         for item in items:
             try:
-                parsed.append(parse_address(item, field=self.field_name))
+                parsed.append(parse_address(item))
             except serializers.ValidationError as error:
                 errors.extend(error.detail)
         if errors:

@@ -262,14 +262,16 @@ def message_deliver(*, message_id: int) -> Message | None:
     try:
         provider_message_id = providers.provider_send(message, sendable, list(message.attachments.all()))
     except providers.TransientDeliveryError as error:
-        if isinstance(error, providers.AccountStoppedError):
+        account_stopped = isinstance(error, providers.AccountStoppedError)
+        if account_stopped:
+            # The account, not this message, is at fault: keep waiting, never fail it.
             logger.error("ALERT provider account stopped sending: %s", error.reason)
-        if message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+        elif message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
             return _fail(message, sendable, f"gave up after {message.attempts} attempts: {error.reason}")
         Message.objects.filter(pk=message.pk, status=Status.SENDING).update(
             status=Status.QUEUED, last_error=error.reason, updated_at=timezone.now()
         )
-        countdown = _retry_delay(message.attempts, error.wait_seconds)
+        countdown = settings.DELIVERY_RETRY_MAX_SECONDS if account_stopped else _retry_delay(message.attempts, error.wait_seconds)
         logger.warning("delivery deferred email_id=%s attempt=%d in=%.1fs: %s", message.email_id, message.attempts, countdown, error.reason)
         raise DeliveryDeferred(countdown=countdown, reason=error.reason) from error
     except providers.PermanentDeliveryError as error:
