@@ -182,6 +182,24 @@ ANYMAIL = {
 if SES_CONFIGURATION_SET:
     ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
 
+# --- Tracking (SES events) ----------------------------------------------------
+# The SQS queue SES events reach through SNS. In sandbox mode it defaults to a
+# queue on the local AWS emulator that the event simulator fills.
+SES_EVENTS_QUEUE_URL = env.str("SES_EVENTS_QUEUE_URL", default="")
+SANDBOX_EVENTS_QUEUE_NAME = "emailsvc-ses-events"
+SES_EVENTS_DRAIN_INTERVAL_SECONDS = _positive_number("SES_EVENTS_DRAIN_INTERVAL_SECONDS", 10)
+# One drain run stops receiving after this long, so runs never pile up.
+SES_EVENTS_DRAIN_MAX_SECONDS = _positive_number("SES_EVENTS_DRAIN_MAX_SECONDS", 8)
+SES_EVENTS_WAIT_SECONDS = int(_positive_number("SES_EVENTS_WAIT_SECONDS", 2, int))
+if SES_EVENTS_WAIT_SECONDS > 20:
+    raise ImproperlyConfigured("SES_EVENTS_WAIT_SECONDS must be at most 20 (the SQS long-poll limit)")
+# How long a received message stays hidden; if it is not deleted by then (the
+# drain died before committing) it comes back and is applied then.
+SES_EVENTS_VISIBILITY_TIMEOUT = int(_positive_number("SES_EVENTS_VISIBILITY_TIMEOUT", 60, int))
+# SNS HTTPS endpoint (/webhooks/ses/): only these topics are accepted and confirmed.
+SNS_ALLOWED_TOPIC_ARNS = env.list("SNS_ALLOWED_TOPIC_ARNS", default=[])
+SNS_MAX_AGE_SECONDS = int(_positive_number("SNS_MAX_AGE_SECONDS", 3600, int))
+
 EMAIL_HOST = env.str("SMTP_HOST", default="localhost")
 EMAIL_PORT = env.int("SMTP_PORT", default=25)
 EMAIL_HOST_USER = env.str("SMTP_USERNAME", default="")
@@ -201,7 +219,9 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
 CELERY_TASK_DEFAULT_QUEUE = "emails.normal"
-CELERY_TASK_QUEUES = [Queue("emails.high"), Queue("emails.normal"), Queue("emails.low")]
+# `events` carries the SES event drain so a deep send backlog never delays tracking.
+CELERY_TASK_QUEUES = [Queue("emails.high"), Queue("emails.normal"), Queue("emails.low"), Queue("events")]
+CELERY_TASK_ROUTES = {"tracking.*": {"queue": "events"}}
 # A task is acknowledged only after it ran, and re-delivered if its worker died.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -209,7 +229,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 CELERY_TASK_SEND_SENT_EVENT = True
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE = {
+    "drain-ses-events": {
+        "task": "tracking.drain_events",
+        "schedule": SES_EVENTS_DRAIN_INTERVAL_SECONDS,
+        # A run that could not start before the next one is due is dropped, not stacked.
+        "options": {"expires": SES_EVENTS_DRAIN_INTERVAL_SECONDS},
+    },
+}
 
 # --- Logging ----------------------------------------------------------------
 LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()

@@ -19,10 +19,18 @@ def suppressed_addresses(*, addresses: list[str]) -> dict[str, str]:
 
 
 def message_detail_queryset() -> QuerySet[Message]:
+    from tracking.models import EngagementEvent
+
     return Message.objects.select_related("group").prefetch_related(
         "recipients",
         Prefetch("attachments", queryset=Attachment.objects.defer("content")),
+        Prefetch("events", queryset=EngagementEvent.objects.defer("raw").order_by("occurred_at", "id")),
     )
+
+
+def message_list_queryset() -> QuerySet[Message]:
+    """Messages for lists: no bodies, recipients in one extra query per page."""
+    return Message.objects.defer("html", "text", "headers", "template_data").prefetch_related("recipients")
 
 
 def message_get(*, email_id: str) -> Message:

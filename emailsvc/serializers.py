@@ -230,8 +230,10 @@ class RecipientDetailSerializer(serializers.Serializer):
     delivered_at = serializers.DateTimeField(allow_null=True)
     delayed = serializers.IntegerField()
     opens = serializers.ListField(child=serializers.DictField())
+    open_count = serializers.IntegerField()
     last_opened_at = serializers.DateTimeField(allow_null=True)
     clicks = serializers.ListField(child=serializers.DictField())
+    click_count = serializers.IntegerField()
     bounce = serializers.DictField(allow_null=True)
     complained_at = serializers.DateTimeField(allow_null=True)
     complaint_feedback_type = serializers.CharField()
@@ -249,21 +251,27 @@ class SenderSerializer(serializers.Serializer):
     name = serializers.CharField(source="from_name")
 
 
-class EmailDetailOutputSerializer(serializers.Serializer):
-    """GET /api/v1/emails/{email_id}: the whole record."""
+class EventOutputSerializer(serializers.Serializer):
+    """One entry of an email's event timeline."""
+
+    event_id = serializers.CharField()
+    type = serializers.CharField(source="event_type")
+    recipient = serializers.CharField(source="recipient_email")
+    occurred_at = serializers.DateTimeField()
+    received_at = serializers.DateTimeField()
+    detail = serializers.DictField()
+
+
+class EmailSummaryOutputSerializer(serializers.Serializer):
+    """An email in a list: everything but its bodies, attachments and events."""
 
     email_id = serializers.CharField()
     group_id = serializers.CharField(allow_null=True)
     status = serializers.CharField()
     from_ = SenderSerializer(source="*")
-    reply_to = serializers.ListField(child=serializers.CharField())
     subject = serializers.CharField()
-    html = serializers.CharField()
-    text = serializers.CharField()
-    headers = serializers.DictField(child=serializers.CharField())
     tags = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
-    attachments = AttachmentOutputSerializer(many=True)
     priority = serializers.CharField()
     provider = serializers.CharField()
     provider_message_id = serializers.CharField()
@@ -276,3 +284,14 @@ class EmailDetailOutputSerializer(serializers.Serializer):
 
     def get_fields(self):
         return _rename_field(super().get_fields(), "from_", "from")
+
+
+class EmailDetailOutputSerializer(EmailSummaryOutputSerializer):
+    """GET /api/v1/emails/{email_id}: the whole record with its event timeline."""
+
+    reply_to = serializers.ListField(child=serializers.CharField())
+    html = serializers.CharField()
+    text = serializers.CharField()
+    headers = serializers.DictField(child=serializers.CharField())
+    attachments = AttachmentOutputSerializer(many=True)
+    events = EventOutputSerializer(many=True)

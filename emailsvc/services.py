@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from emailsvc import providers
 from emailsvc.errors import Conflict, PayloadTooLarge
-from emailsvc.models import ApiKey, Attachment, Group, Message, Recipient, Status, Suppression
+from emailsvc.models import ApiKey, Attachment, Group, Message, Provider, Recipient, Status, Suppression
 from emailsvc.policy import check_sender_policy
 from emailsvc.redaction import redact_address
 from emailsvc.selectors import suppressed_addresses
@@ -278,10 +278,29 @@ def message_deliver(*, message_id: int) -> Message | None:
         return _fail(message, sendable, error.reason)
 
     sent_at = timezone.now()
-    Recipient.objects.filter(pk__in=[r.pk for r in sendable]).update(status=Status.SENT, sent_at=sent_at, updated_at=sent_at)
-    Message.objects.filter(pk=message.pk).update(provider_message_id=provider_message_id, sent_at=sent_at, last_error="")
+    sendable_pks = [r.pk for r in sendable]
+    with transaction.atomic():
+        Message.objects.select_for_update().filter(pk=message.pk).update(
+            provider_message_id=provider_message_id, sent_at=sent_at, last_error=""
+        )
+        Recipient.objects.filter(pk__in=sendable_pks).update(sent_at=sent_at, updated_at=sent_at)
+        # An event applied meanwhile may already have moved a recipient past `sent`.
+        Recipient.objects.filter(pk__in=sendable_pks, status__in=[Status.QUEUED, Status.SENDING]).update(status=Status.SENT)
+        message = _finish(message)
     logger.info("delivered email_id=%s provider=%s recipients=%d", message.email_id, message.provider, len(sendable))
-    return _finish(message)
+    if message.provider == Provider.SANDBOX:
+        _sandbox_events_publish(message, sendable)
+    return message
+
+
+def _sandbox_events_publish(message: Message, recipients: list[Recipient]) -> None:
+    """Sandbox only: queue the SES events a real account would publish (SPEC §8)."""
+    from tracking.sandbox import sandbox_events_publish
+
+    try:
+        sandbox_events_publish(message=message, recipients=recipients)
+    except Exception:  # the send is recorded; a sandbox event failure must not undo it
+        logger.warning("sandbox events not published email_id=%s", message.email_id, exc_info=True)
 
 
 def _fail(message: Message, recipients: list[Recipient], reason: str) -> Message:
@@ -293,8 +312,14 @@ def _fail(message: Message, recipients: list[Recipient], reason: str) -> Message
 
 
 def _finish(message: Message) -> Message:
-    """Set the message status from its recipients' statuses."""
-    status = summarize(message.recipients.values_list("status", flat=True))
-    Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
+    """Set the message status from its recipients' statuses.
+
+    Holds the message row lock, as event_apply does, so a status derived from
+    recipients is never overwritten by one derived from an older snapshot.
+    """
+    with transaction.atomic():
+        Message.objects.select_for_update().filter(pk=message.pk).first()
+        status = summarize(message.recipients.values_list("status", flat=True))
+        Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
     message.refresh_from_db()
     return message

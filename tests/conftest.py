@@ -185,7 +185,7 @@ def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 2, n
     process = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--queues", "emails.high,emails.normal,emails.low",
+            "--concurrency", str(concurrency), "--queues", "emails.high,emails.normal,emails.low,events",
             "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         ],
         cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,

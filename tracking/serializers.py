@@ -1,0 +1,26 @@
+from rest_framework import serializers
+
+
+class GroupAnalyticsOutputSerializer(serializers.Serializer):
+    group_id = serializers.CharField()
+    messages = serializers.IntegerField(help_text="Messages in the group")
+    total = serializers.IntegerField(help_text="Recipients in the group (one per address of a message)")
+    queued = serializers.IntegerField(help_text="Recipients not yet handed to the provider")
+    sent = serializers.IntegerField(help_text="Recipients handed to the provider")
+    delivered = serializers.IntegerField()
+    opened = serializers.IntegerField(help_text="Open events")
+    unique_opened = serializers.IntegerField(help_text="Recipients with at least one open")
+    clicked = serializers.IntegerField(help_text="Click events")
+    unique_clicked = serializers.IntegerField(help_text="Recipients with at least one click")
+    bounced = serializers.IntegerField(help_text="Recipients with a permanent (hard) bounce")
+    soft_bounced = serializers.IntegerField(help_text="Recipients with only transient/undetermined bounces")
+    delayed = serializers.IntegerField(help_text="Recipients with at least one delivery delay")
+    complained = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    suppressed = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    delivery_rate = serializers.FloatField(allow_null=True, help_text="delivered / sent")
+    open_rate = serializers.FloatField(allow_null=True, help_text="unique_opened / delivered")
+    click_rate = serializers.FloatField(allow_null=True, help_text="unique_clicked / delivered")
+    bounce_rate = serializers.FloatField(allow_null=True, help_text="bounced / sent")
+    complaint_rate = serializers.FloatField(allow_null=True, help_text="complained / sent")
