@@ -1,11 +1,13 @@
 """Shared fixtures: API clients with keys, and the real servers at every boundary —
 an aiosmtpd SMTP server, moto's standalone AWS server, and a Celery worker process."""
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -144,8 +146,39 @@ def moto_server():
     process, url = start_moto()
     server = MotoServer(url=url)
     server.client("sesv2").create_email_identity(EmailIdentity="example.com")
+    # The queue the test worker publishes sandbox events to and drains.
+    server.worker_events_queue_url = server.client("sqs").create_queue(QueueName="worker-ses-events")["QueueUrl"]
     yield server
     stop(process)
+
+
+@dataclass
+class EventsQueue:
+    """A fresh SQS queue on moto, set as SES_EVENTS_QUEUE_URL for the test."""
+
+    url: str
+    sqs: object
+
+    def put(self, *bodies) -> None:
+        for body in bodies:
+            self.sqs.send_message(QueueUrl=self.url, MessageBody=body if isinstance(body, str) else json.dumps(body))
+
+    def depth(self) -> int:
+        """Messages still on the queue, visible or in flight."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def events_queue(moto_server, settings) -> EventsQueue:
+    sqs = moto_server.client("sqs")
+    url = sqs.create_queue(QueueName=f"ses-events-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    settings.SES_EVENTS_QUEUE_URL = url
+    settings.AWS_ENDPOINT_URL = moto_server.url
+    settings.SES_EVENTS_WAIT_SECONDS = 0
+    return EventsQueue(url=url, sqs=sqs)
 
 
 # --- Celery worker ----------------------------------------------------------
@@ -170,6 +203,7 @@ def _worker_env(smtp_server: SmtpSink, moto_server: MotoServer) -> dict[str, str
         SMTP_HOST=smtp_server.host,
         SMTP_PORT=str(smtp_server.port),
         AWS_ENDPOINT_URL=moto_server.url,
+        SES_EVENTS_QUEUE_URL=moto_server.worker_events_queue_url,
         DELIVERY_RETRY_BASE_SECONDS="0.2",
         DELIVERY_RETRY_MAX_SECONDS="1",
         PYTHONUNBUFFERED="1",

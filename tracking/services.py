@@ -10,6 +10,7 @@ import boto3
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
+from redis.exceptions import LockNotOwnedError
 
 from emailsvc.models import PRECEDENCE, Message, Recipient, Status, Suppression
 from emailsvc.redisclient import redis_client
@@ -227,14 +228,19 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
         result.skipped = "no SES_EVENTS_QUEUE_URL"
         return result
     max_seconds = max_seconds or settings.SES_EVENTS_DRAIN_MAX_SECONDS
-    lock = redis_client().lock(DRAIN_LOCK_NAME, timeout=max_seconds + settings.SES_EVENTS_WAIT_SECONDS + 60)
+    # The lock expires on its own if this process dies, and is renewed after each
+    # batch, so a killed drain blocks the next one for at most about this long.
+    lock = redis_client().lock(DRAIN_LOCK_NAME, timeout=max_seconds + settings.SES_EVENTS_WAIT_SECONDS + 5)
     if not lock.acquire(blocking=False):
         result.skipped = "another drain is running"
         return result
     try:
-        _drain(queue_url, time.monotonic() + max_seconds, result)
+        _drain(queue_url, time.monotonic() + max_seconds, result, lock)
     finally:
-        lock.release()
+        try:
+            lock.release()
+        except LockNotOwnedError:
+            logger.warning("the drain lock expired during the run")
     logger.info(
         "drain received=%d applied=%d duplicates=%d unmatched=%d malformed=%d deleted=%d receives=%d",
         result.received, result.applied, result.duplicates, result.unmatched, result.malformed, result.deleted, result.receives,
@@ -242,9 +248,14 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
     return result
 
 
-def _drain(queue_url: str, deadline: float, result: DrainResult) -> None:
+def _drain(queue_url: str, deadline: float, result: DrainResult, lock) -> None:
     client = sqs_client()
     while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            lock.reacquire()
+        except LockNotOwnedError:  # expired: another drain may be running now
+            result.errors.append("drain lock lost")
+            return
         response = client.receive_message(
             QueueUrl=queue_url,
             MaxNumberOfMessages=10,
