@@ -3,6 +3,7 @@
 import json
 import logging
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.http import JsonResponse
 from django.utils.decorators import method_decorator
@@ -99,7 +100,12 @@ class SesSnsWebhookView(View):
             return _error("sns_topic_not_allowed", "The topic is not in SNS_ALLOWED_TOPIC_ARNS.", 403)
 
         if message["Type"] == "SubscriptionConfirmation":
-            sns_subscription_confirm(topic_arn=message["TopicArn"], token=message["Token"])
+            try:
+                sns_subscription_confirm(topic_arn=message["TopicArn"], token=message["Token"])
+            except (ClientError, BotoCoreError) as error:
+                # SNS sends the confirmation again; the operator sees why in the log.
+                logger.error("SNS subscription not confirmed topic=%s: %s", message["TopicArn"], error)
+                return _error("sns_confirm_failed", "The subscription could not be confirmed with Amazon SNS.", 502)
             return JsonResponse({"status": "confirmed"})
         if message["Type"] != "Notification":
             return JsonResponse({"status": "ignored"})

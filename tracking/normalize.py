@@ -182,6 +182,8 @@ def _detail(ses_type: str, event_object: dict) -> dict:
     if ses_type == "Subscription":
         preferences = event_object.get("newTopicPreferences") or {}
         return {"contact_list": event_object.get("contactList", ""), "unsubscribe_all": bool(preferences.get("unsubscribeAll"))}
+    if ses_type == "Send":
+        return {}
     return {"ses_type": ses_type}
 
 

@@ -1,58 +1,15 @@
 """SES events on moto's SQS (real HTTP) → the drain task → stored facts and API answers."""
 
-import json
-from datetime import datetime, timedelta, timezone
-
 import pytest
 
 from emailsvc.models import Message, Suppression
 from emailsvc.redisclient import redis_client
-from emailsvc.services import message_deliver
-from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, iso, ses_event, sns_envelope
+from tests.tracking.scenario import detail, drain, event, sent_message
+from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, ses_event, sns_envelope
 from tracking.models import EngagementEvent
 from tracking.services import DRAIN_LOCK_NAME, events_drain
-from tracking.tasks import events_drain_task
 
 pytestmark = pytest.mark.django_db
-
-T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
-
-
-def at(seconds: float) -> str:
-    return iso(T0 + timedelta(seconds=seconds))
-
-
-def sent_message(api, to, **fields) -> Message:
-    """A message accepted by the API and handed to the (console) provider in-process."""
-    body = {"to": to, "subject": "Welcome", "text": "Hello", **fields}
-    response = api.post("/api/v1/emails", json.dumps(body), content_type="application/json")
-    assert response.status_code == 202, response.content
-    message = Message.objects.get(email_id=response.json()["email_id"])
-    return message_deliver(message_id=message.pk)
-
-
-def event(message: Message, event_type: str, recipients=None, *, seconds: float = 10, **details) -> dict:
-    recipients = recipients or list(message.recipients.values_list("email", flat=True))
-    return sns_envelope(
-        ses_event(event_type, message_id=message.provider_message_id, recipients=recipients, timestamp=at(seconds), **details),
-        timestamp=at(seconds + 0.5),
-    )
-
-
-def detail(api, message: Message) -> dict:
-    response = api.get(f"/api/v1/emails/{message.email_id}")
-    assert response.status_code == 200
-    return response.json()
-
-
-def drain() -> dict:
-    """One run of the beat task, as beat would start it."""
-    return events_drain_task.apply().get()
-
-
-@pytest.fixture(autouse=True)
-def no_stale_drain_lock():
-    redis_client().delete(DRAIN_LOCK_NAME)
 
 
 def test_delivery_event_marks_recipient_delivered_and_shows_in_timeline(api, events_queue):

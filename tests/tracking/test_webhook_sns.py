@@ -198,6 +198,43 @@ def test_signed_complaint_marks_complained_and_suppresses(client, api, sent_mess
     assert Suppression.objects.get(email=JANE).reason == Suppression.Reason.COMPLAINT
 
 
+def test_recipient_is_matched_whatever_the_case_and_display_name(client, sent_message):
+    event = ses_event(
+        "Bounce", message_id=sent_message.provider_message_id, recipients=["Jane Doe <JANE@Example.com>"],
+        bounce_type="Permanent", bounce_subtype="General",
+    )
+
+    response = post(client, signed_notification(event))
+
+    assert response.json()["applied"] == 1
+    assert recipient_of(sent_message).status == "bounced"
+    assert EngagementEvent.objects.get().recipient_email == JANE
+    assert Suppression.objects.filter(email=JANE).exists()
+
+
+def test_bounce_of_one_recipient_leaves_the_other_alone(client, api):
+    response = api.post(
+        "/api/v1/emails",
+        json.dumps({"to": ["a@example.com", "b@example.com"], "subject": "s", "text": "t"}),
+        content_type="application/json",
+    )
+    message = Message.objects.get(email_id=response.json()["email_id"])
+    message_deliver(message_id=message.pk)
+    message.refresh_from_db()
+    event = ses_event(
+        "Bounce", message_id=message.provider_message_id, recipients=["a@example.com", "b@example.com"],
+        bounced=["a@example.com"], bounce_type="Permanent", bounce_subtype="NoEmail",
+    )
+
+    answer = post(client, signed_notification(event))
+
+    assert answer.json() == {"status": "ok", "applied": 1, "duplicate": 0, "unmatched": 0}
+    assert dict(message.recipients.values_list("email", "status")) == {"a@example.com": "bounced", "b@example.com": "sent"}
+    assert list(Suppression.objects.values_list("email", flat=True)) == ["a@example.com"]
+    message.refresh_from_db()
+    assert message.status == "bounced"  # the most advanced recipient status
+
+
 def test_same_notification_posted_twice_is_applied_once(client, sent_message):
     body = signed_notification(hard_bounce(sent_message))
     first = post(client, body)
@@ -418,3 +455,14 @@ def test_event_for_an_unknown_message_is_stored_unmatched(client):
     assert stored.provider_message_id == provider_id
     assert stored.recipient_email == "nobody@example.com"
     assert stored.event_type == "delivery"
+
+
+def test_subscription_confirmation_that_sns_refuses_answers_502_with_a_code(client, moto_server, settings):
+    settings.AWS_ENDPOINT_URL = moto_server.url
+    missing = "arn:aws:sns:us-east-1:123456789012:deleted-topic"
+    settings.SNS_ALLOWED_TOPIC_ARNS = [missing]
+
+    response = post(client, sns_sign(subscription_confirmation(topic_arn=missing)))
+
+    assert response.status_code == 502
+    assert response.json()["error"] == "sns_confirm_failed"
