@@ -5,6 +5,7 @@ from django.contrib import admin, messages
 
 from emailsvc import services
 from emailsvc.models import ApiKey, Attachment, Message, Recipient, Suppression
+from tracking.admin import EngagementEventInline
 
 
 class SuppressionForm(forms.ModelForm):
@@ -51,7 +52,10 @@ class RecipientInline(admin.TabularInline):
     model = Recipient
     extra = 0
     can_delete = False
-    fields = ("email", "role", "status", "sent_at", "delivered_at", "last_opened_at", "bounce", "complained_at", "failed_reason")
+    fields = (
+        "email", "role", "status", "sent_at", "delivered_at", "delayed", "open_count", "last_opened_at",
+        "click_count", "bounce", "complained_at", "complaint_feedback_type", "failed_reason",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):
@@ -75,7 +79,7 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ("status", "provider", "priority")
     search_fields = ("email_id", "group__id", "recipients__email", "provider_message_id")
     date_hierarchy = "created_at"
-    inlines = [RecipientInline, AttachmentInline]
+    inlines = [RecipientInline, AttachmentInline, EngagementEventInline]
     readonly_fields = [f.name for f in Message._meta.fields]
     list_select_related = ("group",)
     show_full_result_count = False
