@@ -7,6 +7,7 @@ from datetime import datetime
 from functools import lru_cache
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -223,7 +224,11 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
     `max_seconds` (default SES_EVENTS_DRAIN_MAX_SECONDS) have passed.
     """
     result = DrainResult()
-    queue_url = events_queue_url()
+    try:
+        queue_url = events_queue_url()
+    except (ClientError, BotoCoreError) as error:  # the sandbox emulator is down
+        result.errors.append(f"queue not available: {error}")
+        return result
     if not queue_url:
         result.skipped = "no SES_EVENTS_QUEUE_URL"
         return result
@@ -256,13 +261,20 @@ def _drain(queue_url: str, deadline: float, result: DrainResult, lock) -> None:
         except LockNotOwnedError:  # expired: another drain may be running now
             result.errors.append("drain lock lost")
             return
-        response = client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=max(0, min(settings.SES_EVENTS_WAIT_SECONDS, int(remaining))),
-            VisibilityTimeout=settings.SES_EVENTS_VISIBILITY_TIMEOUT,
-            MessageSystemAttributeNames=["ApproximateReceiveCount"],
-        )
+        try:
+            response = client.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=max(0, min(settings.SES_EVENTS_WAIT_SECONDS, int(remaining))),
+                VisibilityTimeout=settings.SES_EVENTS_VISIBILITY_TIMEOUT,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        except (ClientError, BotoCoreError) as error:
+            # Missing queue, credentials or network: nothing was received, so
+            # nothing is lost; the next run tries again.
+            result.errors.append(f"receive failed: {error}")
+            logger.error("drain could not receive from SQS: %s", error)
+            return
         result.receives += 1
         messages = response.get("Messages", [])
         if not messages:
@@ -305,7 +317,12 @@ def _delete(client, queue_url: str, messages: list[dict], result: DrainResult) -
     if not messages:
         return
     entries = [{"Id": str(index), "ReceiptHandle": m["ReceiptHandle"]} for index, m in enumerate(messages[:10])]
-    response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+    try:
+        response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+    except (ClientError, BotoCoreError) as error:
+        # The events are committed; when the messages come back their replay is a no-op.
+        logger.warning("could not delete %d applied SQS messages: %s", len(entries), error)
+        return
     result.deleted += len(response.get("Successful", []))
     for failure in response.get("Failed", []):
         # The events are committed; if the message comes back its replay is a no-op.

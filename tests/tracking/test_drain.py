@@ -307,3 +307,12 @@ def test_replayed_and_reordered_events_give_identical_facts(api, events_queue):
     third = drain()
     assert third["applied"] == 0 and third["duplicates"] == 13
     assert _facts(shuffled) == expected
+
+
+def test_unreachable_queue_is_reported_not_raised(settings, events_queue):
+    settings.SES_EVENTS_QUEUE_URL = events_queue.url.rsplit("/", 1)[0] + "/no-such-queue"
+
+    result = drain()
+
+    assert result["received"] == 0
+    assert result["errors"] and result["errors"][0].startswith("receive failed")
