@@ -167,6 +167,27 @@ DELIVERY_MAX_ATTEMPTS = int(_positive_number("DELIVERY_MAX_ATTEMPTS", 8, int))
 DELIVERY_RETRY_BASE_SECONDS = _positive_number("DELIVERY_RETRY_BASE_SECONDS", 2)
 DELIVERY_RETRY_MAX_SECONDS = _positive_number("DELIVERY_RETRY_MAX_SECONDS", 600)
 
+# The provider's sending rate, in recipients per second, for all workers together
+# (SES counts recipients). 0 turns the limiter off. A burst above 1 lets that many
+# tokens go at once after a quiet spell.
+SEND_RATE_PER_SECOND = env.float("SEND_RATE_PER_SECOND", default=14.0)
+if SEND_RATE_PER_SECOND < 0:
+    raise ImproperlyConfigured("SEND_RATE_PER_SECOND must be 0 (off) or more")
+SEND_RATE_BURST = int(_positive_number("SEND_RATE_BURST", 1, int))
+# A worker sleeps for a token at most this long; a longer wait re-schedules the
+# task so the worker process is free for other queues meanwhile.
+RATE_LIMIT_MAX_WAIT_SECONDS = env.float("RATE_LIMIT_MAX_WAIT_SECONDS", default=2.0)
+MAX_BATCH_SIZE = int(_positive_number("MAX_BATCH_SIZE", 500, int))
+SEND_AT_MAX_DAYS = _positive_number("SEND_AT_MAX_DAYS", 30)
+SCHEDULED_RELEASE_INTERVAL_SECONDS = _positive_number("SCHEDULED_RELEASE_INTERVAL_SECONDS", 1)
+IDEMPOTENCY_KEY_TTL_HOURS = _positive_number("IDEMPOTENCY_KEY_TTL_HOURS", 24)
+# The sweeper re-enqueues messages left `queued` this long past their due time
+# (a lost enqueue, a lost retry), and recovers messages left `sending` this long
+# (a worker that died mid-send).
+SWEEPER_INTERVAL_SECONDS = _positive_number("SWEEPER_INTERVAL_SECONDS", 30)
+SWEEP_QUEUED_AFTER_SECONDS = _positive_number("SWEEP_QUEUED_AFTER_SECONDS", 120)
+SWEEP_SENDING_AFTER_SECONDS = _positive_number("SWEEP_SENDING_AFTER_SECONDS", 600)
+
 SES_CONFIGURATION_SET = env.str("SES_CONFIGURATION_SET", default="")
 AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default="us-east-1"))
 AWS_ENDPOINT_URL = env.str("AWS_ENDPOINT_URL", default="")
@@ -177,7 +198,12 @@ if EMAIL_PROVIDER == "sandbox" and not AWS_ENDPOINT_URL:
     )
 
 ANYMAIL = {
-    "AMAZON_SES_CLIENT_PARAMS": {"region_name": AWS_REGION},
+    "AMAZON_SES_CLIENT_PARAMS": {
+        "region_name": AWS_REGION,
+        # One HTTP call per attempt: retries (and their count, backoff and the
+        # rate limiter) are ours, recorded on the message, not hidden in botocore.
+        "config": {"retries": {"mode": "standard", "total_max_attempts": 1}, "connect_timeout": 5, "read_timeout": 30},
+    },
 }
 if SES_CONFIGURATION_SET:
     ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
@@ -229,7 +255,22 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 CELERY_TASK_SEND_SENT_EVENT = True
+# The longest countdown a delivery task is given (a retry, the daily quota wait);
+# Redis re-delivers an unacknowledged task after visibility_timeout, so it must
+# be longer, or a waiting retry would be handed to a second worker.
+CELERY_LONGEST_COUNTDOWN_SECONDS = max(DELIVERY_RETRY_MAX_SECONDS, 3600)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(CELERY_LONGEST_COUNTDOWN_SECONDS + 3600)}
 CELERY_BEAT_SCHEDULE = {
+    "release-scheduled-emails": {
+        "task": "emailsvc.release_scheduled",
+        "schedule": SCHEDULED_RELEASE_INTERVAL_SECONDS,
+        "options": {"expires": SCHEDULED_RELEASE_INTERVAL_SECONDS * 5, "queue": "emails.high"},
+    },
+    "sweep-stuck-emails": {
+        "task": "emailsvc.sweep",
+        "schedule": SWEEPER_INTERVAL_SECONDS,
+        "options": {"expires": SWEEPER_INTERVAL_SECONDS, "queue": "emails.high"},
+    },
     "drain-ses-events": {
         "task": "tracking.drain_events",
         "schedule": SES_EVENTS_DRAIN_INTERVAL_SECONDS,

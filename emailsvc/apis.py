@@ -2,17 +2,30 @@
 
 from django.conf import settings
 from django.db import connection
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc.auth import CanRead, CanSend
-from emailsvc.errors import ErrorBodySerializer
+from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body, validation_failed_from_drf
 from emailsvc.selectors import message_get
-from emailsvc.serializers import EmailDetailOutputSerializer, SendEmailInputSerializer, SendEmailOutputSerializer
-from emailsvc.services import message_submit
+from emailsvc.serializers import (
+    BatchInputSerializer,
+    BatchOutputSerializer,
+    CancelOutputSerializer,
+    EmailDetailOutputSerializer,
+    SendEmailInputSerializer,
+    SendEmailOutputSerializer,
+)
+from emailsvc.services import (
+    idempotency_request_hash,
+    idempotent_call,
+    message_cancel,
+    message_submit,
+    message_submit_batch,
+)
 
 ERRORS = {
     400: OpenApiResponse(ErrorBodySerializer, description="Validation error (code in `error`)"),
@@ -21,37 +34,101 @@ ERRORS = {
 }
 
 
+IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Repeat a request safely: the same key and body return the first answer; another body is 409.",
+)
+
+
+def _send_output(message) -> dict:
+    return {
+        "email_id": message.email_id,
+        "group_id": message.group_id,
+        "status": message.status,
+        "recipients": [{"email": r.email, "status": r.status} for r in message.recipients_list],
+    }
+
+
+def _idempotent(request, call) -> Response:
+    status_code, body = idempotent_call(
+        api_key=request.auth,
+        key=request.headers.get("Idempotency-Key"),
+        request_hash=idempotency_request_hash(method=request.method, path=request.path, data=request.data),
+        call=call,
+    )
+    return Response(body, status=status_code)
+
+
 class EmailSendApi(APIView):
     permission_classes = [CanSend]
 
     @extend_schema(
         operation_id="send_email",
         request=SendEmailInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
         responses={
             202: SendEmailOutputSerializer,
             **ERRORS,
-            409: OpenApiResponse(ErrorBodySerializer, description="duplicate_email_id"),
+            409: OpenApiResponse(ErrorBodySerializer, description="duplicate_email_id, idempotency_key_reused"),
             413: OpenApiResponse(ErrorBodySerializer, description="payload_too_large"),
         },
         description=(
-            "Validate, store and queue one email; answers 202 at once with its id. Error codes: "
+            "Validate, store and queue one email; answers 202 at once with its id. A future `send_at` "
+            "makes it `scheduled`. Error codes: "
             "invalid_json, missing_fields, invalid_address, invalid_field, invalid_header, "
-            "invalid_attachment, from_domain_not_allowed, reply_to_domain_not_allowed, "
-            "recipient_domain_not_allowed, too_many_recipients, payload_too_large (413), "
-            "duplicate_email_id (409)."
+            "invalid_attachment, invalid_send_at, from_domain_not_allowed, reply_to_domain_not_allowed, "
+            "recipient_domain_not_allowed, too_many_recipients, invalid_idempotency_key, payload_too_large (413), "
+            "duplicate_email_id (409), idempotency_key_reused (409)."
         ),
     )
     def post(self, request):
-        serializer = SendEmailInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        message = message_submit(api_key=request.auth, data=serializer.validated_data)
-        output = {
-            "email_id": message.email_id,
-            "group_id": message.group_id,
-            "status": message.status,
-            "recipients": [{"email": r.email, "status": r.status} for r in message.recipients_list],
-        }
-        return Response(SendEmailOutputSerializer(output).data, status=status.HTTP_202_ACCEPTED)
+        def send() -> tuple[int, dict]:
+            serializer = SendEmailInputSerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            message = message_submit(api_key=request.auth, data=serializer.validated_data)
+            return status.HTTP_202_ACCEPTED, SendEmailOutputSerializer(_send_output(message)).data
+
+        return _idempotent(request, send)
+
+
+class EmailBatchApi(APIView):
+    permission_classes = [CanSend]
+
+    @extend_schema(
+        operation_id="send_email_batch",
+        request=BatchInputSerializer,
+        parameters=[IDEMPOTENCY_HEADER],
+        responses={200: BatchOutputSerializer, **ERRORS, 409: OpenApiResponse(ErrorBodySerializer), 413: OpenApiResponse(ErrorBodySerializer)},
+        description=(
+            "Up to MAX_BATCH_SIZE (default 500) emails, each shaped like POST /emails, in `emails`. "
+            "Answers 200 with `data` (accepted: index, email_id, status) and `errors` (index, error, detail, "
+            "fields: the same codes as POST /emails). One bad item never fails the others."
+        ),
+    )
+    def post(self, request):
+        def send() -> tuple[int, dict]:
+            batch = BatchInputSerializer(data=request.data)
+            batch.is_valid(raise_exception=True)
+            items = []
+            for raw in batch.validated_data["emails"]:
+                serializer = SendEmailInputSerializer(data=raw)
+                if serializer.is_valid():
+                    items.append(serializer.validated_data)
+                else:
+                    items.append(validation_failed_from_drf(serializer.errors))
+            results = message_submit_batch(api_key=request.auth, items=items)
+            data, errors = [], []
+            for index, result in enumerate(results):
+                if isinstance(result, EmailsvcError):
+                    errors.append({"index": index, **error_body(result)})
+                else:
+                    data.append({"index": index, "email_id": result.email_id, "group_id": result.group_id, "status": result.status})
+            return status.HTTP_200_OK, BatchOutputSerializer({"data": data, "errors": errors}).data
+
+        return _idempotent(request, send)
 
 
 class EmailDetailApi(APIView):
@@ -64,6 +141,25 @@ class EmailDetailApi(APIView):
     def get(self, request, email_id: str):
         message = message_get(email_id=email_id)
         return Response(EmailDetailOutputSerializer(message).data)
+
+
+class EmailCancelApi(APIView):
+    permission_classes = [CanSend]
+
+    @extend_schema(
+        operation_id="cancel_email",
+        request=None,
+        responses={
+            200: CancelOutputSerializer,
+            **ERRORS,
+            404: OpenApiResponse(ErrorBodySerializer),
+            409: OpenApiResponse(ErrorBodySerializer, description="not_cancellable: sending began or it ended"),
+        },
+        description="Cancel a scheduled or still-queued email.",
+    )
+    def post(self, request, email_id: str):
+        message = message_cancel(email_id=email_id)
+        return Response(CancelOutputSerializer(message).data)
 
 
 class HealthApi(APIView):

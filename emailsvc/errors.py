@@ -90,6 +90,7 @@ CODE_ORDER = (
     "invalid_header",
     "invalid_attachment",
     "invalid_send_at",
+    "too_many_emails",
     "invalid_field",
 )
 _DETAILS = {
@@ -99,6 +100,7 @@ _DETAILS = {
     "invalid_header": "A custom header is not allowed.",
     "invalid_attachment": "An attachment is invalid.",
     "invalid_send_at": "send_at is not a valid ISO-8601 date-time.",
+    "too_many_emails": "Too many emails in one batch.",
     "invalid_field": "The request is invalid.",
 }
 

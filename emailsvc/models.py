@@ -124,6 +124,9 @@ class Message(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the next delivery attempt is due; the sweeper looks here"
+    )
     sending_started_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -133,6 +136,8 @@ class Message(models.Model):
             models.Index(fields=["status", "created_at"], name="message_status_created"),
             models.Index(fields=["group", "created_at"], name="message_group_created"),
             models.Index(fields=["-created_at"], name="message_created_desc"),
+            models.Index(fields=["status", "next_attempt_at"], name="message_status_due"),
+            models.Index(fields=["status", "send_at"], name="message_status_send_at"),
         ]
 
     def __str__(self) -> str:
@@ -210,3 +215,24 @@ class Suppression(models.Model):
 
     def __str__(self) -> str:
         return self.email
+
+
+class IdempotencyKey(models.Model):
+    """The first answer to a request sent with an `Idempotency-Key` header.
+
+    A repeat with the same key and the same body gets this answer again; the
+    same key with another body is refused (SPEC §4). Keys are per API key.
+    """
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64, help_text="SHA-256 of method, path and body")
+    response_status = models.PositiveSmallIntegerField()
+    response_body = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["api_key", "key"], name="idempotency_key_unique_per_api_key")]
+
+    def __str__(self) -> str:
+        return self.key

@@ -9,11 +9,13 @@ import binascii
 import json
 import mimetypes
 import re
+from datetime import timedelta
 from email.utils import getaddresses
 
 from django.conf import settings
 from django.core.validators import validate_email
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -125,6 +127,23 @@ class AttachmentInputSerializer(serializers.Serializer):
         return attrs
 
 
+class SendAtField(serializers.DateTimeField):
+    """ISO-8601 date-time; one without a zone is UTC. At most SEND_AT_MAX_DAYS ahead."""
+
+    def to_internal_value(self, value):
+        try:
+            moment = super().to_internal_value(value)
+        except serializers.ValidationError:
+            raise serializers.ValidationError(
+                "send_at must be an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z.", code="invalid_send_at"
+            ) from None
+        if moment > timezone.now() + timedelta(days=settings.SEND_AT_MAX_DAYS):
+            raise serializers.ValidationError(
+                f"send_at may be at most {settings.SEND_AT_MAX_DAYS:g} days ahead.", code="invalid_send_at"
+            )
+        return moment
+
+
 class SendEmailInputSerializer(serializers.Serializer):
     """The body of POST /api/v1/emails."""
 
@@ -144,6 +163,7 @@ class SendEmailInputSerializer(serializers.Serializer):
     metadata = serializers.DictField(required=False)
     attachments = AttachmentInputSerializer(many=True, required=False)
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
+    send_at = SendAtField(required=False, allow_null=True, help_text="Send later (ISO-8601); a future time makes it `scheduled`")
 
     def get_fields(self):
         return _rename_field(super().get_fields(), "from_", "from")  # "from" is a Python keyword
@@ -170,6 +190,8 @@ class SendEmailInputSerializer(serializers.Serializer):
         return value
 
     def validate_email_id(self, value):
+        if value == "batch":  # the path /emails/batch is the batch endpoint
+            raise serializers.ValidationError("email_id 'batch' is reserved.")
         if not EMAIL_ID_PATTERN.match(value):
             raise serializers.ValidationError(
                 "email_id must be 1-200 characters of letters, digits and . _ : @ + = - (starting with a letter or digit)."
@@ -207,6 +229,19 @@ class SendEmailInputSerializer(serializers.Serializer):
             message = serializers.ErrorDetail("Give html, text or both.", code="required")
             raise serializers.ValidationError({"html": [message], "text": [message]})
         return attrs
+
+
+class BatchInputSerializer(serializers.Serializer):
+    """The body of POST /api/v1/emails/batch: `emails`, each one like POST /api/v1/emails."""
+
+    emails = serializers.ListField(child=serializers.JSONField(), allow_empty=False)
+
+    def validate_emails(self, value):
+        if len(value) > settings.MAX_BATCH_SIZE:
+            raise serializers.ValidationError(
+                f"{len(value)} emails; at most {settings.MAX_BATCH_SIZE} are allowed per batch.", code="too_many_emails"
+            )
+        return value
 
 
 class RecipientStatusSerializer(serializers.Serializer):
@@ -295,3 +330,27 @@ class EmailDetailOutputSerializer(EmailSummaryOutputSerializer):
     headers = serializers.DictField(child=serializers.CharField())
     attachments = AttachmentOutputSerializer(many=True)
     events = EventOutputSerializer(many=True)
+
+
+class BatchItemOutputSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    email_id = serializers.CharField()
+    group_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField()
+
+
+class BatchErrorOutputSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    error = serializers.CharField()
+    detail = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+
+class BatchOutputSerializer(serializers.Serializer):
+    data = BatchItemOutputSerializer(many=True)
+    errors = BatchErrorOutputSerializer(many=True)
+
+
+class CancelOutputSerializer(serializers.Serializer):
+    email_id = serializers.CharField()
+    status = serializers.CharField()

@@ -6,9 +6,12 @@ management commands call these and nothing else writes these tables.
 
 import hashlib
 import hmac
+import json
 import logging
 import random
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import formataddr
 
@@ -18,9 +21,21 @@ from django.db.models import F
 from django.utils import timezone
 
 from emailsvc import providers
-from emailsvc.errors import Conflict, PayloadTooLarge
-from emailsvc.models import ApiKey, Attachment, Group, Message, Provider, Recipient, Status, Suppression
+from emailsvc.errors import Conflict, EmailsvcError, NotFound, PayloadTooLarge, ValidationFailed
+from emailsvc.models import (
+    PRECEDENCE,
+    ApiKey,
+    Attachment,
+    Group,
+    IdempotencyKey,
+    Message,
+    Provider,
+    Recipient,
+    Status,
+    Suppression,
+)
 from emailsvc.policy import check_sender_policy
+from emailsvc.ratelimit import rate_limit_acquire, rate_limit_from_settings
 from emailsvc.redaction import redact_address
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.status import summarize
@@ -106,14 +121,17 @@ def _estimated_size(data: dict) -> int:
     return int(body * 3.1 + attachments * 1.4) + 16 * 1024
 
 
-def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
-    """Store a validated send request and enqueue its delivery after commit.
+@dataclass
+class _Submission:
+    """One checked send request, ready to store."""
 
-    `data` is SendEmailInputSerializer.validated_data. Applies the domain policy
-    and the size limit; suppressed recipients are marked `suppressed` at once.
-    Raises PolicyViolation, PayloadTooLarge, Conflict(duplicate_email_id).
-    Never talks to the provider.
-    """
+    message: Message
+    recipients: list[Recipient]
+    attachments: list[Attachment]
+
+
+def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _Submission:
+    """Apply policy and size limits and build the unsaved rows of one request."""
     from_name, from_email = data.get("from") or ("", settings.DEFAULT_FROM_EMAIL.lower())
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
@@ -123,7 +141,8 @@ def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
         reply_to=[address for _, address in reply_to],
         recipients={role: [address for _, address in pairs] for role, pairs in recipients_by_role.items() if pairs},
     )
-
+    send_at = data.get("send_at")
+    scheduled = send_at is not None and send_at > now
     message = Message(
         from_email=from_email,
         from_name=from_name,
@@ -137,7 +156,11 @@ def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
         priority=data.get("priority", "normal"),
         provider=settings.EMAIL_PROVIDER,
         api_key=api_key,
+        send_at=send_at,
+        next_attempt_at=send_at if scheduled else now,
+        status=Status.SCHEDULED if scheduled else Status.QUEUED,
     )
+    message.group_id = data.get("group_id") or None
     if data.get("email_id"):
         message.email_id = data["email_id"]
     attachments = [
@@ -149,37 +172,112 @@ def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
         for name, address in pairs:
             if address not in seen:  # an address listed twice receives one copy
                 seen.add(address)
-                recipients.append(Recipient(email=address, name=name, role=role))
+                recipients.append(Recipient(email=address, name=name, role=role, status=message.status))
     _check_size(message, recipients, attachments, data)
+    return _Submission(message=message, recipients=recipients, attachments=attachments)
 
-    with transaction.atomic():
-        if data.get("group_id"):
-            message.group, _ = Group.objects.get_or_create(id=data["group_id"])
-        suppressed = suppressed_addresses(addresses=[r.email for r in recipients])
-        for recipient in recipients:
+
+def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None:
+    """Store submissions in bulk, in the caller's transaction: a few queries in all,
+    whatever their number. Enqueues the queued ones after commit."""
+    group_ids = {s.message.group_id for s in submissions if s.message.group_id}
+    if group_ids:
+        Group.objects.bulk_create([Group(id=group_id) for group_id in group_ids], ignore_conflicts=True)
+    suppressed = suppressed_addresses(addresses=list({r.email for s in submissions for r in s.recipients}))
+    for submission in submissions:
+        for recipient in submission.recipients:
             if recipient.email in suppressed:
                 recipient.status = Status.SUPPRESSED
                 recipient.failed_reason = f"suppressed ({suppressed[recipient.email]})"
-        message.status = summarize(r.status for r in recipients)
+        message = submission.message
+        message.status = summarize(r.status for r in submission.recipients)
         if message.status == Status.QUEUED:
-            message.queued_at = timezone.now()
+            message.queued_at = now
+    Message.objects.bulk_create([s.message for s in submissions])
+    rows: list[Recipient | Attachment] = []
+    for submission in submissions:
+        for row in submission.recipients + submission.attachments:
+            row.message = submission.message
+            rows.append(row)
+    Recipient.objects.bulk_create([row for row in rows if isinstance(row, Recipient)])
+    Attachment.objects.bulk_create([row for row in rows if isinstance(row, Attachment)])
+    queued = [(s.message.pk, s.message.priority) for s in submissions if s.message.status == Status.QUEUED]
+    if queued:
+        transaction.on_commit(lambda: messages_enqueue(messages=queued))
+
+
+def _duplicate_email_id(email_id: str) -> Conflict:
+    return Conflict(f"An email with email_id '{email_id}' already exists.", code="duplicate_email_id")
+
+
+def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
+    """Store a validated send request and enqueue its delivery after commit.
+
+    `data` is SendEmailInputSerializer.validated_data. Applies the domain policy
+    and the size limit; suppressed recipients are marked `suppressed` at once; a
+    future `send_at` makes it `scheduled` (released by beat). Raises
+    PolicyViolation, PayloadTooLarge, Conflict(duplicate_email_id).
+    Never talks to the provider.
+    """
+    now = timezone.now()
+    submission = _submission_build(api_key=api_key, data=data, now=now)
+    try:
+        with transaction.atomic():
+            _submissions_store([submission], now=now)
+    except IntegrityError:
+        if Message.objects.filter(email_id=submission.message.email_id).exists():
+            raise _duplicate_email_id(submission.message.email_id) from None
+        raise
+    submission.message.recipients_list = submission.recipients
+    return submission.message
+
+
+def message_submit_batch(*, api_key: ApiKey | None, items: list[dict | EmailsvcError]) -> list[Message | EmailsvcError]:
+    """Store many send requests at once; one bad item never fails the others.
+
+    `items` holds each item's validated data, or the EmailsvcError its
+    validation raised. Returns, in the same order, the stored Message or the
+    item's error. The good items are stored in one transaction with bulk
+    inserts; if that meets a conflict (an email_id taken meanwhile), each item
+    is stored on its own so only the conflicting ones fail.
+    """
+    now = timezone.now()
+    results: list[Message | EmailsvcError] = []
+    for item in items:
+        if isinstance(item, EmailsvcError):
+            results.append(item)
+            continue
         try:
-            with transaction.atomic():
-                message.save()
-        except IntegrityError:
-            if Message.objects.filter(email_id=message.email_id).exists():
-                raise Conflict(
-                    f"An email with email_id '{message.email_id}' already exists.", code="duplicate_email_id"
-                ) from None
-            raise
-        for row in recipients + attachments:
-            row.message = message
-        Recipient.objects.bulk_create(recipients)
-        Attachment.objects.bulk_create(attachments)
-        if message.status == Status.QUEUED:
-            transaction.on_commit(lambda: message_enqueue(message_id=message.pk, priority=message.priority))
-    message.recipients_list = recipients
-    return message
+            results.append(_submission_build(api_key=api_key, data=item, now=now))
+        except EmailsvcError as error:
+            results.append(error)
+    wanted = [r.message.email_id for r in results if isinstance(r, _Submission)]
+    taken = set(Message.objects.filter(email_id__in=wanted).values_list("email_id", flat=True))
+    seen: set[str] = set()
+    for index, result in enumerate(results):
+        if isinstance(result, _Submission):
+            email_id = result.message.email_id
+            if email_id in taken or email_id in seen:
+                results[index] = _duplicate_email_id(email_id)
+            seen.add(email_id)
+    submissions = [r for r in results if isinstance(r, _Submission)]
+    try:
+        with transaction.atomic():
+            _submissions_store(submissions, now=now)
+    except IntegrityError:
+        for index, result in enumerate(results):
+            if isinstance(result, _Submission):
+                result.message.pk = None
+                try:
+                    with transaction.atomic():
+                        _submissions_store([result], now=now)
+                except IntegrityError:
+                    results[index] = _duplicate_email_id(result.message.email_id)
+    for index, result in enumerate(results):
+        if isinstance(result, _Submission):
+            result.message.recipients_list = result.recipients
+            results[index] = result.message
+    return results
 
 
 def _check_size(message: Message, recipients: list[Recipient], attachments: list[Attachment], data: dict) -> None:
@@ -210,6 +308,15 @@ def message_enqueue(*, message_id: int, priority: str) -> bool:
         return False
 
 
+def messages_enqueue(*, messages: list[tuple[int, str]]) -> int:
+    """Publish the delivery tasks of (message pk, priority) pairs; how many went out.
+    Stops at the first broker failure: the rest stay queued for the sweeper."""
+    for count, (message_id, priority) in enumerate(messages):
+        if not message_enqueue(message_id=message_id, priority=priority):
+            return count
+    return len(messages)
+
+
 # --- Delivering -------------------------------------------------------------
 
 
@@ -230,6 +337,28 @@ def _retry_delay(attempt: int, wait_seconds: float | None) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
+def _rate_limit_wait(message_id: int) -> None:
+    """Take one token per recipient from the global limiter before claiming.
+
+    Waits in-process up to RATE_LIMIT_MAX_WAIT_SECONDS; a longer wait raises
+    DeliveryDeferred without claiming, so the task is re-scheduled and the worker
+    is free meanwhile. Messages that are not queued take no tokens.
+    """
+    limit = rate_limit_from_settings()
+    if limit.per_second <= 0:
+        return
+    tokens = Recipient.objects.filter(
+        message_id=message_id, message__status=Status.QUEUED, status__in=[Status.QUEUED, Status.SENDING]
+    ).count()
+    if not tokens:
+        return
+    wait = rate_limit_acquire(limit=limit, tokens=tokens, max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS)
+    if wait > 0:
+        now = timezone.now()
+        Message.objects.filter(pk=message_id, status=Status.QUEUED).update(next_attempt_at=now + timedelta(seconds=wait))
+        raise DeliveryDeferred(countdown=wait, reason="waiting for the send rate limit")
+
+
 def message_deliver(*, message_id: int) -> Message | None:
     """Deliver one queued message; safe to call any number of times.
 
@@ -239,6 +368,7 @@ def message_deliver(*, message_id: int) -> Message | None:
     to `queued` and raise DeliveryDeferred until DELIVERY_MAX_ATTEMPTS.
     Returns None when there was nothing to claim.
     """
+    _rate_limit_wait(message_id)
     now = timezone.now()
     claimed = Message.objects.filter(pk=message_id, status=Status.QUEUED).update(
         status=Status.SENDING, sending_started_at=now, attempts=F("attempts") + 1, updated_at=now
@@ -268,10 +398,11 @@ def message_deliver(*, message_id: int) -> Message | None:
             logger.error("ALERT provider account stopped sending: %s", error.reason)
         elif message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
             return _fail(message, sendable, f"gave up after {message.attempts} attempts: {error.reason}")
-        Message.objects.filter(pk=message.pk, status=Status.SENDING).update(
-            status=Status.QUEUED, last_error=error.reason, updated_at=timezone.now()
-        )
         countdown = settings.DELIVERY_RETRY_MAX_SECONDS if account_stopped else _retry_delay(message.attempts, error.wait_seconds)
+        now = timezone.now()
+        Message.objects.filter(pk=message.pk, status=Status.SENDING).update(
+            status=Status.QUEUED, last_error=error.reason, updated_at=now, next_attempt_at=now + timedelta(seconds=countdown)
+        )
         logger.warning("delivery deferred email_id=%s attempt=%d in=%.1fs: %s", message.email_id, message.attempts, countdown, error.reason)
         raise DeliveryDeferred(countdown=countdown, reason=error.reason) from error
     except providers.PermanentDeliveryError as error:
@@ -323,3 +454,190 @@ def _finish(message: Message) -> Message:
         Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
     message.refresh_from_db()
     return message
+
+
+# --- Scheduling, cancelling, sweeping -----------------------------------------------
+
+SEND_EVIDENCE_STATUSES = [status for status, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT]]
+
+
+def scheduled_release(*, limit: int = 1000) -> int:
+    """Move scheduled messages whose `send_at` has come to `queued` and enqueue them.
+
+    Beat runs this every SCHEDULED_RELEASE_INTERVAL_SECONDS. The guarded UPDATE
+    (status still `scheduled`) makes a concurrent cancel and a second release
+    harmless. Returns how many were released.
+    """
+    now = timezone.now()
+    due = list(
+        Message.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
+        .order_by("send_at")
+        .values_list("pk", "priority")[:limit]
+    )
+    released = []
+    with transaction.atomic():
+        for pk, priority in due:
+            if Message.objects.filter(pk=pk, status=Status.SCHEDULED).update(
+                status=Status.QUEUED, queued_at=now, next_attempt_at=now, updated_at=now
+            ):
+                Recipient.objects.filter(message_id=pk, status=Status.SCHEDULED).update(status=Status.QUEUED, updated_at=now)
+                released.append((pk, priority))
+        if released:
+            transaction.on_commit(lambda: messages_enqueue(messages=released))
+    if released:
+        logger.info("released %d scheduled emails", len(released))
+    return len(released)
+
+
+def message_cancel(*, email_id: str) -> Message:
+    """Cancel an email that is scheduled or still queued (not yet claimed by a worker).
+
+    Raises NotFound, or Conflict(not_cancellable) once sending began or it ended.
+    """
+    message = Message.objects.filter(email_id=email_id).only("pk", "status").first()
+    if message is None:
+        raise NotFound(f"No email with email_id '{email_id}'.")
+    now = timezone.now()
+    with transaction.atomic():
+        cancelled = Message.objects.filter(pk=message.pk, status__in=[Status.SCHEDULED, Status.QUEUED]).update(
+            status=Status.CANCELLED, next_attempt_at=None, updated_at=now
+        )
+        if cancelled:
+            Recipient.objects.filter(message_id=message.pk, status__in=[Status.SCHEDULED, Status.QUEUED]).update(
+                status=Status.CANCELLED, updated_at=now
+            )
+    message = Message.objects.get(pk=message.pk)
+    if not cancelled:
+        raise Conflict(f"The email is {message.status}; only scheduled or queued emails can be cancelled.", code="not_cancellable")
+    return message
+
+
+@dataclass
+class SweepResult:
+    requeued: int = 0
+    recovered_sent: int = 0
+    recovered_requeued: int = 0
+
+
+def messages_sweep(*, limit: int = 1000) -> SweepResult:
+    """Make sure no accepted message waits forever (SPEC §5.4).
+
+    - `queued` longer than SWEEP_QUEUED_AFTER_SECONDS past its due time (its
+      enqueue after commit, or a retry's re-publish, was lost, or Redis lost its
+      data): enqueue it again. A task that does still exist is harmless: the
+      claim lets only one of them send.
+    - `sending` longer than SWEEP_SENDING_AFTER_SECONDS: the worker died between
+      claiming and recording. If provider events show the provider accepted it
+      (a Send/Delivery event matched through X-Emailsvc-Tracking-ID), it is
+      recorded as sent; otherwise it goes back to `queued` and is sent again.
+      That is the one window where a message can reach a recipient twice: the
+      provider accepted it, the worker died before recording it, and no event
+      arrived within SWEEP_SENDING_AFTER_SECONDS (SMTP has no events).
+    """
+    from tracking.models import EngagementEvent
+
+    result = SweepResult()
+    now = timezone.now()
+    stale_queued = list(
+        Message.objects.filter(
+            status=Status.QUEUED, next_attempt_at__lt=now - timedelta(seconds=settings.SWEEP_QUEUED_AFTER_SECONDS)
+        ).values_list("pk", "priority", "next_attempt_at")[:limit]
+    )
+    requeue = []
+    for pk, priority, due in stale_queued:
+        # Guarded on the value read, so two sweepers do not both enqueue it.
+        if Message.objects.filter(pk=pk, status=Status.QUEUED, next_attempt_at=due).update(next_attempt_at=now):
+            requeue.append((pk, priority))
+    result.requeued = len(requeue)
+
+    stale_sending = Message.objects.filter(
+        status=Status.SENDING, sending_started_at__lt=now - timedelta(seconds=settings.SWEEP_SENDING_AFTER_SECONDS)
+    ).values_list("pk", "priority", "sending_started_at")[:limit]
+    for pk, priority, started in list(stale_sending):
+        accepted = Recipient.objects.filter(message_id=pk, status__in=SEND_EVIDENCE_STATUSES).exists()
+        with transaction.atomic():
+            if accepted:
+                provider_message_id = (
+                    EngagementEvent.objects.filter(message_id=pk).exclude(provider_message_id="")
+                    .values_list("provider_message_id", flat=True).first() or ""
+                )
+                if not Message.objects.filter(pk=pk, status=Status.SENDING, sending_started_at=started).update(
+                    provider_message_id=provider_message_id, sent_at=started, last_error="", updated_at=now
+                ):
+                    continue
+                Recipient.objects.filter(message_id=pk, status__in=[Status.QUEUED, Status.SENDING]).update(
+                    status=Status.SENT, sent_at=started, updated_at=now
+                )
+                _finish(Message.objects.get(pk=pk))
+                result.recovered_sent += 1
+            elif Message.objects.filter(pk=pk, status=Status.SENDING, sending_started_at=started).update(
+                status=Status.QUEUED, next_attempt_at=now, updated_at=now,
+                last_error="the worker stopped while sending; sending again",
+            ):
+                requeue.append((pk, priority))
+                result.recovered_requeued += 1
+    if requeue:
+        messages_enqueue(messages=requeue)
+    IdempotencyKey.objects.filter(created_at__lt=now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)).delete()
+    if result.requeued or result.recovered_sent or result.recovered_requeued:
+        logger.warning(
+            "sweeper requeued=%d recovered_sent=%d recovered_requeued=%d",
+            result.requeued, result.recovered_sent, result.recovered_requeued,
+        )
+    return result
+
+
+# --- Idempotency ---------------------------------------------------------------
+
+
+def idempotency_request_hash(*, method: str, path: str, data) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+def _idempotency_answer(*, api_key: ApiKey, key: str, request_hash: str) -> tuple[int, dict] | None:
+    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    record = IdempotencyKey.objects.filter(api_key=api_key, key=key, created_at__gte=cutoff).first()
+    if record is None:
+        return None
+    if not hmac.compare_digest(record.request_hash, request_hash):
+        raise Conflict(
+            "This Idempotency-Key was used with a different request; use a new key for a new request.",
+            code="idempotency_key_reused",
+        )
+    return record.response_status, record.response_body
+
+
+def idempotent_call(
+    *, api_key: ApiKey, key: str | None, request_hash: str, call: Callable[[], tuple[int, dict]]
+) -> tuple[int, dict]:
+    """Run `call` once per (API key, Idempotency-Key) (SPEC §4).
+
+    A repeat with the same key and request gets the first answer again; the
+    same key with another request raises Conflict(idempotency_key_reused).
+    The answer is stored in the same transaction as what `call` writes, so a
+    crash cannot leave one without the other. Only successful answers are
+    kept: a request that failed may be retried with the same key.
+    """
+    if not key:
+        return call()
+    if len(key) > 255 or not key.isprintable():
+        raise ValidationFailed("Idempotency-Key must be 1-255 printable characters.", code="invalid_idempotency_key")
+    answer = _idempotency_answer(api_key=api_key, key=key, request_hash=request_hash)
+    if answer is not None:
+        return answer
+    try:
+        with transaction.atomic():
+            status, body = call()
+            cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+            IdempotencyKey.objects.filter(api_key=api_key, key=key, created_at__lt=cutoff).delete()
+            IdempotencyKey.objects.create(
+                api_key=api_key, key=key, request_hash=request_hash, response_status=status, response_body=body
+            )
+    except IntegrityError:
+        # The same key raced us and won: answer as it did.
+        answer = _idempotency_answer(api_key=api_key, key=key, request_hash=request_hash)
+        if answer is None:
+            raise
+        return answer
+    return status, body

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from emailsvc.services import DeliveryDeferred, message_deliver
+from emailsvc.services import DeliveryDeferred, message_deliver, messages_sweep, scheduled_release
 
 
 @shared_task(bind=True, name="emailsvc.deliver", max_retries=None, acks_late=True, reject_on_worker_lost=True)
@@ -11,3 +11,13 @@ def message_deliver_task(self, message_id: int) -> None:
         message_deliver(message_id=message_id)
     except DeliveryDeferred as deferred:
         raise self.retry(countdown=deferred.countdown, exc=deferred) from None
+
+
+@shared_task(name="emailsvc.release_scheduled", ignore_result=True)
+def scheduled_release_task() -> int:
+    return scheduled_release()
+
+
+@shared_task(name="emailsvc.sweep", ignore_result=True)
+def messages_sweep_task() -> dict:
+    return vars(messages_sweep())
