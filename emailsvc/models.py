@@ -179,6 +179,7 @@ class Recipient(models.Model):
     bounce = models.JSONField(null=True, blank=True)
     complained_at = models.DateTimeField(null=True, blank=True)
     complaint_feedback_type = models.CharField(max_length=64, blank=True)
+    rejected_at = models.DateTimeField(null=True, blank=True, help_text="The provider refused it after accepting the call")
     failed_reason = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

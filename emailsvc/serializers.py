@@ -272,6 +272,7 @@ class RecipientDetailSerializer(serializers.Serializer):
     bounce = serializers.DictField(allow_null=True)
     complained_at = serializers.DateTimeField(allow_null=True)
     complaint_feedback_type = serializers.CharField()
+    rejected_at = serializers.DateTimeField(allow_null=True)
     failed_reason = serializers.CharField()
 
 

@@ -95,13 +95,28 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
 
 
 def suppression_add(
-    *, email: str, reason: str, source: str = "", note: str = "", expires_at: datetime | None = None
+    *,
+    email: str,
+    reason: str,
+    source: str = "",
+    note: str = "",
+    expires_at: datetime | None = None,
+    keep_existing: bool = False,
 ) -> Suppression:
-    """Suppress an address (idempotent: an existing entry is updated)."""
-    suppression, _ = Suppression.objects.update_or_create(
-        email=email.strip().lower(),
-        defaults={"reason": reason, "source": source, "note": note, "expires_at": expires_at},
-    )
+    """Suppress an address (idempotent: an existing entry is updated).
+
+    With keep_existing (automatic suppressions from events) an active entry is
+    left exactly as it is, so support's reason and note are never overwritten.
+    """
+    address = email.strip().lower()
+    defaults = {"reason": reason, "source": source, "note": note, "expires_at": expires_at}
+    if keep_existing:
+        suppression, created = Suppression.objects.get_or_create(email=address, defaults=defaults)
+        if not created and suppression.expires_at is not None and suppression.expires_at <= timezone.now():
+            Suppression.objects.filter(pk=suppression.pk).update(**defaults, created_at=timezone.now())
+            suppression.refresh_from_db()
+        return suppression
+    suppression, _ = Suppression.objects.update_or_create(email=address, defaults=defaults)
     return suppression
 
 
@@ -382,7 +397,7 @@ def message_deliver(*, message_id: int) -> Message | None:
     if suppressed:
         for recipient in pending:
             if recipient.email in suppressed:
-                Recipient.objects.filter(pk=recipient.pk).update(
+                Recipient.objects.filter(pk=recipient.pk, status__in=[Status.QUEUED, Status.SENDING]).update(
                     status=Status.SUPPRESSED, failed_reason=f"suppressed ({suppressed[recipient.email]})", updated_at=now
                 )
     sendable = [r for r in pending if r.email not in suppressed]
@@ -419,9 +434,19 @@ def message_deliver(*, message_id: int) -> Message | None:
         Recipient.objects.filter(pk__in=sendable_pks, status__in=[Status.QUEUED, Status.SENDING]).update(status=Status.SENT)
         message = _finish(message)
     logger.info("delivered email_id=%s provider=%s recipients=%d", message.email_id, message.provider, len(sendable))
+    _early_events_link(message)
     if message.provider == Provider.SANDBOX:
         _sandbox_events_publish(message, sendable)
     return message
+
+
+def _early_events_link(message: Message) -> None:
+    """Events that beat this worker's commit and could not be matched by their
+    tracking header are applied now that the provider id is known."""
+    from tracking.services import events_relink
+
+    if events_relink(message_id=message.pk):
+        message.refresh_from_db()
 
 
 def _sandbox_events_publish(message: Message, recipients: list[Recipient]) -> None:
@@ -436,7 +461,10 @@ def _sandbox_events_publish(message: Message, recipients: list[Recipient]) -> No
 
 def _fail(message: Message, recipients: list[Recipient], reason: str) -> Message:
     now = timezone.now()
-    Recipient.objects.filter(pk__in=[r.pk for r in recipients]).update(status=Status.FAILED, failed_reason=reason, updated_at=now)
+    # Guarded: events of an earlier attempt the provider did accept may have moved a recipient on.
+    Recipient.objects.filter(pk__in=[r.pk for r in recipients], status__in=[Status.QUEUED, Status.SENDING]).update(
+        status=Status.FAILED, failed_reason=reason, updated_at=now
+    )
     Message.objects.filter(pk=message.pk).update(last_error=reason, updated_at=now)
     logger.warning("delivery failed email_id=%s: %s", message.email_id, redact_address(reason))
     return _finish(message)

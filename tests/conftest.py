@@ -211,18 +211,35 @@ def _worker_env(smtp_server: SmtpSink, moto_server: MotoServer) -> dict[str, str
     return env
 
 
-def start_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 2, name: str = "tests") -> WorkerProcess:
-    from config.celery import app
+def start_worker(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    name: str = "tests",
+    queues: str = "emails.high,emails.normal,emails.low,events",
+    extra_args: tuple[str, ...] = (),
+    purge: bool = True,
+) -> WorkerProcess:
+    """A real `celery worker` process with `env`; waits until it is ready.
 
-    app.control.purge()  # tasks of earlier runs point at rows that no longer exist
+    `purge` empties the test process's broker first (tasks of earlier runs point
+    at rows that no longer exist); a worker on another broker passes False.
+    `extra_args` e.g. ("--beat", "--schedule", path) to run beat inside it.
+    """
+    if purge:
+        from config.celery import app
+
+        app.control.purge()
     log = open(log_path, "w")
     process = subprocess.Popen(
         [
             sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--queues", "emails.high,emails.normal,emails.low,events",
+            "--concurrency", str(concurrency), "--queues", queues,
             "--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            *extra_args,
         ],
-        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     deadline = time.monotonic() + 60
     while "ready." not in log_path.read_text(errors="replace"):

@@ -35,3 +35,7 @@ class EngagementEventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        # A deleted event would be applied again if it were replayed.
+        return False

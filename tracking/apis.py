@@ -90,14 +90,15 @@ class SesSnsWebhookView(View):
         header_type = request.headers.get("x-amz-sns-message-type")
         if header_type and header_type != message.get("Type"):
             return _error("sns_malformed", "x-amz-sns-message-type does not match the body's Type.", 400)
+        # The topic first: a stranger's message never makes us fetch a certificate.
+        if message.get("TopicArn") not in settings.SNS_ALLOWED_TOPIC_ARNS:
+            logger.warning("SNS message refused: topic not allowed topic=%.200s", message.get("TopicArn"))
+            return _error("sns_topic_not_allowed", "The topic is not in SNS_ALLOWED_TOPIC_ARNS.", 403)
         try:
             sns_message_verify(message, max_age_seconds=settings.SNS_MAX_AGE_SECONDS)
         except SnsVerificationError as error:
             logger.warning("SNS message refused code=%s", error.code)
             return _error(error.code, error.detail, 403)
-        if message["TopicArn"] not in settings.SNS_ALLOWED_TOPIC_ARNS:
-            logger.warning("SNS message refused: topic not allowed topic=%s", message["TopicArn"])
-            return _error("sns_topic_not_allowed", "The topic is not in SNS_ALLOWED_TOPIC_ARNS.", 403)
 
         if message["Type"] == "SubscriptionConfirmation":
             try:

@@ -112,6 +112,8 @@ def ses_event_normalize(ses_event: dict, *, sns_message: dict | None = None, eve
 
     mail = ses_event["mail"]
     event_object = ses_event.get(_SES_OBJECT_KEYS.get(ses_type, ses_type.lower())) or {}
+    if not isinstance(event_object, dict):
+        raise MalformedEvent(f"the {ses_type} object is not a JSON object")
     event_type = _SES_TYPES.get(ses_type, EventType.UNKNOWN)
     occurred_at = (
         _timestamp(event_object.get("timestamp"))
@@ -180,7 +182,8 @@ def _detail(ses_type: str, event_object: dict) -> dict:
     if ses_type == "Rendering Failure":
         return _drop_empty({"reason": event_object.get("errorMessage"), "template": event_object.get("templateName")})
     if ses_type == "Subscription":
-        preferences = event_object.get("newTopicPreferences") or {}
+        preferences = event_object.get("newTopicPreferences")
+        preferences = preferences if isinstance(preferences, dict) else {}
         return {"contact_list": event_object.get("contactList", ""), "unsubscribe_all": bool(preferences.get("unsubscribeAll"))}
     if ses_type == "Send":
         return {}

@@ -1,28 +1,34 @@
 """Engagement state changes: apply provider events, drain the SES event queue (SPEC §6)."""
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 from functools import lru_cache
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 from redis.exceptions import LockNotOwnedError
 
-from emailsvc.models import PRECEDENCE, Message, Recipient, Status, Suppression
+from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.redisclient import redis_client
 from emailsvc.services import suppression_add
-from emailsvc.status import higher_status, summarize
+from emailsvc.status import summarize
 from tracking.models import EngagementEvent, EventType
 from tracking.normalize import MalformedEvent, NormalizedEvent, ses_body_parse
 
 logger = logging.getLogger(__name__)
 
-DRAIN_LOCK_NAME = "emailsvc:lock:drain-ses-events"
+DRAIN_LOCK_PREFIX = "emailsvc:lock:drain-ses-events:"
+
+
+def drain_lock_name(queue_url: str) -> str:
+    """One drain at a time per queue (deployments sharing a Redis do not block each other)."""
+    return DRAIN_LOCK_PREFIX + hashlib.sha1(queue_url.encode()).hexdigest()[:16]
 
 
 # --- Applying one event -----------------------------------------------------
@@ -42,9 +48,11 @@ def event_apply(*, event: NormalizedEvent, source: str) -> AppliedEvent:
 
     Correlates by provider message id, else by the email id in
     X-Emailsvc-Tracking-ID. The event row is unique on (event id, recipient), so
-    a replay changes nothing. Recipient facts only accumulate and the status only
-    rises (SPEC §3), so the order events arrive in does not matter. A hard bounce
-    or a complaint suppresses the address. Never raises for unknown messages.
+    a replay changes nothing. Recipient facts only accumulate and the status is
+    derived from all of them (SPEC §3), so the order events arrive in does not
+    matter. A hard bounce, a complaint or an unsubscribe-all suppresses the
+    address (an existing suppression is kept as it is). Never raises for
+    unknown messages: they are stored with no message and counted `unmatched`.
     """
     with transaction.atomic():
         message = _correlate(event)
@@ -72,16 +80,61 @@ def event_apply(*, event: NormalizedEvent, source: str) -> AppliedEvent:
                     raw=event.raw,
                 )
         except IntegrityError:
-            return AppliedEvent(outcome="duplicate")
+            if EngagementEvent.objects.filter(event_id=event.event_id, recipient_email=event.recipient).exists():
+                return AppliedEvent(outcome="duplicate")
+            raise
         _policy_apply(event)
         if recipient is None:
             logger.info("event without a known recipient type=%s event_id=%s", event.event_type, event.event_id)
             return AppliedEvent(outcome="unmatched", event=row)
-        _recipient_apply(recipient, event)
-        status = summarize(message.recipients.values_list("status", flat=True))
-        if status != message.status and message.status != Status.SENDING:
-            Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
+        _facts_apply(message, recipient, event)
     return AppliedEvent(outcome="applied", event=row)
+
+
+def events_relink(*, message_id: int) -> int:
+    """Apply stored events that arrived before their message's provider id was
+    recorded (and carried no readable tracking header); how many were linked."""
+    message = Message.objects.filter(pk=message_id).only("pk", "provider_message_id").first()
+    if message is None or not message.provider_message_id:
+        return 0
+    linked = 0
+    with transaction.atomic():
+        orphans = EngagementEvent.objects.select_for_update().filter(
+            provider_message_id=message.provider_message_id, message__isnull=True
+        )
+        for row in orphans.order_by("recipient_email", "id"):
+            message = Message.objects.select_for_update().get(pk=message_id)
+            recipient = Recipient.objects.select_for_update().filter(message=message, email=row.recipient_email).first()
+            row.message, row.recipient = message, recipient
+            row.save(update_fields=["message", "recipient"])
+            if recipient is not None:
+                _facts_apply(message, recipient, _normalized_from_row(row))
+                linked += 1
+    return linked
+
+
+def _normalized_from_row(row: EngagementEvent) -> NormalizedEvent:
+    return NormalizedEvent(
+        event_id=row.event_id,
+        event_type=row.event_type,
+        recipient=row.recipient_email,
+        provider_message_id=row.provider_message_id,
+        tracking_id="",
+        occurred_at=row.occurred_at,
+        detail=row.detail,
+        raw=row.raw,
+    )
+
+
+def _facts_apply(message: Message, recipient: Recipient, event: NormalizedEvent) -> None:
+    """Fold the event into the recipient's facts, derive its status, summarise the message."""
+    _recipient_apply(recipient, event)
+    recipient.status = _status_from_facts(recipient) or recipient.status
+    recipient.save()
+    if message.status != Status.SENDING:  # the worker summarises when it finishes
+        status = summarize(message.recipients.values_list("status", flat=True))
+        if status != message.status:
+            Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
 
 
 def _correlate(event: NormalizedEvent) -> Message | None:
@@ -95,18 +148,16 @@ def _correlate(event: NormalizedEvent) -> Message | None:
 
 
 def _recipient_apply(recipient: Recipient, event: NormalizedEvent) -> None:
-    """Fold one event into the recipient's facts; each branch is order-independent."""
-    at, kind = event.occurred_at, event.event_type
-    candidate = None
+    """Fold one event into the recipient's facts. Every branch gives the same
+    facts whatever order the events come in: earliest/latest by event time,
+    lists sorted by time, counts of distinct events."""
+    at, kind = event.occurred_at.astimezone(dt_timezone.utc), event.event_type
     if kind == EventType.SEND:
         recipient.sent_at = _earliest(recipient.sent_at, at)
-        candidate = Status.SENT
     elif kind == EventType.DELIVERY:
         recipient.delivered_at = _earliest(recipient.delivered_at, at)
-        candidate = Status.DELIVERED
     elif kind == EventType.DELIVERY_DELAY:
         recipient.delayed += 1
-        candidate = Status.DELAYED
     elif kind == EventType.BOUNCE:
         bounce = {
             "type": event.detail.get("bounce_type", "Undetermined"),
@@ -116,29 +167,48 @@ def _recipient_apply(recipient: Recipient, event: NormalizedEvent) -> None:
             "event_id": event.event_id,
         }
         recipient.bounce = _worse_bounce(recipient.bounce, bounce)
-        candidate = Status.BOUNCED if _is_hard(bounce) else Status.SOFT_BOUNCED
     elif kind == EventType.COMPLAINT:
-        recipient.complained_at = _earliest(recipient.complained_at, at)
-        recipient.complaint_feedback_type = recipient.complaint_feedback_type or event.detail.get("feedback_type", "")
-        candidate = Status.COMPLAINED
+        feedback = event.detail.get("feedback_type", "")
+        # "not-spam" is a mailbox provider saying the opposite of a complaint.
+        if feedback != "not-spam" and (recipient.complained_at is None or at < recipient.complained_at):
+            recipient.complained_at, recipient.complaint_feedback_type = at, feedback
     elif kind == EventType.OPEN:
         recipient.opens = _add_once(recipient.opens, {"event_id": event.event_id, "opened_at": at.isoformat()}, "opened_at")
         recipient.open_count = len(recipient.opens)
         recipient.last_opened_at = max(filter(None, [recipient.last_opened_at, at]))
-        candidate = Status.OPENED
     elif kind == EventType.CLICK:
         click = {"event_id": event.event_id, "url": event.detail.get("url", ""), "clicked_at": at.isoformat()}
         recipient.clicks = _add_once(recipient.clicks, click, "clicked_at")
         recipient.click_count = len(recipient.clicks)
-        candidate = Status.CLICKED
     elif kind in (EventType.REJECT, EventType.RENDERING_FAILURE):
         # SES refused the message after accepting the call: nothing was delivered.
-        if PRECEDENCE.get(recipient.status, -1) <= PRECEDENCE[Status.SENT]:
-            recipient.status = Status.FAILED
-        recipient.failed_reason = recipient.failed_reason or f"{kind}: {event.detail.get('reason', '')}".strip()
-    if candidate is not None:
-        recipient.status = higher_status(recipient.status, candidate)
-    recipient.save()
+        if recipient.rejected_at is None or at < recipient.rejected_at:
+            recipient.rejected_at = at
+            recipient.failed_reason = f"{kind}: {event.detail.get('reason', '')}".strip()
+
+
+def _status_from_facts(recipient: Recipient) -> str | None:
+    """The status the recipient's provider facts show (SPEC §3 precedence), or
+    None when there are none. A rejection outranks only the states before delivery."""
+    if recipient.complained_at:
+        return Status.COMPLAINED
+    if recipient.bounce and _is_hard(recipient.bounce):
+        return Status.BOUNCED
+    if recipient.click_count:
+        return Status.CLICKED
+    if recipient.open_count:
+        return Status.OPENED
+    if recipient.delivered_at:
+        return Status.DELIVERED
+    if recipient.rejected_at:
+        return Status.FAILED
+    if recipient.bounce:
+        return Status.SOFT_BOUNCED
+    if recipient.delayed:
+        return Status.DELAYED
+    if recipient.sent_at:
+        return Status.SENT
+    return None
 
 
 def _policy_apply(event: NormalizedEvent) -> None:
@@ -148,13 +218,13 @@ def _policy_apply(event: NormalizedEvent) -> None:
     source = f"ses:{event.event_type}:{event.event_id}"
     if event.event_type == EventType.BOUNCE and event.detail.get("bounce_type") == "Permanent":
         reason, note = Suppression.Reason.HARD_BOUNCE, f"{event.detail.get('bounce_subtype', '')} {event.detail.get('diagnostic', '')}"
-    elif event.event_type == EventType.COMPLAINT:
+    elif event.event_type == EventType.COMPLAINT and event.detail.get("feedback_type") != "not-spam":
         reason, note = Suppression.Reason.COMPLAINT, event.detail.get("feedback_type", "")
     elif event.event_type == EventType.SUBSCRIPTION and event.detail.get("unsubscribe_all"):
         reason, note = Suppression.Reason.UNSUBSCRIBE, event.detail.get("contact_list", "")
     else:
         return
-    suppression_add(email=event.recipient, reason=reason, source=source[:255], note=note.strip())
+    suppression_add(email=event.recipient, reason=reason, source=source[:255], note=note.strip(), keep_existing=True)
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:
@@ -190,6 +260,7 @@ class DrainResult:
     duplicates: int = 0
     unmatched: int = 0
     malformed: int = 0
+    failed: int = 0
     receives: int = 0
     skipped: str = ""
     errors: list[str] = field(default_factory=list)
@@ -235,7 +306,7 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
     max_seconds = max_seconds or settings.SES_EVENTS_DRAIN_MAX_SECONDS
     # The lock expires on its own if this process dies, and is renewed after each
     # batch, so a killed drain blocks the next one for at most about this long.
-    lock = redis_client().lock(DRAIN_LOCK_NAME, timeout=max_seconds + settings.SES_EVENTS_WAIT_SECONDS + 5)
+    lock = redis_client().lock(drain_lock_name(queue_url), timeout=max_seconds + settings.SES_EVENTS_WAIT_SECONDS + 5)
     if not lock.acquire(blocking=False):
         result.skipped = "another drain is running"
         return result
@@ -281,32 +352,42 @@ def _drain(queue_url: str, deadline: float, result: DrainResult, lock) -> None:
             return
         result.received += len(messages)
         committed = []
-        for sqs_message in messages:
-            try:
-                outcomes = _apply_body(sqs_message["Body"])
-            except MalformedEvent as error:
-                result.malformed += 1
-                logger.error(
-                    "malformed SES event left for the DLQ sqs_message_id=%s receive_count=%s: %s",
-                    sqs_message.get("MessageId"), sqs_message.get("Attributes", {}).get("ApproximateReceiveCount"), error,
-                )
-                continue
-            except DatabaseError as error:
-                # The database is the problem, not the message: stop this run and
-                # let every unapplied message come back after its timeout.
-                result.errors.append(f"{type(error).__name__}: {error}")
-                logger.error("drain stopped: database error: %s", error)
-                _delete(client, queue_url, committed, result)
-                return
-            for outcome in outcomes:
-                setattr(result, outcome, getattr(result, outcome) + 1)
-            committed.append(sqs_message)
-        _delete(client, queue_url, committed, result)
+        try:
+            for sqs_message in messages:
+                receive_count = sqs_message.get("Attributes", {}).get("ApproximateReceiveCount")
+                try:
+                    outcomes = _apply_body(sqs_message["Body"])
+                except MalformedEvent as error:
+                    result.malformed += 1
+                    logger.error(
+                        "malformed SES event left for the DLQ sqs_message_id=%s receive_count=%s: %s",
+                        sqs_message.get("MessageId"), receive_count, error,
+                    )
+                    continue
+                except (OperationalError, InterfaceError) as error:
+                    # The database is unavailable, not the message at fault: stop
+                    # this run; unapplied messages come back after their timeout.
+                    result.errors.append(f"{type(error).__name__}: {error}")
+                    logger.error("drain stopped: database unavailable: %s", error)
+                    return
+                except Exception as error:  # one message that cannot be applied must not stall the rest
+                    result.failed += 1
+                    logger.exception(
+                        "SES event could not be applied, left for the DLQ sqs_message_id=%s receive_count=%s: %s",
+                        sqs_message.get("MessageId"), receive_count, error,
+                    )
+                    continue
+                for outcome in outcomes:
+                    setattr(result, outcome, getattr(result, outcome) + 1)
+                committed.append(sqs_message)
+        finally:
+            _delete(client, queue_url, committed, result)
 
 
 def _apply_body(body: str) -> list[str]:
     """Apply all events of one SQS message in one transaction; their outcomes."""
-    events = ses_body_parse(body)
+    # Sorted by address so concurrent appliers lock suppressions in one order.
+    events = sorted(ses_body_parse(body), key=lambda e: e.recipient)
     with transaction.atomic():
         outcomes = [event_apply(event=event, source=EngagementEvent.Source.SQS).outcome for event in events]
     return [{"applied": "applied", "duplicate": "duplicates", "unmatched": "unmatched"}[o] for o in outcomes]
@@ -321,11 +402,13 @@ def _delete(client, queue_url: str, messages: list[dict], result: DrainResult) -
         response = client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
     except (ClientError, BotoCoreError) as error:
         # The events are committed; when the messages come back their replay is a no-op.
+        result.errors.append(f"delete failed: {error}")
         logger.warning("could not delete %d applied SQS messages: %s", len(entries), error)
         return
     result.deleted += len(response.get("Successful", []))
     for failure in response.get("Failed", []):
         # The events are committed; if the message comes back its replay is a no-op.
+        result.errors.append(f"delete failed: {failure.get('Code')}")
         logger.warning("could not delete an applied SQS message entry=%s code=%s", failure.get("Id"), failure.get("Code"))
 
 
@@ -334,7 +417,7 @@ def _delete(client, queue_url: str, messages: list[dict], result: DrainResult) -
 
 def sns_notification_apply(*, message: dict) -> list[AppliedEvent]:
     """Apply the SES events of one verified SNS Notification, in one transaction."""
-    events = ses_body_parse(message)
+    events = sorted(ses_body_parse(message), key=lambda e: e.recipient)
     with transaction.atomic():
         return [event_apply(event=event, source=EngagementEvent.Source.SNS) for event in events]
 

@@ -65,7 +65,10 @@ _OPTIONAL_KEYS = frozenset({"Subject"})
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
 
 # Anchored with fullmatch, not `$`, which would also accept a trailing newline.
-_CERT_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
+# Region-shaped on purpose: a looser `sns\.[a-z0-9-]+\.amazonaws\.com` would also
+# accept S3 virtual-host names such as `sns.s3.amazonaws.com`, whose content is
+# whoever owns the bucket named "sns".
+_CERT_HOST = re.compile(r"sns\.[a-z]{2}(-gov)?-[a-z]+-[0-9]+\.amazonaws\.com(\.cn)?")
 # Printable ASCII without space: urlsplit silently drops tabs and newlines, so a
 # URL containing them could be judged on a different host than the one fetched.
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")

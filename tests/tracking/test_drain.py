@@ -7,7 +7,7 @@ from emailsvc.redisclient import redis_client
 from tests.tracking.scenario import detail, drain, event, sent_message
 from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, ses_event, sns_envelope
 from tracking.models import EngagementEvent
-from tracking.services import DRAIN_LOCK_NAME, events_drain
+from tracking.services import drain_lock_name, events_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -219,7 +219,7 @@ def test_more_than_one_receive_per_run_drains_the_whole_queue(api, events_queue)
 def test_a_second_drain_while_one_runs_does_nothing(api, events_queue):
     message = sent_message(api, ["one@example.com"])
     events_queue.put(event(message, "Delivery"))
-    lock = redis_client().lock(DRAIN_LOCK_NAME, timeout=30)
+    lock = redis_client().lock(drain_lock_name(events_queue.url), timeout=30)
     assert lock.acquire(blocking=False)
     try:
         result = events_drain()

@@ -110,3 +110,13 @@ def test_group_with_nothing_sent_has_null_rates(api):
     analytics = api.get("/api/v1/groups/fresh/analytics").json()
 
     assert (analytics["total"], analytics["sent"], analytics["delivery_rate"], analytics["open_rate"]) == (1, 0, None, None)
+
+
+def test_group_ids_with_slashes_are_reachable(api):
+    accepted_message(api, ["q@example.com"], group_id="invites/2026/march")
+
+    analytics = api.get("/api/v1/groups/invites/2026/march/analytics")
+    emails = api.get("/api/v1/groups/invites/2026/march/emails")
+
+    assert analytics.status_code == 200 and analytics.json()["group_id"] == "invites/2026/march"
+    assert emails.status_code == 200 and len(emails.json()["results"]) == 1

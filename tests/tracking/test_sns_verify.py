@@ -223,6 +223,11 @@ def test_foreign_signing_cert_url_is_rejected_without_a_fetch(url, downloads):
         ("https://sns.us-east-1.amazonaws.com:99999/x.pem", False),
         ("https://sns.us-east-1.amazonaws.com.evil.com/x.pem", False),
         ("https://sns.us-east-1.amazonaws.com.cn.evil.com/x.pem", False),
+        # S3 virtual-host names: anyone owning a bucket named "sns" controls these.
+        ("https://sns.s3.amazonaws.com/x.pem", False),
+        ("https://sns.s3-accelerate.amazonaws.com/x.pem", False),
+        ("https://sns.s3-external-1.amazonaws.com/x.pem", False),
+        ("https://sns.s3.us-east-1.amazonaws.com/x.pem", False),
         ("https://sns.us-east-1.amazonaws.com./x.pem", False),
         ("https://evil.com/x.pem", False),
         ("https://evilsns.us-east-1.amazonaws.com/x.pem", False),
