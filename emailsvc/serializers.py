@@ -46,6 +46,9 @@ def _rename_field(fields: dict, old: str, new: str) -> dict:
     return {(new if name == old else name): field for name, field in fields.items()}
 
 
+MAX_DISPLAY_NAME = 200
+
+
 def parse_address(value) -> tuple[str, str]:
     """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address)."""
     if isinstance(value, dict):
@@ -68,6 +71,10 @@ def parse_address(value) -> tuple[str, str]:
         raise serializers.ValidationError(f"'{address or value}' is not a valid email address.", code="invalid_address") from None
     if _CONTROL.search(name):
         raise serializers.ValidationError("A display name may not contain control characters.", code="invalid_address")
+    if len(name.strip()) > MAX_DISPLAY_NAME:
+        raise serializers.ValidationError(
+            f"A display name may be at most {MAX_DISPLAY_NAME} characters.", code="invalid_address"
+        )
     local, _, domain = address.rpartition("@")
     return name.strip(), f"{local}@{domain}".lower()
 
@@ -212,7 +219,10 @@ class SendEmailInputSerializer(serializers.Serializer):
         return value
 
     def validate_metadata(self, value):
-        size = len(json.dumps(value, separators=(",", ":")).encode())
+        encoded = json.dumps(value, separators=(",", ":"))
+        if "\\u0000" in encoded:
+            raise serializers.ValidationError("metadata may not contain NUL characters.")
+        size = len(encoded.encode())
         if size > settings.MAX_METADATA_BYTES:
             raise serializers.ValidationError(f"metadata is {size} bytes; at most {settings.MAX_METADATA_BYTES} are allowed.")
         return value
@@ -234,7 +244,8 @@ class SendEmailInputSerializer(serializers.Serializer):
 class BatchInputSerializer(serializers.Serializer):
     """The body of POST /api/v1/emails/batch: `emails`, each one like POST /api/v1/emails."""
 
-    emails = serializers.ListField(child=serializers.JSONField(), allow_empty=False)
+    # null items are allowed here so that each one fails on its own, below.
+    emails = serializers.ListField(child=serializers.JSONField(allow_null=True), allow_empty=False)
 
     def validate_emails(self, value):
         if len(value) > settings.MAX_BATCH_SIZE:
@@ -314,6 +325,7 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()
+    send_at = serializers.DateTimeField(allow_null=True)
     queued_at = serializers.DateTimeField(allow_null=True)
     sent_at = serializers.DateTimeField(allow_null=True)
     recipients = RecipientDetailSerializer(many=True)

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from email.utils import formataddr
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -221,6 +221,10 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
         transaction.on_commit(lambda: messages_enqueue(messages=queued))
 
 
+def _unstorable() -> ValidationFailed:
+    return ValidationFailed("A value is too long or holds characters that cannot be stored.", code="invalid_field")
+
+
 def _duplicate_email_id(email_id: str) -> Conflict:
     return Conflict(f"An email with email_id '{email_id}' already exists.", code="duplicate_email_id")
 
@@ -243,6 +247,8 @@ def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
         if Message.objects.filter(email_id=submission.message.email_id).exists():
             raise _duplicate_email_id(submission.message.email_id) from None
         raise
+    except DataError:
+        raise _unstorable() from None
     submission.message.recipients_list = submission.recipients
     return submission.message
 
@@ -279,7 +285,9 @@ def message_submit_batch(*, api_key: ApiKey | None, items: list[dict | EmailsvcE
     try:
         with transaction.atomic():
             _submissions_store(submissions, now=now)
-    except IntegrityError:
+    except (IntegrityError, DataError):
+        # Some item the checks let through was refused by the database: store
+        # them one by one so only that item fails.
         for index, result in enumerate(results):
             if isinstance(result, _Submission):
                 result.message.pk = None
@@ -288,6 +296,8 @@ def message_submit_batch(*, api_key: ApiKey | None, items: list[dict | EmailsvcE
                         _submissions_store([result], now=now)
                 except IntegrityError:
                     results[index] = _duplicate_email_id(result.message.email_id)
+                except DataError:
+                    results[index] = _unstorable()
     for index, result in enumerate(results):
         if isinstance(result, _Submission):
             result.message.recipients_list = result.recipients

@@ -16,13 +16,15 @@ def summarize(statuses: Iterable[str]) -> str:
     """A message's status from its recipients'.
 
     The most advanced status among the recipients that were handed to the
-    provider; when none was, failed before suppressed before cancelled.
+    provider; when none was, failed before cancelled before suppressed (an
+    email the caller cancelled reads `cancelled` even if one of its addresses
+    was suppressed).
     """
     statuses = list(statuses)
     progressed = [s for s in statuses if s not in NOT_SENT_STATUSES]
     if progressed:
         return max(progressed, key=lambda s: PRECEDENCE.get(s, 0))
-    for terminal in (Status.FAILED, Status.SUPPRESSED, Status.CANCELLED):
+    for terminal in (Status.FAILED, Status.CANCELLED, Status.SUPPRESSED):
         if terminal in statuses:
             return terminal
     return Status.QUEUED
