@@ -255,11 +255,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 CELERY_TASK_SEND_SENT_EVENT = True
-# The longest countdown a delivery task is given (a retry, the daily quota wait);
-# Redis re-delivers an unacknowledged task after visibility_timeout, so it must
-# be longer, or a waiting retry would be handed to a second worker.
-CELERY_LONGEST_COUNTDOWN_SECONDS = max(DELIVERY_RETRY_MAX_SECONDS, 3600)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": int(CELERY_LONGEST_COUNTDOWN_SECONDS + 3600)}
+# The longest countdown a delivery task is given in the broker. Longer waits
+# (the daily quota, a long DELIVERY_RETRY_MAX_SECONDS) are kept in the database
+# (`next_attempt_at`) and the sweeper enqueues the email when it is due: a task
+# held unacknowledged for long trips Redis's visibility_timeout (re-delivery to
+# a second worker) and RabbitMQ's consumer_timeout (30 min by default).
+CELERY_LONGEST_COUNTDOWN_SECONDS = 900
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_LONGEST_COUNTDOWN_SECONDS + 900}
 CELERY_BEAT_SCHEDULE = {
     "release-scheduled-emails": {
         "task": "emailsvc.release_scheduled",

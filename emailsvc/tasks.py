@@ -1,6 +1,7 @@
 """Celery entry points of the sending side: load by id, call the service."""
 
 from celery import shared_task
+from django.conf import settings
 
 from emailsvc.services import DeliveryDeferred, message_deliver, messages_sweep, scheduled_release
 
@@ -10,6 +11,8 @@ def message_deliver_task(self, message_id: int) -> None:
     try:
         message_deliver(message_id=message_id)
     except DeliveryDeferred as deferred:
+        if deferred.countdown > settings.CELERY_LONGEST_COUNTDOWN_SECONDS:
+            return  # due time is in next_attempt_at: the sweeper enqueues it then
         raise self.retry(countdown=deferred.countdown, exc=deferred) from None
 
 
