@@ -418,15 +418,21 @@ def message_deliver(*, message_id: int) -> Message | None:
         provider_message_id = providers.provider_send(message, sendable, list(message.attachments.all()))
     except providers.TransientDeliveryError as error:
         account_stopped = isinstance(error, providers.AccountStoppedError)
+        # The account, not this message, is at fault (paused, daily quota spent):
+        # the message waits and the attempt is not counted, so it is never burned.
+        account_wait = account_stopped or error.wait_seconds is not None
         if account_stopped:
-            # The account, not this message, is at fault: keep waiting, never fail it.
             logger.error("ALERT provider account stopped sending: %s", error.reason)
-        elif message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+        elif not account_wait and message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
             return _fail(message, sendable, f"gave up after {message.attempts} attempts: {error.reason}")
         countdown = settings.DELIVERY_RETRY_MAX_SECONDS if account_stopped else _retry_delay(message.attempts, error.wait_seconds)
         now = timezone.now()
         Message.objects.filter(pk=message.pk, status=Status.SENDING).update(
-            status=Status.QUEUED, last_error=error.reason, updated_at=now, next_attempt_at=now + timedelta(seconds=countdown)
+            status=Status.QUEUED,
+            last_error=error.reason,
+            updated_at=now,
+            next_attempt_at=now + timedelta(seconds=countdown),
+            attempts=F("attempts") - 1 if account_wait else F("attempts"),
         )
         logger.warning("delivery deferred email_id=%s attempt=%d in=%.1fs: %s", message.email_id, message.attempts, countdown, error.reason)
         raise DeliveryDeferred(countdown=countdown, reason=error.reason) from error

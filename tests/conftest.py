@@ -62,6 +62,16 @@ def wait_for_status(email_id: str, *, timeout: float = 30, pending=PENDING) -> M
         time.sleep(0.1)
 
 
+def poll(fetch, *, until, timeout: float = 30, interval: float = 0.05):
+    """Call `fetch` until `until(result)` holds or `timeout` passes; the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if until(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
 # --- SMTP server ------------------------------------------------------------
 
 
@@ -104,13 +114,7 @@ class SmtpSink:
             return [mail for mail in self.received if needle.encode() in mail.data]
 
     def wait_for(self, needle: str, *, count: int = 1, timeout: float = 30) -> list[ReceivedMail]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.matching(needle)
-            if len(found) >= count:
-                return found
-            time.sleep(0.05)
-        return self.matching(needle)
+        return poll(lambda: self.matching(needle), until=lambda found: len(found) >= count, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,389 @@
+"""Delivery under faults, on a private copy of the service's processes (tests/stack.py).
+
+Each stack has its own Redis, a gunicorn web process and Celery workers on the
+test database. SES errors come from a fault-injecting proxy in front of moto
+(tests/sesproxy.py); SMTP goes to a private aiosmtpd server that can hold a
+session at RCPT TO. Assertions are on what a user would notice: API answers,
+stored rows, and the messages the SMTP server / moto received.
+"""
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from emailsvc.models import Message, Recipient, Status
+from emailsvc.services import api_key_create
+from tests.conftest import wait_for_status
+from tests.sesproxy import SesFaultProxy
+from tests.stack import SmtpServer, Stack, wait_until
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+# Every stack: no rate limit unless a test asks for one, short retries, and a
+# sweeper / scheduled release that run every second (when a worker runs beat).
+FAST = {
+    "SEND_RATE_PER_SECOND": "0",
+    "DELIVERY_RETRY_BASE_SECONDS": "0.2",
+    "DELIVERY_RETRY_MAX_SECONDS": "1",
+    "SWEEPER_INTERVAL_SECONDS": "1",
+    "SWEEP_QUEUED_AFTER_SECONDS": "1",
+    "SWEEP_SENDING_AFTER_SECONDS": "3",
+    "SCHEDULED_RELEASE_INTERVAL_SECONDS": "1",
+}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def send(stack: Stack, key: str, **fields) -> dict:
+    body = {"to": "someone@example.org", "subject": "Fault test", "text": "Hello.", **fields}
+    status, answer = stack.post("/api/v1/emails", body, key)
+    assert status == 202, answer
+    return answer
+
+
+def cancel(stack: Stack, key: str, email_id: str):
+    return stack.post(f"/api/v1/emails/{email_id}/cancel", None, key)
+
+
+# --- fixtures --------------------------------------------------------------------
+
+
+def _test_db_name() -> str:
+    return str(connections["default"].settings_dict["NAME"])
+
+
+@pytest.fixture
+def key(transactional_db) -> str:
+    """A committed API key that may send (the web process reads it from the database)."""
+    return api_key_create(name="delivery faults", permission="sending")[1]
+
+
+@pytest.fixture(scope="module")
+def mail():
+    """The private SMTP server the `smtp` stack delivers to."""
+    server = SmtpServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def ses_proxy(moto_server):
+    proxy = SesFaultProxy(moto_server.url)
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+def _module_stack(tmp_path_factory, name: str, env: dict[str, str]):
+    stack = Stack(directory=tmp_path_factory.mktemp(f"{name}-stack"), db_name=_test_db_name(), env=env, name=name)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def _ses_stack(django_db_setup, django_db_blocker, moto_server, ses_proxy, tmp_path_factory):
+    env = {**FAST, "EMAIL_PROVIDER": "ses", "AWS_ENDPOINT_URL": moto_server.url, "AWS_ENDPOINT_URL_SESV2": ses_proxy.url}
+    yield from _module_stack(tmp_path_factory, "ses", env)
+
+
+@pytest.fixture(scope="module")
+def _smtp_stack(django_db_setup, django_db_blocker, mail, moto_server, tmp_path_factory):
+    env = {**FAST, "EMAIL_PROVIDER": "smtp", "SMTP_HOST": mail.host, "SMTP_PORT": str(mail.port), "AWS_ENDPOINT_URL": moto_server.url}
+    yield from _module_stack(tmp_path_factory, "smtp", env)
+
+
+@pytest.fixture(scope="module")
+def _console_stack(django_db_setup, django_db_blocker, tmp_path_factory):
+    yield from _module_stack(tmp_path_factory, "console", {**FAST, "EMAIL_PROVIDER": "console"})
+
+
+def _fresh(stack: Stack):
+    """No worker and no task left over from another test, before and after the test
+    (workers stop before the transactional teardown empties the tables)."""
+    stack.kill_workers()
+    stack.drop_tasks()
+    try:
+        yield stack
+    finally:
+        stack.kill_workers()
+        stack.drop_tasks()
+
+
+@pytest.fixture
+def ses_stack(_ses_stack, ses_proxy, key):
+    ses_proxy.clear()
+    yield from _fresh(_ses_stack)
+    ses_proxy.clear()
+
+
+@pytest.fixture
+def smtp_stack(_smtp_stack, mail, key):
+    mail.reset()
+    yield from _fresh(_smtp_stack)
+    mail.reset()
+
+
+@pytest.fixture
+def console_stack(_console_stack, key):
+    yield from _fresh(_console_stack)
+
+
+def moto_copies(moto_server, needle: str) -> int:
+    return sum(1 for message in moto_server.sent_raw_messages() if needle in message["raw_data"])
+
+
+# --- SES errors through the fault proxy ------------------------------------------------
+
+
+@pytest.mark.parametrize("error", ["TooManyRequestsException", "Throttling"])
+def test_throttling_heals_and_the_email_is_sent_once(ses_stack, ses_proxy, moto_server, key, error):
+    ses_stack.start_worker()
+    email_id = unique("throttled")
+    ses_proxy.fail(email_id, error=error, times=3)
+
+    assert send(ses_stack, key, email_id=email_id)["status"] == "queued"
+    message = wait_for_status(email_id, timeout=60)
+
+    assert message.status == Status.SENT, ses_stack.logs()
+    assert message.attempts == 4
+    calls = ses_proxy.calls(email_id)
+    assert [call["answered"] for call in calls] == [f"error:{error}"] * 3 + ["sent"]
+    assert message.provider_message_id == calls[-1]["message_id"]
+    assert moto_copies(moto_server, email_id) == 1
+    status, detail = ses_stack.get(f"/api/v1/emails/{email_id}", key)
+    assert status == 200
+    assert (detail["status"], detail["attempts"], detail["last_error"]) == ("sent", 4, "")
+
+
+def test_rejection_fails_after_one_attempt_with_the_providers_reason(ses_stack, ses_proxy, moto_server, key):
+    ses_stack.start_worker()
+    email_id = unique("rejected")
+    reason = f"Email address is not verified. The following identities failed the check: {email_id}@example.org"
+    ses_proxy.fail(email_id, error="MessageRejected", message=reason)
+
+    send(ses_stack, key, email_id=email_id, to=f"{email_id}@example.org")
+    message = wait_for_status(email_id, timeout=60)
+
+    assert message.status == Status.FAILED, ses_stack.logs()
+    assert message.attempts == 1
+    assert "MessageRejected" in message.last_error and reason in message.last_error
+    (recipient,) = Recipient.objects.filter(message=message)
+    assert recipient.status == Status.FAILED
+    assert reason in recipient.failed_reason
+    assert [call["answered"] for call in ses_proxy.calls(email_id)] == ["error:MessageRejected"]
+    assert moto_copies(moto_server, email_id) == 0
+    status, detail = ses_stack.get(f"/api/v1/emails/{email_id}", key)
+    assert (status, detail["status"]) == (200, "failed")
+    assert reason in detail["recipients"][0]["failed_reason"]
+
+
+def test_account_pause_makes_the_email_wait_then_it_is_sent(ses_stack, ses_proxy, moto_server, key):
+    ses_stack.start_worker()
+    email_id = unique("paused")
+    ses_proxy.fail(email_id, error="SendingPausedException", times=2)
+
+    send(ses_stack, key, email_id=email_id)
+    seen: set[str] = set()
+
+    def finished():
+        message = Message.objects.get(email_id=email_id)
+        seen.add(message.status)
+        return message if message.status not in (Status.QUEUED, Status.SENDING) else None
+
+    message = wait_until(finished, timeout=60, interval=0.02) or Message.objects.get(email_id=email_id)
+
+    assert message.status == Status.SENT, ses_stack.logs()
+    assert Status.FAILED not in seen, seen
+    assert [call["answered"] for call in ses_proxy.calls(email_id)] == ["error:SendingPausedException"] * 2 + ["sent"]
+    assert moto_copies(moto_server, email_id) == 1
+
+
+def test_account_pause_does_not_use_up_delivery_attempts(ses_stack, ses_proxy, moto_server, key):
+    ses_stack.start_worker(env={"DELIVERY_MAX_ATTEMPTS": "3"})
+    email_id = unique("long-pause")
+    ses_proxy.fail(email_id, error="SendingPausedException", times=3)  # the pause outlasts 3 attempts
+    ses_proxy.fail(email_id, error="TooManyRequestsException", times=1)  # then one ordinary throttle
+
+    send(ses_stack, key, email_id=email_id)
+    message = wait_for_status(email_id, timeout=60)
+
+    assert [call["answered"] for call in ses_proxy.calls(email_id)][:4] == [
+        "error:SendingPausedException", "error:SendingPausedException", "error:SendingPausedException",
+        "error:TooManyRequestsException",
+    ], ses_stack.logs()
+    # One counted failure out of three allowed: it must be retried and sent, not "gave up after 4 attempts".
+    assert (message.status, message.last_error) == (Status.SENT, "")
+    assert moto_copies(moto_server, email_id) == 1
+
+
+def test_daily_quota_makes_the_email_wait_not_fail(ses_stack, ses_proxy, key):
+    ses_stack.start_worker()
+    email_id = unique("quota")
+    ses_proxy.fail(email_id, error="LimitExceededException", message="Daily message quota exceeded.")
+
+    send(ses_stack, key, email_id=email_id)
+
+    def deferred():
+        message = Message.objects.get(email_id=email_id)
+        return message if ses_proxy.calls(email_id) and message.status == Status.QUEUED and message.last_error else None
+
+    message = wait_until(deferred, timeout=60) or Message.objects.get(email_id=email_id)
+    assert message.status == Status.QUEUED, ses_stack.logs()
+    assert "Daily message quota exceeded." in message.last_error
+    # The next attempt waits for the quota to renew (an hour), not seconds.
+    assert message.next_attempt_at > timezone.now() + timedelta(minutes=30)
+    assert len(ses_proxy.calls(email_id)) == 1
+
+    status, body = cancel(ses_stack, key, email_id)
+    assert (status, body["status"]) == (200, "cancelled")
+    assert Message.objects.get(email_id=email_id).status == Status.CANCELLED
+
+
+# --- workers and Redis failing -------------------------------------------------------------
+
+
+def test_worker_killed_while_sending_is_delivered_once(smtp_stack, mail, key):
+    mail.stall()
+    worker_a = smtp_stack.start_worker()  # no beat: nothing may recover the message while A holds it
+    email_id = unique("killed")
+    send(smtp_stack, key, email_id=email_id)
+
+    assert mail.wait_stalled(1, timeout=30), smtp_stack.logs()
+    claimed = Message.objects.get(email_id=email_id)
+    assert (claimed.status, claimed.attempts) == (Status.SENDING, 1)
+    smtp_stack.kill_worker(worker_a)
+    smtp_stack.workers.remove(worker_a)
+    mail.unstall()
+    # The killed worker's session never got past RCPT TO: no DATA, nothing received.
+    assert wait_until(lambda: mail.stalled_now == 0, timeout=10)
+    assert mail.data_commands == 0 and mail.matching(email_id) == []
+    assert Message.objects.get(email_id=email_id).status == Status.SENDING
+
+    smtp_stack.start_worker(beat=True)  # its sweeper recovers `sending` after SWEEP_SENDING_AFTER_SECONDS
+    message = wait_for_status(email_id, timeout=60)
+
+    assert message.status == Status.SENT, smtp_stack.logs()
+    assert message.attempts == 2
+    assert len(mail.wait_for(email_id)) == 1
+    time.sleep(2)  # a few more sweeps: still one copy
+    assert len(mail.matching(email_id)) == 1
+    assert mail.stalled_total == 1
+
+
+def test_delivery_task_enqueued_twice_sends_once(smtp_stack, mail, key):
+    email_id = unique("twice")
+    send(smtp_stack, key, email_id=email_id)  # no worker yet: the task waits in Redis
+    pk = Message.objects.get(email_id=email_id).pk
+    smtp_stack.publish("emailsvc.deliver", args=[pk], queue="emails.normal")
+    assert smtp_stack.queue_lengths()["emails.normal"] == 2
+
+    smtp_stack.start_worker(concurrency=2)
+    message = wait_for_status(email_id, timeout=60)
+    # Both tasks ran and were acknowledged.
+    assert wait_until(lambda: smtp_stack.queue_lengths()["emails.normal"] == 0 and smtp_stack.unacked() == 0, timeout=30)
+
+    assert message.status == Status.SENT, smtp_stack.logs()
+    assert Message.objects.get(email_id=email_id).attempts == 1
+    assert len(mail.matching(email_id)) == 1
+
+
+def test_redis_restart_between_accept_and_delivery(smtp_stack, mail, key):
+    before = unique("before-restart")
+    send(smtp_stack, key, email_id=before)
+    assert smtp_stack.queue_lengths()["emails.normal"] == 1
+
+    smtp_stack.restart_redis()
+    assert sum(smtp_stack.queue_lengths().values()) == 0  # the task is gone with Redis' memory
+
+    # The web process keeps accepting on the new Redis.
+    after = unique("after-restart")
+    assert send(smtp_stack, key, email_id=after)["status"] == "queued"
+
+    smtp_stack.start_worker(beat=True)  # its sweeper re-enqueues what Redis lost
+    for email_id in (before, after):
+        message = wait_for_status(email_id, timeout=60)
+        assert message.status == Status.SENT, (email_id, smtp_stack.logs())
+        assert len(mail.wait_for(email_id)) == 1
+    time.sleep(1.5)
+    assert [len(mail.matching(email_id)) for email_id in (before, after)] == [1, 1]
+
+
+# --- rate limit, priorities, scheduling --------------------------------------------------------
+
+
+def test_rate_limit_holds_across_worker_processes(smtp_stack, mail, key):
+    rate = {"SEND_RATE_PER_SECOND": "5", "SEND_RATE_BURST": "1"}
+    workers = [smtp_stack.start_worker(env=rate), smtp_stack.start_worker(env=rate)]
+    run = unique("rate")
+    emails = [
+        {"to": f"reader{i}@example.org", "subject": f"{run} #{i}", "text": "Hello.", "email_id": f"{run}-{i:02d}"}
+        for i in range(20)
+    ]
+    status, answer = smtp_stack.post("/api/v1/emails/batch", {"emails": emails}, key)
+    assert status == 200 and len(answer["data"]) == 20 and answer["errors"] == [], answer
+
+    arrivals = mail.wait_for(run, count=20, timeout=60)
+    assert len(arrivals) == 20, smtp_stack.logs()
+    assert all(wait_for_status(email["email_id"], timeout=30).status == Status.SENT for email in emails)
+
+    times = sorted(arrival.at for arrival in arrivals)
+    busiest = max(sum(1 for t in times if start <= t < start + 1) for start in times)
+    gaps = [round(b - a, 3) for a, b in zip(times, times[1:])]
+    assert busiest <= 5 + 1, gaps
+    # Both processes sent: the limit is shared, not per process.
+    delivered = [worker.log().count(f"delivered email_id={run}") for worker in workers]
+    assert sum(delivered) == 20 and all(delivered), delivered
+
+
+def test_high_priority_overtakes_a_deep_low_backlog(console_stack, key):
+    started = time.monotonic()
+    for batch in range(20):
+        emails = [{"to": "bulk@example.org", "subject": "Newsletter", "text": "x", "priority": "low"} for _ in range(500)]
+        status, answer = console_stack.post("/api/v1/emails/batch", {"emails": emails}, key)
+        assert status == 200 and len(answer["data"]) == 500, (batch, answer if status != 200 else answer["errors"][:3])
+    accepted = time.monotonic()
+    assert console_stack.queue_lengths()["emails.low"] == 10_000
+    urgent = unique("urgent")
+    send(console_stack, key, email_id=urgent, priority="high", subject="Your login code")
+
+    console_stack.start_worker(concurrency=2)
+    message = wait_for_status(urgent, timeout=120)
+    low_queued = Message.objects.filter(priority="low", status=Status.QUEUED).count()
+    print(f"\naccepting 10,000 low emails took {accepted - started:.1f}s; urgent sent with {low_queued} low still queued")
+
+    assert message.status == Status.SENT, console_stack.logs()
+    assert low_queued >= 9_000
+    console_stack.kill_workers()  # then the fixture drops the backlog's tasks
+
+
+def test_scheduled_send_is_released_on_time_and_cancellable_until_then(smtp_stack, mail, key):
+    smtp_stack.start_worker(beat=True)  # releases scheduled emails every second
+    send_at = datetime.now(UTC) + timedelta(seconds=3)
+    on_time, called_off = unique("scheduled"), unique("called-off")
+    for email_id in (on_time, called_off):
+        assert send(smtp_stack, key, email_id=email_id, send_at=send_at.isoformat())["status"] == "scheduled"
+
+    status, body = cancel(smtp_stack, key, called_off)
+    assert (status, body["status"]) == (200, "cancelled")
+
+    message = wait_for_status(on_time, timeout=30)
+    assert message.status == Status.SENT, smtp_stack.logs()
+    assert timedelta(0) <= message.sent_at - send_at <= timedelta(seconds=5), (send_at, message.sent_at)
+    assert len(mail.wait_for(on_time)) == 1
+
+    status, body = cancel(smtp_stack, key, on_time)
+    assert (status, body["error"]) == (409, "not_cancellable")
+
+    time.sleep(max(0.0, (send_at + timedelta(seconds=3) - datetime.now(UTC)).total_seconds()))
+    assert mail.matching(called_off) == []
+    status, detail = smtp_stack.get(f"/api/v1/emails/{called_off}", key)
+    assert (status, detail["status"], detail["sent_at"]) == (200, "cancelled", None)
