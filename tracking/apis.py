@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc.auth import CanRead
-from emailsvc.errors import ErrorBodySerializer
+from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
 from emailsvc.serializers import EmailSummaryOutputSerializer
 from tracking.normalize import MalformedEvent
 from tracking.selectors import group_analytics, group_messages
@@ -66,7 +66,9 @@ class GroupAnalyticsApi(APIView):
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:
-    return JsonResponse({"error": code, "detail": detail}, status=status)
+    """The API's error body (emailsvc.errors) from a plain Django view."""
+    error = EmailsvcError(detail, code=code)
+    return JsonResponse(error_body(error), status=status)
 
 
 @method_decorator(csrf_exempt, name="dispatch")
@@ -79,6 +81,11 @@ class SesSnsWebhookView(View):
     """
 
     http_method_names = ["post"]
+
+    def http_method_not_allowed(self, request, *args, **kwargs):
+        response = _error("method_not_allowed", "Only POST (from Amazon SNS) is accepted here.", 405)
+        response["Allow"] = "POST"
+        return response
 
     def post(self, request):
         try:

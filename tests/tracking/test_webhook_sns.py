@@ -466,3 +466,10 @@ def test_subscription_confirmation_that_sns_refuses_answers_502_with_a_code(clie
 
     assert response.status_code == 502
     assert response.json()["error"] == "sns_confirm_failed"
+
+
+def test_other_methods_get_a_json_405(client):
+    response = client.get("/webhooks/ses/")
+
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
