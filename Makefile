@@ -1,10 +1,13 @@
-# emailsvc — `make run` starts the whole service locally; `make test` runs the suite.
+# emailsvc — `make run` starts the whole service locally; `make test` runs the suite;
+# `make bench` measures it (benchmarks/README.md).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean bench bench-quick bench-profile
+
+BENCH_STAMP := $(VENV)/.bench-installed
 
 venv: $(STAMP)
 
@@ -19,6 +22,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
+	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.run --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .sandbox .test-db.sqlite3* db.sqlite3*

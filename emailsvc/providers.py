@@ -11,6 +11,7 @@ import logging
 import smtplib
 import socket
 import threading
+import time
 import uuid
 from email.utils import formataddr, make_msgid
 from urllib.parse import quote
@@ -145,14 +146,24 @@ def build_email(message: Message, recipients: list[Recipient], attachments: list
 _connections = threading.local()
 
 
+# An SMTP session used within this many seconds is taken as alive; an older one
+# is asked (NOOP) first, since servers close idle sessions.
+SMTP_IDLE_CHECK_SECONDS = 5.0
+
+
 def _connection(provider: str):
     cache = _connections.__dict__
-    if provider in cache and provider == Provider.SMTP and not _smtp_alive(cache[provider]):
-        _drop_connection(provider)
+    now = time.monotonic()
+    if provider in cache and provider == Provider.SMTP:
+        idle = now - getattr(_connections, "smtp_last_used", 0.0)
+        if idle > SMTP_IDLE_CHECK_SECONDS and not _smtp_alive(cache[provider]):
+            _drop_connection(provider)
     if provider not in cache:
         connection = get_connection(_BACKENDS[provider], fail_silently=False)
         connection.open()
         cache[provider] = connection
+    if provider == Provider.SMTP:
+        _connections.smtp_last_used = now
     return cache[provider]
 
 

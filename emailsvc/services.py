@@ -17,7 +17,7 @@ from email.utils import formataddr
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from emailsvc import providers
@@ -440,14 +440,17 @@ def message_deliver(*, message_id: int) -> Message | None:
         return _fail(message, sendable, error.reason)
 
     sent_at = timezone.now()
-    sendable_pks = [r.pk for r in sendable]
     with transaction.atomic():
-        Message.objects.select_for_update().filter(pk=message.pk).update(
-            provider_message_id=provider_message_id, sent_at=sent_at, last_error=""
+        Message.objects.filter(pk=message.pk).update(provider_message_id=provider_message_id, sent_at=sent_at, last_error="")
+        message.provider_message_id, message.sent_at, message.last_error = provider_message_id, sent_at, ""
+        Recipient.objects.filter(pk__in=[r.pk for r in sendable]).update(
+            sent_at=sent_at,
+            updated_at=sent_at,
+            # An event applied meanwhile may already have moved a recipient past `sent`.
+            status=Case(
+                When(status__in=[Status.QUEUED, Status.SENDING], then=Value(Status.SENT)), default=F("status")
+            ),
         )
-        Recipient.objects.filter(pk__in=sendable_pks).update(sent_at=sent_at, updated_at=sent_at)
-        # An event applied meanwhile may already have moved a recipient past `sent`.
-        Recipient.objects.filter(pk__in=sendable_pks, status__in=[Status.QUEUED, Status.SENDING]).update(status=Status.SENT)
         message = _finish(message)
     logger.info("delivered email_id=%s provider=%s recipients=%d", message.email_id, message.provider, len(sendable))
     _early_events_link(message)
@@ -459,9 +462,11 @@ def message_deliver(*, message_id: int) -> Message | None:
 def _early_events_link(message: Message) -> None:
     """Events that beat this worker's commit and could not be matched by their
     tracking header are applied now that the provider id is known."""
+    from tracking.models import EngagementEvent
     from tracking.services import events_relink
 
-    if events_relink(message_id=message.pk):
+    orphans = EngagementEvent.objects.filter(provider_message_id=message.provider_message_id, message__isnull=True)
+    if message.provider_message_id and orphans.exists() and events_relink(message_id=message.pk):
         message.refresh_from_db()
 
 
@@ -482,6 +487,7 @@ def _fail(message: Message, recipients: list[Recipient], reason: str) -> Message
         status=Status.FAILED, failed_reason=reason, updated_at=now
     )
     Message.objects.filter(pk=message.pk).update(last_error=reason, updated_at=now)
+    message.last_error = reason
     logger.warning("delivery failed email_id=%s: %s", message.email_id, redact_address(reason))
     return _finish(message)
 
@@ -493,10 +499,11 @@ def _finish(message: Message) -> Message:
     recipients is never overwritten by one derived from an older snapshot.
     """
     with transaction.atomic():
-        Message.objects.select_for_update().filter(pk=message.pk).first()
-        status = summarize(message.recipients.values_list("status", flat=True))
-        Message.objects.filter(pk=message.pk).update(status=status, updated_at=timezone.now())
-    message.refresh_from_db()
+        list(Message.objects.select_for_update().filter(pk=message.pk).values_list("pk"))
+        status = summarize(Recipient.objects.filter(message_id=message.pk).order_by().values_list("status", flat=True))
+        message.updated_at = timezone.now()
+        Message.objects.filter(pk=message.pk).update(status=status, updated_at=message.updated_at)
+    message.status = status
     return message
 
 

@@ -54,6 +54,10 @@ def event_apply(*, event: NormalizedEvent, source: str) -> AppliedEvent:
     address (an existing suppression is kept as it is). Never raises for
     unknown messages: they are stored with no message and counted `unmatched`.
     """
+    # A replay is answered by one indexed lookup, before any lock is taken; the
+    # unique constraint below still settles a race between two appliers.
+    if EngagementEvent.objects.filter(event_id=event.event_id, recipient_email=event.recipient).exists():
+        return AppliedEvent(outcome="duplicate")
     with transaction.atomic():
         message = _correlate(event)
         recipient = None
