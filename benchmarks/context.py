@@ -39,7 +39,7 @@ class Params:
     reference_rates: tuple[int, ...] = (14,)
     rate_workers: int = 4
     rate_seconds: float = 30
-    drain_events: int = 5000
+    drain_events: int = 3000
     e2e_limit: int = 14
     e2e_seconds: float = 20
 
