@@ -20,6 +20,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from emailsvc.errors import ErrorBodySerializer
 from emailsvc.models import Priority, Recipient
 
 EMAIL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
@@ -352,11 +353,10 @@ class BatchItemOutputSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
-class BatchErrorOutputSerializer(serializers.Serializer):
+class BatchErrorOutputSerializer(ErrorBodySerializer):
+    """The API's error body for one item, with the item's index."""
+
     index = serializers.IntegerField()
-    error = serializers.CharField()
-    detail = serializers.CharField()
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
 
 
 class BatchOutputSerializer(serializers.Serializer):

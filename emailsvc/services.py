@@ -17,7 +17,7 @@ from email.utils import formataddr
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from emailsvc import providers
@@ -462,11 +462,9 @@ def message_deliver(*, message_id: int) -> Message | None:
 def _early_events_link(message: Message) -> None:
     """Events that beat this worker's commit and could not be matched by their
     tracking header are applied now that the provider id is known."""
-    from tracking.models import EngagementEvent
     from tracking.services import events_relink
 
-    orphans = EngagementEvent.objects.filter(provider_message_id=message.provider_message_id, message__isnull=True)
-    if message.provider_message_id and orphans.exists() and events_relink(message_id=message.pk):
+    if events_relink(message_id=message.pk, provider_message_id=message.provider_message_id):
         message.refresh_from_db()
 
 
@@ -585,14 +583,16 @@ def messages_sweep(*, limit: int = 1000) -> SweepResult:
       provider accepted it, the worker died before recording it, and no event
       arrived within SWEEP_SENDING_AFTER_SECONDS (SMTP has no events).
     """
-    from tracking.models import EngagementEvent
+    from tracking.selectors import provider_message_id_from_events
 
     result = SweepResult()
     now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.SWEEP_QUEUED_AFTER_SECONDS)
     stale_queued = list(
-        Message.objects.filter(
-            status=Status.QUEUED, next_attempt_at__lt=now - timedelta(seconds=settings.SWEEP_QUEUED_AFTER_SECONDS)
-        ).values_list("pk", "priority", "next_attempt_at")[:limit]
+        Message.objects.filter(status=Status.QUEUED)
+        # A row from before next_attempt_at existed (NULL) is due since it was queued.
+        .filter(Q(next_attempt_at__lt=cutoff) | Q(next_attempt_at__isnull=True, created_at__lt=cutoff))
+        .values_list("pk", "priority", "next_attempt_at")[:limit]
     )
     requeue = []
     for pk, priority, due in stale_queued:
@@ -608,10 +608,7 @@ def messages_sweep(*, limit: int = 1000) -> SweepResult:
         accepted = Recipient.objects.filter(message_id=pk, status__in=SEND_EVIDENCE_STATUSES).exists()
         with transaction.atomic():
             if accepted:
-                provider_message_id = (
-                    EngagementEvent.objects.filter(message_id=pk).exclude(provider_message_id="")
-                    .values_list("provider_message_id", flat=True).first() or ""
-                )
+                provider_message_id = provider_message_id_from_events(message_id=pk)
                 if not Message.objects.filter(pk=pk, status=Status.SENDING, sending_started_at=started).update(
                     provider_message_id=provider_message_id, sent_at=started, last_error="", updated_at=now
                 ):

@@ -72,6 +72,11 @@ def poll(fetch, *, until, timeout: float = 30, interval: float = 0.05):
         time.sleep(interval)
 
 
+def wait_until(predicate, *, timeout: float = 30, interval: float = 0.05):
+    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (last value)."""
+    return poll(predicate, until=bool, timeout=timeout, interval=interval)
+
+
 # --- SMTP server ------------------------------------------------------------
 
 

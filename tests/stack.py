@@ -37,7 +37,7 @@ import redis
 from aiosmtpd.controller import Controller
 
 from config.devservices import free_port, start_redis, stop
-from tests.conftest import BASE_DIR, WorkerProcess, poll, start_worker
+from tests.conftest import BASE_DIR, WorkerProcess, poll, start_worker, wait_until
 
 ALL_QUEUES = "emails.high,emails.normal,emails.low,events"
 # Redis keys that hold tasks (kombu's Redis transport): the queues, and the
@@ -140,16 +140,6 @@ class SmtpServer:
 
 
 # --- the stack --------------------------------------------------------------------
-
-
-def wait_until(predicate, *, timeout: float = 30, interval: float = 0.05):
-    """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def _killpg(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:

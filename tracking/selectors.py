@@ -61,3 +61,16 @@ def group_analytics(*, group_id: str) -> dict:
         "bounce_rate": _rate(counts["bounced"], counts["sent"]),
         "complaint_rate": _rate(counts["complained"], counts["sent"]),
     }
+
+
+def provider_message_id_from_events(*, message_id: int) -> str:
+    """The provider's id of a message as its events report it ("" if none did)."""
+    from tracking.models import EngagementEvent
+
+    return (
+        EngagementEvent.objects.filter(message_id=message_id)
+        .exclude(provider_message_id="")
+        .values_list("provider_message_id", flat=True)
+        .first()
+        or ""
+    )

@@ -95,17 +95,16 @@ def event_apply(*, event: NormalizedEvent, source: str) -> AppliedEvent:
     return AppliedEvent(outcome="applied", event=row)
 
 
-def events_relink(*, message_id: int) -> int:
+def events_relink(*, message_id: int, provider_message_id: str) -> int:
     """Apply stored events that arrived before their message's provider id was
-    recorded (and carried no readable tracking header); how many were linked."""
-    message = Message.objects.filter(pk=message_id).only("pk", "provider_message_id").first()
-    if message is None or not message.provider_message_id:
+    recorded (and carried no readable tracking header); how many were linked.
+    Costs one EXISTS query when there are none, which is nearly always."""
+    orphans = EngagementEvent.objects.filter(provider_message_id=provider_message_id, message__isnull=True)
+    if not provider_message_id or not orphans.exists():
         return 0
     linked = 0
     with transaction.atomic():
-        orphans = EngagementEvent.objects.select_for_update().filter(
-            provider_message_id=message.provider_message_id, message__isnull=True
-        )
+        orphans = orphans.select_for_update()
         for row in orphans.order_by("recipient_email", "id"):
             message = Message.objects.select_for_update().get(pk=message_id)
             recipient = Recipient.objects.select_for_update().filter(message=message, email=row.recipient_email).first()

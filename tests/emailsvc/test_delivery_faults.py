@@ -17,9 +17,9 @@ from django.utils import timezone
 
 from emailsvc.models import Message, Recipient, Status
 from emailsvc.services import api_key_create
-from tests.conftest import wait_for_status
+from tests.conftest import wait_for_status, wait_until
 from tests.sesproxy import SesFaultProxy
-from tests.stack import SmtpServer, Stack, wait_until
+from tests.stack import SmtpServer, Stack
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 

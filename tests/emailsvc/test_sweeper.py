@@ -88,3 +88,12 @@ def test_claim_younger_than_the_threshold_is_not_touched(api):
     assert (result.recovered_sent, result.recovered_requeued) == (0, 0)
     message.refresh_from_db()
     assert message.status == "sending"
+
+
+def test_queued_email_stored_before_due_times_existed_is_swept_too(api):
+    old = accepted_message(api, ["old@example.com"])
+    Message.objects.filter(pk=old.pk).update(next_attempt_at=None, created_at=ago(61))
+
+    assert messages_sweep().requeued == 1
+    old.refresh_from_db()
+    assert old.next_attempt_at is not None

@@ -12,7 +12,7 @@ from django.db import connections, transaction
 from emailsvc.models import Message, Recipient
 from emailsvc.redisclient import redis_client
 from emailsvc.services import message_deliver
-from tests.conftest import BASE_DIR, wait_for_status
+from tests.conftest import BASE_DIR, wait_for_status, wait_until
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent
 from tracking.services import drain_lock_name, events_drain
@@ -38,15 +38,6 @@ def drain_process(events_queue, moto_server, settings) -> subprocess.Popen:
         [sys.executable, "manage.py", "drain_events", "--once"],
         cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-
-
-def wait_until(condition, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_drain_killed_before_commit_leaves_events_queued_and_next_drain_applies_them_once(

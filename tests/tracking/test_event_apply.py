@@ -97,8 +97,8 @@ def test_event_that_arrived_before_the_provider_id_was_recorded_is_applied_once_
     Message.objects.filter(pk=message.pk).update(provider_message_id="ses-id-not-yet-recorded", status="sent")
     message.recipients.update(status="sent")
 
-    assert events_relink(message_id=message.pk) == 1
-    assert events_relink(message_id=message.pk) == 0
+    assert events_relink(message_id=message.pk, provider_message_id="ses-id-not-yet-recorded") == 1
+    assert events_relink(message_id=message.pk, provider_message_id="ses-id-not-yet-recorded") == 0
     message.refresh_from_db()
     assert message.status == "delivered"
     assert EngagementEvent.objects.get().message_id == message.pk
