@@ -3,8 +3,9 @@
 from django import forms
 from django.contrib import admin, messages
 
-from emailsvc import services
 from emailsvc.models import ApiKey, Attachment, Message, Recipient, Suppression
+from emailsvc.services.api_keys import api_key_create, api_key_revoke
+from emailsvc.services.suppressions import suppression_add, suppression_lift
 from tracking.admin import EngagementEventInline
 
 
@@ -30,22 +31,22 @@ class SuppressionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Lift the selected suppressions")
     def lift(self, request, queryset):
-        lifted = sum(services.suppression_lift(email=s.email) for s in queryset)
+        lifted = sum(suppression_lift(email=s.email) for s in queryset)
         self.message_user(request, f"Lifted {lifted} suppression(s).", messages.SUCCESS)
 
     def save_model(self, request, obj, form, change):
-        saved = services.suppression_add(
+        saved = suppression_add(
             email=obj.email, reason=obj.reason, source=obj.source or f"admin:{request.user}",
             note=obj.note, expires_at=obj.expires_at,
         )
         obj.pk = saved.pk
 
     def delete_model(self, request, obj):
-        services.suppression_lift(email=obj.email)
+        suppression_lift(email=obj.email)
 
     def delete_queryset(self, request, queryset):
         for suppression in queryset:
-            services.suppression_lift(email=suppression.email)
+            suppression_lift(email=suppression.email)
 
 
 class RecipientInline(admin.TabularInline):
@@ -103,14 +104,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request, queryset):
         for api_key in queryset:
-            services.api_key_revoke(api_key=api_key)
+            api_key_revoke(api_key=api_key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
 
     def save_model(self, request, obj, form, change):
         if change:
             obj.save(update_fields=["name", "permission", "expires_at"])
             return
-        api_key, raw_key = services.api_key_create(name=obj.name, permission=obj.permission, expires_at=obj.expires_at)
+        api_key, raw_key = api_key_create(name=obj.name, permission=obj.permission, expires_at=obj.expires_at)
         obj.pk = api_key.pk
         self.message_user(
             request, f"API key created. Copy it now, it will not be shown again: {raw_key}", messages.WARNING

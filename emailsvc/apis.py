@@ -9,7 +9,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc.auth import CanRead, CanSend
-from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body, validation_failed_from_drf
+from emailsvc.errors import (
+    EmailsvcError,
+    ErrorBodySerializer,
+    error_body,
+    validation_failed_from_drf,
+)
 from emailsvc.selectors import message_get
 from emailsvc.serializers import (
     BatchInputSerializer,
@@ -19,13 +24,9 @@ from emailsvc.serializers import (
     SendEmailInputSerializer,
     SendEmailOutputSerializer,
 )
-from emailsvc.services import (
-    idempotency_request_hash,
-    idempotent_call,
-    message_cancel,
-    message_submit,
-    message_submit_batch,
-)
+from emailsvc.services.idempotency import idempotency_request_hash, idempotent_call
+from emailsvc.services.scheduling import message_cancel
+from emailsvc.services.submission import message_submit, message_submit_batch
 
 ERRORS = {
     400: OpenApiResponse(ErrorBodySerializer, description="Validation error (code in `error`)"),

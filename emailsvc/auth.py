@@ -6,7 +6,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
 from emailsvc.models import ApiKey
-from emailsvc.services import api_key_authenticate
+from emailsvc.services.api_keys import api_key_authenticate
 
 
 @dataclass(frozen=True)

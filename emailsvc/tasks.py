@@ -3,7 +3,8 @@
 from celery import shared_task
 from django.conf import settings
 
-from emailsvc.services import DeliveryDeferred, message_deliver, messages_sweep, scheduled_release
+from emailsvc.services.delivery import DeliveryDeferred, message_deliver
+from emailsvc.services.scheduling import messages_sweep, scheduled_release
 
 
 @shared_task(bind=True, name="emailsvc.deliver", max_retries=None, acks_late=True, reject_on_worker_lost=True)

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 
 from config.devservices import free_port, start_moto, stop
 from emailsvc.models import ApiKey, Message, Status
-from emailsvc.services import api_key_create
+from emailsvc.services.api_keys import api_key_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PENDING = {Status.QUEUED, Status.SENDING, Status.SCHEDULED}

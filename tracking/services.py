@@ -4,7 +4,8 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from functools import lru_cache
 
 import boto3
@@ -16,7 +17,7 @@ from redis.exceptions import LockNotOwnedError
 
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.redisclient import redis_client
-from emailsvc.services import suppression_add
+from emailsvc.services.suppressions import suppression_add
 from emailsvc.status import summarize
 from tracking.models import EngagementEvent, EventType
 from tracking.normalize import MalformedEvent, NormalizedEvent, ses_body_parse

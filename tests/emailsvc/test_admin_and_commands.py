@@ -6,7 +6,8 @@ import pytest
 from django.core.management import call_command
 
 from emailsvc.models import ApiKey, Suppression
-from emailsvc.services import api_key_authenticate, suppression_add
+from emailsvc.services.api_keys import api_key_authenticate
+from emailsvc.services.suppressions import suppression_add
 
 pytestmark = pytest.mark.django_db
 

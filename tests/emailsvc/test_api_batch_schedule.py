@@ -13,8 +13,17 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from emailsvc.models import ApiKey, Attachment, Group, IdempotencyKey, Message, Recipient, Status
-from emailsvc.services import scheduled_release, suppression_add
+from emailsvc.models import (
+    ApiKey,
+    Attachment,
+    Group,
+    IdempotencyKey,
+    Message,
+    Recipient,
+    Status,
+)
+from emailsvc.services.scheduling import scheduled_release
+from emailsvc.services.suppressions import suppression_add
 
 EMAILS = "/api/v1/emails"
 BATCH = "/api/v1/emails/batch"

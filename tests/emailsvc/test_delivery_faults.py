@@ -16,7 +16,7 @@ from django.db import connections
 from django.utils import timezone
 
 from emailsvc.models import Message, Recipient, Status
-from emailsvc.services import api_key_create
+from emailsvc.services.api_keys import api_key_create
 from tests.conftest import wait_for_status, wait_until
 from tests.sesproxy import SesFaultProxy
 from tests.stack import SmtpServer, Stack

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from emailsvc.models import Message
-from emailsvc.services import message_deliver, suppression_add
+from emailsvc.services.delivery import message_deliver
+from emailsvc.services.suppressions import suppression_add
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_smtp_5xx_fails_at_once_with_reason(api, settings, smtp):
 
 
 def test_smtp_4xx_goes_back_to_queued_for_a_retry(api, smtp):
-    from emailsvc.services import DeliveryDeferred
+    from emailsvc.services.delivery import DeliveryDeferred
 
     smtp.refuse_next("451 4.3.0 try again later")
     message = accept(api, {"to": "later@example.com", "subject": "x", "text": "y"})

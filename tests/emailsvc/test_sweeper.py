@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import Message
-from emailsvc.services import messages_sweep
+from emailsvc.services.scheduling import messages_sweep
 from tests.tracking.scenario import accepted_message, event
 from tracking.normalize import ses_body_parse
 from tracking.services import event_apply

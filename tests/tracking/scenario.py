@@ -4,7 +4,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from emailsvc.models import Message
-from emailsvc.services import message_deliver
+from emailsvc.services.delivery import message_deliver
 from tests.tracking.sesevents import iso, ses_event, sns_envelope
 from tracking.tasks import events_drain_task
 

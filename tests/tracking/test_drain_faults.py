@@ -11,7 +11,7 @@ from django.db import connections, transaction
 
 from emailsvc.models import Message, Recipient
 from emailsvc.redisclient import redis_client
-from emailsvc.services import message_deliver
+from emailsvc.services.delivery import message_deliver
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent

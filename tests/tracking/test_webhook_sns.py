@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from emailsvc.models import Message, Suppression
-from emailsvc.services import message_deliver
+from emailsvc.services.delivery import message_deliver
 from tests.tracking.sesevents import (
     TOPIC_VALIDATED_MESSAGE,
     iso,
@@ -27,7 +27,12 @@ from tests.tracking.sesevents import (
     sns_request_meta,
     subscription_confirmation,
 )
-from tests.tracking.snssign import TOPIC_ARN, signing_key_create, sns_sign, trust_test_certificate
+from tests.tracking.snssign import (
+    TOPIC_ARN,
+    signing_key_create,
+    sns_sign,
+    trust_test_certificate,
+)
 from tracking import services as tracking_services
 from tracking import sns as tracking_sns
 from tracking.models import EngagementEvent
