@@ -5,10 +5,12 @@ server as the sandbox AWS endpoint (SES + SQS).
 
 `python -m config.devservices run` is what `make run` executes: it starts what
 is not configured, migrates, prepares the sandbox, prints the URLs and a demo
-API key, and runs the Procfile with honcho until Ctrl-C.
+API key, and runs the Procfile with honcho until Ctrl-C. It first checks that
+the web and Flower ports are free, and names the variable to set if not.
 """
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -19,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -98,27 +101,117 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def _persistent_secret(name: str) -> str:
-    STATE_DIR.mkdir(exist_ok=True)
-    path = STATE_DIR / name
+def _persistent_secret(name: str, state_dir: Path = STATE_DIR) -> str:
+    state_dir.mkdir(exist_ok=True)
+    path = state_dir / name
     if not path.exists():
         path.write_text(secrets.token_urlsafe(18))
         path.chmod(0o600)
     return path.read_text().strip()
 
 
-def run() -> int:
-    """`make run`: the whole service on this machine, with nothing configured."""
-    env = dict(os.environ)
+def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> dict[str, str]:
+    """The environment `make run` gives honcho (and so the Procfile's processes).
+
+    What the caller set wins. Everything else is a local default: sandbox
+    provider, DEBUG, generated secrets kept in `state_dir`, web and Flower bound
+    to 127.0.0.1 only (WEB_BIND / FLOWER_ADDRESS open them up), and beat's
+    schedule file in `state_dir`, so two checkouts never share one. Starts nothing.
+    """
+    env = dict(environ)
     env.setdefault("DEBUG", "true")
     env.setdefault("EMAIL_PROVIDER", "sandbox")
-    env.setdefault("SECRET_KEY", _persistent_secret("secret_key"))
+    env.setdefault("SECRET_KEY", _persistent_secret("secret_key", state_dir))
+    env.setdefault("WEB_BIND", "127.0.0.1")
     env.setdefault("WEB_PORT", "8000")
+    env.setdefault("FLOWER_ADDRESS", "127.0.0.1")
     env.setdefault("FLOWER_PORT", "5555")
-    env.setdefault("FLOWER_BASIC_AUTH", f"admin:{_persistent_secret('flower_password')}")
+    env.setdefault("FLOWER_BASIC_AUTH", f"admin:{_persistent_secret('flower_password', state_dir)}")
+    env.setdefault("CELERY_BEAT_SCHEDULE_FILE", str(state_dir / "celerybeat-schedule"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     # The Procfile's commands (gunicorn, celery) live next to this interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+# (port variable, bind address variable) of the Procfile's listening processes.
+LISTENERS = (("WEB_PORT", "WEB_BIND"), ("FLOWER_PORT", "FLOWER_ADDRESS"))
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on host:port now (None: it could). Like
+    gunicorn, sets SO_REUSEADDR, so a port in TIME_WAIT counts as free."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as error:  # socket.gaierror included: an unknown host name
+        return error
+    return None
+
+
+def _free_port_after(host: str, port: int, taken: set[int]) -> int | None:
+    for candidate in range(port + 1, min(port + 200, 65536)):
+        if candidate not in taken and _bind_error(host, candidate) is None:
+            return candidate
+    return None
+
+
+def listen_problems(env: Mapping[str, str]) -> list[str]:
+    """What stops the Procfile's web and Flower processes from listening, each
+    naming the variable to set; empty when both ports are free."""
+    problems: list[str] = []
+    ports: dict[str, int] = {}
+    for port_variable, _ in LISTENERS:
+        value = env.get(port_variable, "")
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            problems.append(f"{port_variable}={value!r} is not a port number (1-65535)")
+            continue
+        ports[port_variable] = int(value)
+    if len(ports) == 2 and len(set(ports.values())) == 1:
+        problems.append(f"WEB_PORT and FLOWER_PORT are both {ports['WEB_PORT']}; give them different ports")
+        return problems
+    for port_variable, bind_variable in LISTENERS:
+        if port_variable not in ports:
+            continue
+        port, host = ports[port_variable], env.get(bind_variable, "")
+        error = _bind_error(host, port)
+        if error is None:
+            continue
+        if error.errno == errno.EADDRINUSE:
+            suggestion = _free_port_after(host, port, set(ports.values()))
+            fix = f"set {port_variable} to a free port" + (
+                f", e.g. {port_variable}={suggestion} (make run {port_variable}={suggestion})" if suggestion else ""
+            )
+            problems.append(f"port {port} ({port_variable}) is in use on {host or 'all addresses'}; {fix}")
+        else:
+            problems.append(
+                f"cannot listen on {host or 'all addresses'} port {port} ({error.strerror or error}); "
+                f"check {bind_variable} and {port_variable}"
+            )
+    return problems
+
+
+def _url_host(bind: str) -> str:
+    """The host to print in a URL for a bind address (a wildcard is reached on loopback)."""
+    bind = bind.strip("[]")
+    if bind in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def run() -> int:
+    """`make run`: the whole service on this machine, with nothing configured."""
+    env = procfile_env(os.environ)
+    # Before anything is started: a taken port would otherwise only show as
+    # gunicorn or Flower dying after the banner, taking everything down with it.
+    problems = listen_problems(env)
+    if problems:
+        print("make run cannot start:", *(f"  {problem}" for problem in problems), sep="\n", file=sys.stderr)
+        return 2
     admin_password = _persistent_secret("admin_password")
     started: list[subprocess.Popen] = []
     python = sys.executable
@@ -145,17 +238,21 @@ def run() -> int:
             print(f"sandbox AWS (moto)  {env['AWS_ENDPOINT_URL']}")
         manage("migrate", "--noinput", "-v", "0")
         demo_key = manage("sandbox_init", "--admin-password", admin_password, capture=True)
-        web = f"http://127.0.0.1:{env['WEB_PORT']}"
+        web = f"http://{_url_host(env['WEB_BIND'])}:{env['WEB_PORT']}"
+        flower = f"http://{_url_host(env['FLOWER_ADDRESS'])}:{env['FLOWER_PORT']}"
         flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
         print(
             "\n".join(
                 [
                     "",
                     "emailsvc is starting (Ctrl-C stops everything):",
-                    f"  API          {web}/api/v1/",
-                    f"  API docs     {web}/api/docs/",
+                    f"  API docs     {web}/api/docs/   (Swagger UI; ReDoc at {web}/api/redoc/)",
+                    f"  API schema   {web}/api/schema/",
+                    f"  Readiness    {web}/readyz",
                     f"  Admin        {web}/admin/   (user admin, password {admin_password})",
-                    f"  Flower       http://127.0.0.1:{env['FLOWER_PORT']}/   (user {flower_user}, password {flower_password})",
+                    f"  Flower       {flower}/   (user {flower_user}, password {flower_password})",
+                    f"  Listening    web on {env['WEB_BIND']}, Flower on {env['FLOWER_ADDRESS']}"
+                    "   (WEB_BIND / FLOWER_ADDRESS change that, WEB_PORT / FLOWER_PORT the ports)",
                     f"  Provider     {env['EMAIL_PROVIDER']}",
                     f"  Demo API key {demo_key}",
                     "",
@@ -163,6 +260,8 @@ def run() -> int:
                     f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",
                     "       -H 'Content-Type: application/json' \\",
                     "       -d '{\"to\": \"success@simulator.amazonses.com\", \"subject\": \"Hello\", \"text\": \"Hi!\"}'",
+                    f"  curl -s {web}/api/v1/emails/EMAIL_ID -H 'Authorization: Bearer {demo_key}'",
+                    "       (EMAIL_ID: the email_id the first call answered)",
                     "",
                 ]
             ),
