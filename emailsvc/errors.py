@@ -1,10 +1,18 @@
 """
 One exception hierarchy with stable codes, mapped to the JSON error body in
-exactly one place (`api_exception_handler`).
+one place: `api_exception_handler` for DRF views, and `error_for_status` for
+the answers Django makes itself under /api/ and /webhooks/ (emailsvc.middleware).
 
 Every error body is ``{"error": code, "detail": text}`` plus ``"fields"`` for
-validation errors (SPEC §4).
+validation errors (SPEC §4). Codes: the validation codes of CODE_ORDER and
+invalid_json, from/reply_to/recipient_domain_not_allowed, invalid_idempotency_key,
+payload_too_large (413), duplicate_email_id / idempotency_key_reused /
+not_cancellable (409), and per HTTP status STATUS_CODES (unauthorized,
+forbidden, not_found, method_not_allowed, server_error, ...).
 """
+
+from dataclasses import dataclass
+from http import HTTPStatus
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
@@ -68,6 +76,44 @@ class NotFound(EmailsvcError):
     default_detail = "Not found."
 
 
+class ServerError(EmailsvcError):
+    code = "server_error"
+    http_status = status.HTTP_500_INTERNAL_SERVER_ERROR
+    default_detail = "The server failed to answer this request; the error has been logged."
+
+
+# The code of an answer that carries only an HTTP status (DRF's own errors,
+# and pages Django answers without a view: unknown URL, wrong method, crash).
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    500: "server_error",
+}
+
+
+def error_for_status(http_status: int, detail: str | None = None) -> EmailsvcError:
+    """The error for an answer that has only a status code."""
+    if http_status == 500:
+        return ServerError(detail)
+    if http_status == 404:
+        return NotFound(detail or "There is nothing at this URL.")
+    try:
+        phrase = HTTPStatus(http_status).phrase
+    except ValueError:
+        phrase = "Error"
+    code = STATUS_CODES.get(http_status) or phrase.lower().replace(" ", "_").replace("-", "_")
+    error = EmailsvcError(detail or f"{phrase}.", code=code)
+    error.http_status = http_status
+    return error
+
+
 class ErrorBodySerializer(serializers.Serializer):
     """The body of every error answer (documented in the OpenAPI schema)."""
 
@@ -93,22 +139,18 @@ CODE_ORDER = (
     "too_many_emails",
     "invalid_field",
 )
-_DETAILS = {
-    "missing_fields": "Required fields are missing.",
-    "invalid_address": "An email address is invalid.",
-    "too_many_recipients": "Too many recipients.",
-    "invalid_header": "A custom header is not allowed.",
-    "invalid_attachment": "An attachment is invalid.",
-    "invalid_send_at": "send_at is not a valid ISO-8601 date-time.",
-    "too_many_emails": "Too many emails in one batch.",
-    "invalid_field": "The request is invalid.",
-}
 
 
-def _flatten(errors, prefix: str = "") -> tuple[dict[str, list[str]], list[str]]:
-    """DRF's nested error structure → {"field.path": [messages]} and the codes seen."""
-    fields: dict[str, list[str]] = {}
-    codes: list[str] = []
+@dataclass(frozen=True)
+class _Problem:
+    field: str
+    message: str
+    code: str
+
+
+def _flatten(errors, prefix: str = "") -> list[_Problem]:
+    """DRF's nested error structure → one problem per message, with its field path and code."""
+    problems: list[_Problem] = []
     if isinstance(errors, dict):
         for key, value in errors.items():
             if isinstance(key, int):
@@ -117,41 +159,59 @@ def _flatten(errors, prefix: str = "") -> tuple[dict[str, list[str]], list[str]]
                 name = prefix
             else:
                 name = f"{prefix}.{key}" if prefix else str(key)
-            sub_fields, sub_codes = _flatten(value, name)
-            for k, v in sub_fields.items():
-                fields.setdefault(k, []).extend(v)
-            codes.extend(sub_codes)
+            problems.extend(_flatten(value, name))
     elif isinstance(errors, list):
         if all(isinstance(item, (str, drf_exceptions.ErrorDetail)) for item in errors):
             for item in errors:
-                fields.setdefault(prefix or "non_field_errors", []).append(str(item))
-                codes.append(getattr(item, "code", None) or "invalid")
+                problems.append(_Problem(prefix or "non_field_errors", str(item), getattr(item, "code", None) or "invalid"))
         else:
             for index, item in enumerate(errors):
                 if item:
-                    sub_fields, sub_codes = _flatten(item, f"{prefix}[{index}]")
-                    for k, v in sub_fields.items():
-                        fields.setdefault(k, []).extend(v)
-                    codes.extend(sub_codes)
+                    problems.extend(_flatten(item, f"{prefix}[{index}]"))
     else:
-        fields.setdefault(prefix or "non_field_errors", []).append(str(errors))
-        codes.append(getattr(errors, "code", None) or "invalid")
-    return fields, codes
+        problems.append(_Problem(prefix or "non_field_errors", str(errors), getattr(errors, "code", None) or "invalid"))
+    return problems
+
+
+def _our_code(drf_code: str) -> str:
+    return _DRF_FIELD_CODES.get(drf_code, drf_code if drf_code in CODE_ORDER else "invalid_field")
+
+
+def _sentence(problem: _Problem) -> str:
+    """The problem as a sentence that names its field (once)."""
+    if problem.field == "non_field_errors" or problem.message.startswith(f"{problem.field} "):
+        return problem.message
+    return f"{problem.field}: {problem.message}"
 
 
 def validation_failed_from_drf(errors) -> ValidationFailed:
-    """Turn serializer.errors into one ValidationFailed with a stable code."""
-    fields, codes = _flatten(errors)
-    ours = {_DRF_FIELD_CODES.get(code, code if code in _DETAILS else "invalid_field") for code in codes}
+    """Turn serializer.errors into one ValidationFailed with a stable code.
+
+    The code is the first of CODE_ORDER among the problems; the detail states
+    that problem itself (and how many others there are), never a generic line.
+    """
+    problems = _flatten(errors)
+    fields: dict[str, list[str]] = {}
+    for problem in problems:
+        fields.setdefault(problem.field, []).append(problem.message)
+    ours = [_our_code(problem.code) for problem in problems]
     code = next((c for c in CODE_ORDER if c in ours), "invalid_field")
+    if not problems:
+        return ValidationFailed("The request is invalid.", fields=fields, code=code)
+    chosen = [problem for problem, our in zip(problems, ours, strict=True) if our == code]
     if code == "missing_fields":
-        missing = [
-            name for name, msgs in fields.items() if any("required" in m or "may not be" in m for m in msgs)
-        ]
-        detail = f"Missing required fields: {', '.join(sorted(missing))}." if missing else _DETAILS[code]
+        generic = {"This field is required.", "This field may not be null.", "This field may not be blank."}
+        missing = sorted({p.field for p in chosen if p.message in generic})
+        explained = [p for p in chosen if p.message not in generic]
+        parts = [f"Missing required fields: {', '.join(missing)}."] if missing else []
+        parts += list(dict.fromkeys(p.message for p in explained))
+        detail = " ".join(parts)
+        others = len(problems) - len(chosen)
     else:
-        field, messages = next(((f, m) for f, m in fields.items()), ("", []))
-        detail = f"{_DETAILS[code]} {field}: {messages[0]}" if messages else _DETAILS[code]
+        detail = _sentence(chosen[0])
+        others = len(problems) - 1
+    if others:
+        detail += f" ({others} more problem{'s' if others > 1 else ''}: see fields.)"
     return ValidationFailed(detail, fields=fields, code=code)
 
 
@@ -191,13 +251,8 @@ def to_emailsvc_error(exc) -> EmailsvcError | None:
     if isinstance(exc, Http404 | drf_exceptions.NotFound):
         return NotFound()
     if isinstance(exc, drf_exceptions.APIException):
-        codes = {
-            405: "method_not_allowed",
-            406: "not_acceptable",
-            415: "unsupported_media_type",
-            429: "rate_limited",
-        }
-        error = EmailsvcError(str(exc.detail), code=codes.get(exc.status_code, exc.default_code))
-        error.http_status = exc.status_code
+        error = error_for_status(exc.status_code, str(exc.detail))
+        if exc.status_code not in STATUS_CODES:
+            error.code = exc.default_code
         return error
     return None

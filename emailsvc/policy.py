@@ -1,7 +1,15 @@
-"""Sending policy: which from / reply-to / recipient domains are allowed (SPEC §5.1)."""
+"""Sending policy: which from / reply-to / recipient domains are allowed (SPEC §5.1).
+
+Domains are compared in their canonical form (emailsvc.addresses: lower case,
+IDNA A-labels), so an allowlisted `bücher.example` and `xn--bcher-kva.example`
+are the same domain, and so are their sub-domains, whichever form they come in.
+"""
+
+from functools import lru_cache
 
 from django.conf import settings
 
+from emailsvc.addresses import InvalidAddress, domain_canonical
 from emailsvc.errors import PolicyViolation
 
 
@@ -9,12 +17,26 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+@lru_cache(maxsize=1024)
+def _canonical(domain: str) -> str:
+    domain = domain.strip().rstrip(".").lstrip(".")
+    if domain == "*":
+        return domain
+    try:
+        return domain_canonical(domain)
+    except InvalidAddress:
+        return domain.lower()  # matches nothing a valid address has
+
+
 def domain_allowed(domain: str, allowlist: list[str], *, empty_allows_all: bool) -> bool:
     """True when `domain` is an allowed domain or a sub-domain of one ("*" allows all)."""
     if not allowlist:
         return empty_allows_all
-    domain = domain.lower().rstrip(".")
-    return any(allowed == "*" or domain == allowed or domain.endswith("." + allowed) for allowed in allowlist)
+    domain = _canonical(domain)
+    return any(
+        allowed == "*" or domain == allowed or domain.endswith("." + allowed)
+        for allowed in (_canonical(entry) for entry in allowlist)
+    )
 
 
 def check_sender_policy(*, from_email: str, reply_to: list[str], recipients: dict[str, list[str]]) -> None:

@@ -2,6 +2,11 @@
 
 Input serializers only validate and normalise; every state change happens in
 services. Field errors carry our stable codes (see emailsvc.errors.CODE_ORDER).
+
+What is accepted here can be sent: a value that would not survive the way to
+the wire (a line break in a header, a header line over 998 octets, an address
+SES cannot take) is refused now, with the field named, not failed later.
+Nothing is coerced: a number where a string is expected is an error.
 """
 
 import base64
@@ -13,18 +18,18 @@ from datetime import timedelta
 from email.utils import getaddresses
 
 from django.conf import settings
-from django.core.validators import validate_email
-from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import RegexValidator
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
 from rest_framework import serializers
 
+from emailsvc.addresses import InvalidAddress, address_canonical, printable, shown
 from emailsvc.errors import ErrorBodySerializer
 from emailsvc.models import Priority, Recipient
 
-EMAIL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}$")
-HEADER_NAME_PATTERN = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+# \Z, not $: "$" also matches before a final line break.
+EMAIL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}\Z")
+HEADER_NAME_PATTERN = re.compile(r"[!-9;-~]+")  # printable ASCII except ':' (RFC 5322 ftext); fullmatch
 # Headers the service sets itself, that identify the sender, or that only
 # make sense hop by hop. Callers may not set them.
 REFUSED_HEADERS = frozenset(
@@ -40,47 +45,171 @@ REFUSED_HEADERS = frozenset(
     )
 )
 REFUSED_HEADER_PREFIXES = ("x-ses-", "x-emailsvc-", "resent-")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Characters that break a header line or cannot be stored: C0 and C1 controls
+# (CR and LF among them), Unicode line/paragraph separators, lone surrogates.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# The same, as the pattern the OpenAPI schema states (no surrogates: a JSON
+# string with a lone one cannot be encoded as UTF-8 at all).
+_NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
+
+MAX_DISPLAY_NAME = 200
+MAX_SUBJECT = 998
+MAX_TAG = 128
+MAX_TAGS = 50
+# Custom headers: each value is folded at spaces onto lines of at most 998
+# octets (RFC 5322 §2.1.1) — a run without spaces cannot be folded, so runs are
+# capped well below that; values and their number are capped so headers stay
+# a small part of a message.
+MAX_CUSTOM_HEADERS = 50
+MAX_HEADER_NAME = 100
+MAX_HEADER_VALUE = 2000
+MAX_HEADER_WORD = 900
+_LONG_WORD = re.compile(r"[^ \t]{%d,}" % (MAX_HEADER_WORD + 1))
 
 
 def _rename_field(fields: dict, old: str, new: str) -> dict:
     return {(new if name == old else name): field for name, field in fields.items()}
 
 
-MAX_DISPLAY_NAME = 200
+def _json_kind(value) -> str:
+    """What a decoded JSON value is, in the words of JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+def _no_control(noun: str) -> RegexValidator:
+    return RegexValidator(
+        _NO_CONTROL_PATTERN, message=f"{noun} may not contain line breaks or control characters.", code="invalid_field"
+    )
+
+
+class TextField(serializers.CharField):
+    """A JSON string — a number or boolean is refused, never turned into one.
+
+    `noun` names the value in messages (default: the field's name);
+    `single_line` refuses line breaks and control characters and runs of more
+    than MAX_HEADER_WORD characters without a space (the value goes into a
+    header); `refuse_blank` makes "" an invalid value rather than a missing one.
+    """
+
+    def __init__(self, *, noun: str | None = None, single_line: bool = False, refuse_blank: bool = False, **kwargs):
+        self.noun = noun
+        self.single_line = single_line
+        self.refuse_blank = refuse_blank
+        if refuse_blank:
+            kwargs.setdefault("min_length", 1)  # states it in the schema; run_validation words the error
+        super().__init__(**kwargs)
+        if single_line:
+            self.validators.append(_no_control(self.noun or "This value"))
+
+    def bind(self, field_name, parent):
+        super().bind(field_name, parent)
+        if self.single_line and not self.noun:
+            self.validators[-1] = _no_control(field_name)
+
+    @property
+    def name_in_errors(self) -> str:
+        return self.noun or self.field_name or "This value"
+
+    def run_validation(self, data=serializers.empty):
+        blank = isinstance(data, str) and (data == "" or (self.trim_whitespace and not data.strip()))
+        if self.refuse_blank and blank:
+            # An optional field given as "" is a wrong value, not a missing one.
+            raise serializers.ValidationError(f"{self.name_in_errors} may not be blank.", code="invalid_field")
+        return super().run_validation(data)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            raise serializers.ValidationError(
+                f"{self.name_in_errors} must be a string, not {_json_kind(data)}.", code="invalid_field"
+            )
+        value = super().to_internal_value(data)
+        if self.single_line and value.isascii():  # non-ASCII values are RFC 2047-encoded, folded anywhere
+            long_word = _LONG_WORD.search(value)
+            if long_word:
+                raise serializers.ValidationError(
+                    f"{self.name_in_errors} has {len(long_word.group())} characters without a space; at most "
+                    f"{MAX_HEADER_WORD} fit on one line of an email header.",
+                    code="invalid_field",
+                )
+        return value
 
 
 def parse_address(value) -> tuple[str, str]:
-    """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address)."""
+    """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address).
+
+    The address comes back in its canonical form (emailsvc.addresses): local
+    part lower-cased, domain in IDNA A-labels. Raises ValidationError
+    (invalid_address) for anything that cannot be sent.
+    """
     if isinstance(value, dict):
         name, address = value.get("name") or "", value.get("email")
-        if not isinstance(address, str) or not isinstance(name, str):
-            raise serializers.ValidationError(f"{value!r} is not a valid email address.", code="invalid_address")
+        if not isinstance(address, str):
+            raise serializers.ValidationError(
+                f'An address object needs "email" as a string, not {_json_kind(address)}.', code="invalid_address"
+            )
+        if not isinstance(name, str):
+            raise serializers.ValidationError(
+                f"A display name must be a string, not {_json_kind(name)}.", code="invalid_address"
+            )
+        if _CONTROL.search(address):
+            raise serializers.ValidationError("An address may not contain control characters.", code="invalid_address")
     elif isinstance(value, str):
         if _CONTROL.search(value):
             raise serializers.ValidationError("An address may not contain control characters.", code="invalid_address")
         parsed = getaddresses([value])
         if len(parsed) != 1:
-            raise serializers.ValidationError(f"'{value}' is not one email address.", code="invalid_address")
+            raise serializers.ValidationError(f"{shown(value)} is not one email address.", code="invalid_address")
         name, address = parsed[0]
     else:
-        raise serializers.ValidationError(f"{value!r} is not a valid email address.", code="invalid_address")
-    address = address.strip()
+        raise serializers.ValidationError(
+            f'An address must be a string or an object with "email", not {_json_kind(value)}.', code="invalid_address"
+        )
+    if not address.strip():
+        given = value if isinstance(value, str) else address
+        raise serializers.ValidationError(f"{shown(given)} is not a valid email address.", code="invalid_address")
     try:
-        validate_email(address)
-    except DjangoValidationError:
-        raise serializers.ValidationError(f"'{address or value}' is not a valid email address.", code="invalid_address") from None
+        address = address_canonical(address)
+    except InvalidAddress as error:
+        raise serializers.ValidationError(str(error), code="invalid_address") from None
     if _CONTROL.search(name):
         raise serializers.ValidationError("A display name may not contain control characters.", code="invalid_address")
     if len(name.strip()) > MAX_DISPLAY_NAME:
         raise serializers.ValidationError(
             f"A display name may be at most {MAX_DISPLAY_NAME} characters.", code="invalid_address"
         )
-    local, _, domain = address.rpartition("@")
-    return name.strip(), f"{local}@{domain}".lower()
+    return name.strip(), address
 
 
-@extend_schema_field(OpenApiTypes.STR)
+_ADDRESS_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "string",
+            "description": "`jane@example.com` or `Jane Doe <jane@example.com>`. An internationalised domain "
+            "is accepted and stored in IDNA (punycode) form; the part before `@` must be ASCII.",
+        },
+        {
+            "type": "object",
+            "properties": {
+                "email": {"type": "string"},
+                "name": {"type": "string", "maxLength": MAX_DISPLAY_NAME},
+            },
+            "required": ["email"],
+        },
+    ]
+}
+
+
 class AddressField(serializers.Field):
     """One address: a string (optionally with display name) or {email, name}."""
 
@@ -91,12 +220,25 @@ class AddressField(serializers.Field):
         return value
 
 
-@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
 class AddressListField(serializers.Field):
-    """An address or a list of addresses; every invalid entry is reported."""
+    """An address or a list of at most `settings.<max_setting>` addresses; every invalid entry is reported."""
+
+    def __init__(self, *, max_setting: str, **kwargs):
+        self.max_setting = max_setting
+        super().__init__(**kwargs)
+
+    @property
+    def max_items(self) -> int:
+        return getattr(settings, self.max_setting)
 
     def to_internal_value(self, data):
         items = data if isinstance(data, list) else [data]
+        if len(items) > self.max_items:
+            # Refused before parsing: 10,000 addresses are not worth reading.
+            raise serializers.ValidationError(
+                f"{len(items)} addresses in {self.field_name}; at most {self.max_items} are allowed.",
+                code="too_many_recipients",
+            )
         parsed, errors = [], []
         for item in items:
             try:
@@ -111,10 +253,30 @@ class AddressListField(serializers.Field):
         return value
 
 
+class AddressFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = AddressField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return _ADDRESS_SCHEMA
+
+
+class AddressListFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = AddressListField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            "oneOf": [
+                _ADDRESS_SCHEMA,
+                {"type": "array", "items": _ADDRESS_SCHEMA, "maxItems": self.target.max_items},
+            ],
+            "description": f"One address or a list of at most {self.target.max_items} ({self.target.max_setting}).",
+        }
+
+
 class AttachmentInputSerializer(serializers.Serializer):
-    filename = serializers.CharField(max_length=255)
-    content = serializers.CharField(help_text="Base64-encoded bytes", trim_whitespace=True)
-    content_type = serializers.CharField(max_length=255, required=False)
+    filename = TextField(max_length=255)
+    content = TextField(help_text="Base64-encoded bytes", trim_whitespace=True)
+    content_type = TextField(max_length=255, required=False)
 
     def validate_filename(self, value):
         if _CONTROL.search(value) or "/" in value or "\\" in value:
@@ -129,8 +291,10 @@ class AttachmentInputSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         content_type = attrs.get("content_type") or mimetypes.guess_type(attrs["filename"])[0] or "application/octet-stream"
-        if not re.match(r"^[\w.+-]+/[\w.+-]+$", content_type):
-            raise serializers.ValidationError({"content_type": [serializers.ErrorDetail(f"'{content_type}' is not a MIME type.", code="invalid_attachment")]})
+        if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", content_type, re.ASCII):
+            raise serializers.ValidationError(
+                {"content_type": [serializers.ErrorDetail(f"{shown(content_type)} is not a MIME type.", code="invalid_attachment")]}
+            )
         attrs["content_type"] = content_type
         return attrs
 
@@ -139,46 +303,126 @@ class SendAtField(serializers.DateTimeField):
     """ISO-8601 date-time; one without a zone is UTC. At most SEND_AT_MAX_DAYS ahead."""
 
     def to_internal_value(self, value):
+        if not isinstance(value, str):
+            raise serializers.ValidationError(
+                f"send_at must be an ISO-8601 date-time string, not {_json_kind(value)}.", code="invalid_send_at"
+            )
+        if _CONTROL.search(value):
+            raise serializers.ValidationError("send_at may not contain control characters.", code="invalid_send_at")
         try:
             moment = super().to_internal_value(value)
         except serializers.ValidationError:
             raise serializers.ValidationError(
-                "send_at must be an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z.", code="invalid_send_at"
+                f"send_at {shown(value)} is not an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z.", code="invalid_send_at"
             ) from None
-        if moment > timezone.now() + timedelta(days=settings.SEND_AT_MAX_DAYS):
+        now = timezone.now()
+        if moment > now + timedelta(days=settings.SEND_AT_MAX_DAYS):
+            ahead = (moment - now) / timedelta(days=1)
             raise serializers.ValidationError(
-                f"send_at may be at most {settings.SEND_AT_MAX_DAYS:g} days ahead.", code="invalid_send_at"
+                f"send_at is {ahead:,.1f} days ahead; it may be at most {settings.SEND_AT_MAX_DAYS:g} days ahead "
+                "(SEND_AT_MAX_DAYS).",
+                code="invalid_send_at",
             )
         return moment
+
+
+class HeadersField(serializers.DictField):
+    """Custom headers: {name: value}; the limits are checked by SendEmailInputSerializer.validate_headers."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=TextField(allow_blank=True, trim_whitespace=False, noun="A header value"), **kwargs)
+
+
+class HeadersFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = HeadersField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return {
+            "type": "object",
+            "maxProperties": MAX_CUSTOM_HEADERS,
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_HEADER_VALUE,
+                "pattern": r"^[^\u0000-\u0008\u000a-\u001f\u007f-\u009f\u2028\u2029]*$",  # tab allowed
+            },
+        }
+
+
+def _strings(value):
+    """Every key and string value inside a decoded JSON value (iteratively)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, dict):
+            yield from node.keys()
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class SendEmailInputSerializer(serializers.Serializer):
     """The body of POST /api/v1/emails."""
 
-    to = AddressListField()
-    cc = AddressListField(required=False)
-    bcc = AddressListField(required=False)
+    to = AddressListField(max_setting="MAX_RECIPIENTS")
+    cc = AddressListField(max_setting="MAX_RECIPIENTS", required=False)
+    bcc = AddressListField(max_setting="MAX_RECIPIENTS", required=False)
     from_ = AddressField(required=False, help_text="Sender; defaults to DEFAULT_FROM_EMAIL")
-    from_name = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    reply_to = AddressListField(required=False)
-    subject = serializers.CharField(max_length=998, allow_blank=False, trim_whitespace=False)
-    html = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    text = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    group_id = serializers.CharField(required=False, allow_null=True, max_length=200)
-    email_id = serializers.CharField(required=False, max_length=200)
-    headers = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False), required=False)
-    tags = serializers.ListField(child=serializers.CharField(max_length=128), required=False, max_length=50)
-    metadata = serializers.DictField(required=False)
+    from_name = TextField(required=False, allow_blank=True, max_length=MAX_DISPLAY_NAME, single_line=True)
+    reply_to = AddressListField(max_setting="MAX_REPLY_TO", required=False)
+    subject = TextField(max_length=MAX_SUBJECT, allow_blank=False, trim_whitespace=False, single_line=True)
+    html = TextField(required=False, allow_blank=True, trim_whitespace=False)
+    text = TextField(required=False, allow_blank=True, trim_whitespace=False)
+    group_id = TextField(required=False, allow_null=True, max_length=200, single_line=True, refuse_blank=True)
+    email_id = TextField(
+        required=False,
+        max_length=200,
+        refuse_blank=True,
+        validators=[
+            RegexValidator(
+                EMAIL_ID_PATTERN,
+                message="email_id must be 1-200 characters of letters, digits and . _ : @ + = - "
+                "(starting with a letter or digit).",
+                code="invalid_field",
+            )
+        ],
+        help_text="Your own id for the email (unique; `batch` is reserved). Default: a UUID.",
+    )
+    headers = HeadersField(
+        required=False,
+        help_text=(
+            f"Custom headers: at most {MAX_CUSTOM_HEADERS}; names of printable ASCII (no ':'), at most "
+            f"{MAX_HEADER_NAME} characters; values at most {MAX_HEADER_VALUE} characters, no line breaks, and "
+            f"(ASCII values) no run of more than {MAX_HEADER_WORD} characters without a space. Identity and "
+            "hop-by-hop headers are refused (invalid_header)."
+        ),
+    )
+    tags = serializers.ListField(
+        child=TextField(max_length=MAX_TAG, noun="A tag", single_line=True, refuse_blank=True),
+        required=False,
+        max_length=MAX_TAGS,
+    )
+    metadata = serializers.DictField(
+        required=False, help_text="Any JSON object, at most MAX_METADATA_BYTES (default 10 KB) as compact JSON."
+    )
     attachments = AttachmentInputSerializer(many=True, required=False)
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
-    send_at = SendAtField(required=False, allow_null=True, help_text="Send later (ISO-8601); a future time makes it `scheduled`")
+    send_at = SendAtField(
+        required=False,
+        allow_null=True,
+        help_text="Send later (ISO-8601; UTC without a zone), at most SEND_AT_MAX_DAYS (default 30) ahead; "
+        "a future time makes it `scheduled`",
+    )
 
     def get_fields(self):
         return _rename_field(super().get_fields(), "from_", "from")  # "from" is a Python keyword
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
-            raise serializers.ValidationError({"non_field_errors": ["The body must be a JSON object."]})
+            raise serializers.ValidationError(
+                {"non_field_errors": [f"The body must be a JSON object, not {_json_kind(data)}."]}
+            )
         unknown = sorted(set(data) - set(self.fields))
         errors = {}
         try:
@@ -187,42 +431,57 @@ class SendEmailInputSerializer(serializers.Serializer):
             errors = dict(error.detail)
             value = None
         for name in unknown:
-            errors[name] = [serializers.ErrorDetail("Unknown field.", code="invalid")]
+            errors[printable(name)] = [serializers.ErrorDetail("Unknown field.", code="invalid")]
         if errors:
             raise serializers.ValidationError(errors)
-        return value
-
-    def validate_group_id(self, value):
-        if value is not None and (not value.strip() or _CONTROL.search(value)):
-            raise serializers.ValidationError("group_id must be non-blank and free of control characters.")
         return value
 
     def validate_email_id(self, value):
         if value == "batch":  # the path /emails/batch is the batch endpoint
             raise serializers.ValidationError("email_id 'batch' is reserved.")
-        if not EMAIL_ID_PATTERN.match(value):
-            raise serializers.ValidationError(
-                "email_id must be 1-200 characters of letters, digits and . _ : @ + = - (starting with a letter or digit)."
-            )
         return value
 
     def validate_headers(self, value):
+        if len(value) > MAX_CUSTOM_HEADERS:
+            raise serializers.ValidationError(
+                f"{len(value)} custom headers; at most {MAX_CUSTOM_HEADERS} are allowed.", code="invalid_header"
+            )
         problems = []
         for name, header_value in value.items():
-            if not HEADER_NAME_PATTERN.match(name):
-                problems.append(f"'{name}' is not a valid header name.")
+            if not HEADER_NAME_PATTERN.fullmatch(name) or len(name) > MAX_HEADER_NAME:
+                problems.append(
+                    f"{shown(name)} is not a valid header name (printable ASCII without ':', "
+                    f"at most {MAX_HEADER_NAME} characters)."
+                )
             elif name.lower() in REFUSED_HEADERS or name.lower().startswith(REFUSED_HEADER_PREFIXES):
                 problems.append(f"The header '{name}' may not be set by callers.")
             elif _CONTROL.search(header_value.replace("\t", " ")):
                 problems.append(f"The value of '{name}' may not contain line breaks or control characters.")
+            elif len(header_value) > MAX_HEADER_VALUE:
+                problems.append(
+                    f"The value of '{name}' is {len(header_value)} characters; at most {MAX_HEADER_VALUE} are allowed."
+                )
+            elif header_value.isascii() and (long_word := _LONG_WORD.search(header_value)):
+                problems.append(
+                    f"The value of '{name}' has {len(long_word.group())} characters without a space; at most "
+                    f"{MAX_HEADER_WORD} fit on one line of an email header."
+                )
         if problems:
             raise serializers.ValidationError([serializers.ErrorDetail(p, code="invalid_header") for p in problems])
         return value
 
     def validate_metadata(self, value):
-        encoded = json.dumps(value, separators=(",", ":"))
-        if "\\u0000" in encoded:
-            raise serializers.ValidationError("metadata may not contain NUL characters.")
+        for text in _strings(value):
+            if "\x00" in text:
+                raise serializers.ValidationError("metadata may not contain NUL characters.")
+            if re.search(r"[\ud800-\udfff]", text):
+                raise serializers.ValidationError("metadata may not contain unpaired surrogate characters.")
+        try:
+            encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise serializers.ValidationError(
+                "metadata may not contain numbers JSON cannot carry (too large, NaN or Infinity)."
+            ) from None
         size = len(encoded.encode())
         if size > settings.MAX_METADATA_BYTES:
             raise serializers.ValidationError(f"metadata is {size} bytes; at most {settings.MAX_METADATA_BYTES} are allowed.")
@@ -242,11 +501,44 @@ class SendEmailInputSerializer(serializers.Serializer):
         return attrs
 
 
+class SendEmailInputSchema(OpenApiSerializerExtension):
+    """What the generated schema cannot infer: no other fields, and html or text."""
+
+    target_class = SendEmailInputSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = super().map_serializer(auto_schema, direction)
+        schema["additionalProperties"] = False
+        schema["anyOf"] = [{"required": ["html"]}, {"required": ["text"]}]
+        return schema
+
+
+class BatchEmailsField(serializers.ListField):
+    """The `emails` of a batch: each item is validated on its own later, so
+    that one bad item (even null) fails alone."""
+
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.JSONField(allow_null=True), allow_empty=False, **kwargs)
+
+
+class BatchEmailsFieldSchema(OpenApiSerializerFieldExtension):
+    target_class = BatchEmailsField
+
+    def map_serializer_field(self, auto_schema, direction):
+        item = auto_schema.resolve_serializer(SendEmailInputSerializer, direction).ref
+        return {
+            "type": "array",
+            "items": item,
+            "minItems": 1,
+            "maxItems": settings.MAX_BATCH_SIZE,
+            "description": f"At most {settings.MAX_BATCH_SIZE} emails (MAX_BATCH_SIZE), each like POST /api/v1/emails.",
+        }
+
+
 class BatchInputSerializer(serializers.Serializer):
     """The body of POST /api/v1/emails/batch: `emails`, each one like POST /api/v1/emails."""
 
-    # null items are allowed here so that each one fails on its own, below.
-    emails = serializers.ListField(child=serializers.JSONField(allow_null=True), allow_empty=False)
+    emails = BatchEmailsField()
 
     def validate_emails(self, value):
         if len(value) > settings.MAX_BATCH_SIZE:
@@ -333,6 +625,23 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
 
     def get_fields(self):
         return _rename_field(super().get_fields(), "from_", "from")
+
+
+def cursor_page_serializer(item: type[serializers.Serializer], name: str) -> type[serializers.Serializer]:
+    """The shape of one page of a cursor-paginated list of `item` (DRF's CursorPagination)."""
+    return type(
+        name,
+        (serializers.Serializer,),
+        {
+            "__doc__": f"One page of a cursor-paginated list; follow `next` for more ({item.__name__}).",
+            "next": serializers.URLField(allow_null=True, help_text="The next page, or null on the last"),
+            "previous": serializers.URLField(allow_null=True, help_text="The previous page, or null on the first"),
+            "results": item(many=True),
+        },
+    )
+
+
+EmailPageOutputSerializer = cursor_page_serializer(EmailSummaryOutputSerializer, "EmailPageOutputSerializer")
 
 
 class EmailDetailOutputSerializer(EmailSummaryOutputSerializer):

@@ -4,6 +4,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
+from emailsvc.addresses import address_forms, address_key
 from emailsvc.models import (
     Suppression,
 )
@@ -24,8 +25,11 @@ def suppression_add(
 
     With keep_existing (automatic suppressions from events) an active entry is
     left exactly as it is, so support's reason and note are never overwritten.
+    The address is stored in its canonical form (emailsvc.addresses), the form
+    sends are checked with; an address without one (an odd address in a
+    provider event) is stored lower-cased rather than refused.
     """
-    address = email.strip().lower()
+    address = address_key(email)
     defaults = {"reason": reason, "source": source, "note": note, "expires_at": expires_at}
     if keep_existing:
         suppression, created = Suppression.objects.get_or_create(email=address, defaults=defaults)
@@ -38,6 +42,6 @@ def suppression_add(
 
 
 def suppression_lift(*, email: str) -> bool:
-    """Remove a suppression; True if there was one."""
-    deleted, _ = Suppression.objects.filter(email=email.strip().lower()).delete()
+    """Remove a suppression, in whichever form it was stored; True if there was one."""
+    deleted, _ = Suppression.objects.filter(email__in=address_forms(email)).delete()
     return bool(deleted)

@@ -108,7 +108,7 @@ def test_invalid_address_names_the_field(api, field):
     assert response.status_code == 400
     assert response.json() == {
         "error": "invalid_address",
-        "detail": f"An email address is invalid. {field}: 'not-an-address' is not a valid email address.",
+        "detail": f"{field}: 'not-an-address' is not a valid email address.",
         "fields": {field: ["'not-an-address' is not a valid email address."]},
     }
 
@@ -168,7 +168,7 @@ def test_too_many_recipients(api):
     assert response.status_code == 400
     assert response.json() == {
         "error": "too_many_recipients",
-        "detail": "Too many recipients. to: 51 recipients in to, cc and bcc; at most 50 are allowed.",
+        "detail": "to: 51 recipients in to, cc and bcc; at most 50 are allowed.",
         "fields": {"to": ["51 recipients in to, cc and bcc; at most 50 are allowed."]},
     }
 
@@ -235,7 +235,7 @@ def test_invalid_attachment_base64(api):
     assert response.status_code == 400
     assert response.json() == {
         "error": "invalid_attachment",
-        "detail": "An attachment is invalid. attachments[0].content: content is not valid base64.",
+        "detail": "attachments[0].content: content is not valid base64.",
         "fields": {"attachments[0].content": ["content is not valid base64."]},
     }
 

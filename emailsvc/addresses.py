@@ -1,0 +1,124 @@
+"""The one canonical form of an email address (SPEC §3, §4).
+
+Every address the service stores or looks up — recipients, from, reply-to,
+suppressions, the domain allowlists — is in this form: the local part
+lower-cased, the domain lower-cased and IDNA-encoded to ASCII A-labels
+(`user@bücher.example` → `user@xn--bcher-kva.example`). SES reports events
+with the ASCII form, and suppression lookups and de-duplication compare
+strings, so one form is what makes them match.
+
+SES (and this service) do not speak SMTPUTF8: an address whose local part is
+not ASCII cannot be sent and is refused here.
+
+Imported by config/settings.py, so it depends on nothing that needs settings.
+"""
+
+import re
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
+
+try:  # UTS-46 mapping (IDNA 2008), as browsers and mail clients do.
+    import idna as _idna
+except ImportError:  # pragma: no cover - idna ships with requests/anymail
+    _idna = None
+
+_SHOWN_CHARACTERS = 100
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+class InvalidAddress(ValueError):
+    """An address (or domain) that cannot be stored and sent; the message says why."""
+
+
+def printable(value: str) -> str:
+    """`value` with any lone surrogate replaced: it can be encoded as UTF-8 (and so answered as JSON)."""
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def shown(value: str) -> str:
+    """`value` quoted for an error message: cut short, and printable as UTF-8."""
+    text = value if len(value) <= _SHOWN_CHARACTERS else value[:_SHOWN_CHARACTERS] + "…"
+    return f"'{printable(text)}'"
+
+
+def domain_canonical(domain: str) -> str:
+    """`domain` lower-cased, with IDNA A-labels for its non-ASCII labels.
+
+    Raises InvalidAddress when it is not a valid (internationalised) domain name.
+    """
+    domain = domain.strip()
+    if domain.isascii():
+        return domain.lower()
+    try:
+        if _idna is not None:
+            encoded = _idna.encode(domain, uts46=True, transitional=False)
+        else:  # pragma: no cover - the stdlib codec: IDNA 2003 with nameprep
+            encoded = domain.encode("idna")
+    except UnicodeError as error:  # idna.IDNAError is a UnicodeError
+        raise InvalidAddress(f"{shown(domain)} is not a valid internationalised domain name ({error}).") from None
+    return encoded.decode("ascii").lower()
+
+
+def address_canonical(value: str) -> str:
+    """The canonical form of a bare address (no display name).
+
+    Raises InvalidAddress when it is not a valid address, or when its local
+    part is not ASCII.
+    """
+    address = value.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidAddress(f"{shown(value)} is not a valid email address.")
+    if not local.isascii():
+        raise InvalidAddress(
+            f"{shown(value)} cannot be sent: the part before '@' must be ASCII "
+            "(internationalised local parts, SMTPUTF8, are not supported)."
+        )
+    try:
+        canonical = f"{local.lower()}@{domain_canonical(domain)}"
+    except InvalidAddress as error:
+        raise InvalidAddress(f"{shown(value)} is not a valid email address: {error}") from None
+    try:
+        validate_email(canonical)
+    except DjangoValidationError:
+        raise InvalidAddress(f"{shown(value)} is not a valid email address.") from None
+    return canonical
+
+
+def _domain_unicode(domain: str) -> str | None:
+    """The Unicode form of an A-label domain, or None if it has none."""
+    try:
+        return _idna.decode(domain) if _idna is not None else domain.encode("ascii").decode("idna")
+    except UnicodeError:
+        return None
+
+
+def address_forms(value: str) -> set[str]:
+    """Every form a stored row may hold the address in: the canonical one, and —
+    for rows stored lower-cased before there was a canonical form — the address
+    as given and with its domain in Unicode."""
+    key = address_key(value)
+    local, _, domain = key.rpartition("@")
+    forms = {key, value.strip().lower()}
+    if "xn--" in domain and (unicode_domain := _domain_unicode(domain)):
+        forms.add(f"{local}@{unicode_domain}")
+    return forms
+
+
+def address_key(value: str) -> str:
+    """The canonical form of a valid address; for any other, the same
+    normalisation without the checks. Never raises.
+
+    For addresses that come from elsewhere (provider events, the admin, old
+    rows) and for lookups: a suppression must not fail on an odd address, and
+    must still match the canonical form whenever the address has one.
+    """
+    local, at, domain = value.strip().rpartition("@")
+    if not at:
+        return value.strip().lower()
+    try:
+        domain = domain_canonical(domain)
+    except InvalidAddress:
+        domain = domain.strip().lower()
+    return f"{local.lower()}@{domain}"
