@@ -33,8 +33,24 @@ def _positive_number(name: str, default: float, cast=float) -> float:
     return value
 
 
+def _domain_canonical(name: str, domain: str) -> str:
+    """A domain setting in the form addresses are stored in (IDNA A-labels, lower case)."""
+    from emailsvc.addresses import InvalidAddress, domain_canonical
+
+    if domain == "*":
+        return domain
+    try:
+        return domain_canonical(domain)
+    except InvalidAddress as error:
+        raise ImproperlyConfigured(f"{name}: {error}") from None
+
+
 def _domain_list(name: str, default: list[str] | None = None) -> list[str]:
-    return [d.strip().lower().lstrip(".") for d in env.list(name, default=default or []) if d.strip()]
+    return [
+        _domain_canonical(name, d.strip().lstrip("."))
+        for d in env.list(name, default=default or [])
+        if d.strip()
+    ]
 
 
 # --- Core -------------------------------------------------------------------
@@ -57,6 +73,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI / ReDoc static files: the docs work offline
     "anymail",
     "emailsvc",
     "tracking",
@@ -64,6 +81,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: it turns every non-JSON error answer under /api/ and /webhooks/ into the JSON error body.
+    "emailsvc.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -133,13 +152,15 @@ MAX_MESSAGE_BYTES = int(_positive_number("MAX_MESSAGE_BYTES", 10 * 1024 * 1024, 
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(MAX_MESSAGE_BYTES * 1.5)
 MAX_RECIPIENTS = int(_positive_number("MAX_RECIPIENTS", 50, int))
 MAX_METADATA_BYTES = int(_positive_number("MAX_METADATA_BYTES", 10 * 1024, int))
+# reply_to addresses per email (they are not recipients: MAX_RECIPIENTS does not count them).
+MAX_REPLY_TO = int(_positive_number("MAX_REPLY_TO", 10, int))
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["emailsvc.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["emailsvc.auth.CanRead"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["emailsvc.parsers.JSONParser"],  # DRF's, with a nesting limit
     "EXCEPTION_HANDLER": "emailsvc.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -155,6 +176,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "SERVE_AUTHENTICATION": [],
+    # Swagger UI and ReDoc come from drf-spectacular-sidecar (pinned, served as
+    # static files by whitenoise), not from an unpinned CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Sending ----------------------------------------------------------------
@@ -163,7 +189,9 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="emailsvc@example.com
 DEFAULT_FROM_NAME = env.str("DEFAULT_FROM_NAME", default="")
 # Empty ALLOWED_FROM_DOMAINS means "only the domain of DEFAULT_FROM_EMAIL";
 # "*" allows any. Empty reply-to / recipient lists allow any domain.
-ALLOWED_FROM_DOMAINS = _domain_list("ALLOWED_FROM_DOMAINS") or [DEFAULT_FROM_EMAIL.rpartition("@")[2].lower()]
+ALLOWED_FROM_DOMAINS = _domain_list("ALLOWED_FROM_DOMAINS") or [
+    _domain_canonical("DEFAULT_FROM_EMAIL", DEFAULT_FROM_EMAIL.rpartition("@")[2])
+]
 ALLOWED_REPLY_TO_DOMAINS = _domain_list("ALLOWED_REPLY_TO_DOMAINS")
 ALLOWED_RECIPIENT_DOMAINS = _domain_list("ALLOWED_RECIPIENT_DOMAINS")
 DELIVERY_MAX_ATTEMPTS = int(_positive_number("DELIVERY_MAX_ATTEMPTS", 8, int))
@@ -180,15 +208,31 @@ SEND_RATE_BURST = int(_positive_number("SEND_RATE_BURST", 1, int))
 # A worker sleeps for a token at most this long; a longer wait re-schedules the
 # task so the worker process is free for other queues meanwhile.
 RATE_LIMIT_MAX_WAIT_SECONDS = env.float("RATE_LIMIT_MAX_WAIT_SECONDS", default=2.0)
+# The delivery engine: a task claims up to DELIVERY_CHUNK_SIZE due messages (with
+# the limiter on, about DELIVERY_CHUNK_SECONDS' worth of its rate) and sends them
+# with DELIVERY_SEND_CONCURRENCY sends in flight per worker process; a chunk
+# stops taking new sends after DELIVERY_CHUNK_MAX_SECONDS and puts the rest back.
+DELIVERY_CHUNK_SIZE = int(_positive_number("DELIVERY_CHUNK_SIZE", 100, int))
+DELIVERY_CHUNK_SECONDS = _positive_number("DELIVERY_CHUNK_SECONDS", 1.0)
+DELIVERY_CHUNK_MAX_SECONDS = _positive_number("DELIVERY_CHUNK_MAX_SECONDS", 60)
+DELIVERY_SEND_CONCURRENCY = int(_positive_number("DELIVERY_SEND_CONCURRENCY", 8, int))
+# At most this many delivery tasks are published for one batch of new work (per
+# priority); a task that claims a full chunk publishes the next one, so this is
+# how many worker processes can work through a backlog at once.
+DELIVERY_PARALLEL_CHUNKS = int(_positive_number("DELIVERY_PARALLEL_CHUNKS", 16, int))
 MAX_BATCH_SIZE = int(_positive_number("MAX_BATCH_SIZE", 500, int))
 SEND_AT_MAX_DAYS = _positive_number("SEND_AT_MAX_DAYS", 30)
-SCHEDULED_RELEASE_INTERVAL_SECONDS = _positive_number("SCHEDULED_RELEASE_INTERVAL_SECONDS", 1)
+# Delivery tasks are published with a scheduled email's send_at as their ETA
+# once it is due within SCHEDULED_HORIZON_SECONDS: at acceptance, or by the
+# beat task that runs every SCHEDULED_RELEASE_INTERVAL_SECONDS.
+SCHEDULED_RELEASE_INTERVAL_SECONDS = _positive_number("SCHEDULED_RELEASE_INTERVAL_SECONDS", 30)
+SCHEDULED_HORIZON_SECONDS = max(SCHEDULED_RELEASE_INTERVAL_SECONDS * 4, 120.0)
 IDEMPOTENCY_KEY_TTL_HOURS = _positive_number("IDEMPOTENCY_KEY_TTL_HOURS", 24)
 # The sweeper re-enqueues messages left `queued` this long past their due time
 # (a lost enqueue, a lost retry), and recovers messages left `sending` this long
 # (a worker that died mid-send).
 SWEEPER_INTERVAL_SECONDS = _positive_number("SWEEPER_INTERVAL_SECONDS", 30)
-SWEEP_QUEUED_AFTER_SECONDS = _positive_number("SWEEP_QUEUED_AFTER_SECONDS", 120)
+SWEEP_QUEUED_AFTER_SECONDS = _positive_number("SWEEP_QUEUED_AFTER_SECONDS", 60)
 SWEEP_SENDING_AFTER_SECONDS = _positive_number("SWEEP_SENDING_AFTER_SECONDS", 600)
 
 SES_CONFIGURATION_SET = env.str("SES_CONFIGURATION_SET", default="")
@@ -219,6 +263,10 @@ SANDBOX_EVENTS_QUEUE_NAME = "emailsvc-ses-events"
 SES_EVENTS_DRAIN_INTERVAL_SECONDS = _positive_number("SES_EVENTS_DRAIN_INTERVAL_SECONDS", 10)
 # One drain run stops receiving after this long, so runs never pile up.
 SES_EVENTS_DRAIN_MAX_SECONDS = _positive_number("SES_EVENTS_DRAIN_MAX_SECONDS", 8)
+# How many drains may run at once (on any machines), and how many SQS messages
+# a drain applies in one transaction (SQS hands out at most 10 per receive).
+SES_EVENTS_DRAIN_CONCURRENCY = int(_positive_number("SES_EVENTS_DRAIN_CONCURRENCY", 2, int))
+SES_EVENTS_APPLY_BATCH = int(_positive_number("SES_EVENTS_APPLY_BATCH", 100, int))
 SES_EVENTS_WAIT_SECONDS = int(_positive_number("SES_EVENTS_WAIT_SECONDS", 2, int))
 if SES_EVENTS_WAIT_SECONDS > 20:
     raise ImproperlyConfigured("SES_EVENTS_WAIT_SECONDS must be at most 20 (the SQS long-poll limit)")
@@ -238,6 +286,13 @@ EMAIL_USE_SSL = env.bool("SMTP_USE_SSL", default=False)
 EMAIL_TIMEOUT = _positive_number("SMTP_TIMEOUT", 30)
 if EMAIL_USE_TLS and EMAIL_USE_SSL:
     raise ImproperlyConfigured("SMTP_USE_TLS and SMTP_USE_SSL are mutually exclusive")
+
+# --- Templates (templates_app) ----------------------------------------------
+# Bounds on rendering one stored template (all its parts together): a hostile or
+# careless template fails with template_render_error instead of holding a worker.
+TEMPLATE_RENDER_MAX_BYTES = int(_positive_number("TEMPLATE_RENDER_MAX_BYTES", 2 * 1024 * 1024, int))
+TEMPLATE_RENDER_MAX_SECONDS = _positive_number("TEMPLATE_RENDER_MAX_SECONDS", 1)
+TEMPLATE_RENDER_MAX_ITERATIONS = int(_positive_number("TEMPLATE_RENDER_MAX_ITERATIONS", 100_000, int))
 
 # --- Celery -----------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
@@ -267,6 +322,10 @@ CELERY_TASK_SEND_SENT_EVENT = False
 # a second worker) and RabbitMQ's consumer_timeout (30 min by default).
 CELERY_LONGEST_COUNTDOWN_SECONDS = 900
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_LONGEST_COUNTDOWN_SECONDS + 900}
+# Celery's Django fixup closes the database connection around every task unless
+# this is set: workers keep theirs (closed by close_old_connections() in the
+# tasks once broken or older than CONN_MAX_AGE), saving a PostgreSQL session per chunk.
+CELERY_DB_REUSE_MAX = 1_000_000
 CELERY_BEAT_SCHEDULE = {
     "release-scheduled-emails": {
         "task": "emailsvc.release_scheduled",

@@ -6,7 +6,6 @@ from django.contrib import admin, messages
 from emailsvc.models import ApiKey, Attachment, Message, Recipient, Suppression
 from emailsvc.services.api_keys import api_key_create, api_key_revoke
 from emailsvc.services.suppressions import suppression_add, suppression_lift
-from tracking.admin import EngagementEventInline
 
 
 class SuppressionForm(forms.ModelForm):
@@ -80,7 +79,8 @@ class MessageAdmin(admin.ModelAdmin):
     list_filter = ("status", "provider", "priority")
     search_fields = ("email_id", "group__id", "recipients__email", "provider_message_id")
     date_hierarchy = "created_at"
-    inlines = [RecipientInline, AttachmentInline, EngagementEventInline]
+    # tracking/admin.py adds the event timeline (tracking depends on emailsvc, not the reverse).
+    inlines = [RecipientInline, AttachmentInline]
     readonly_fields = [f.name for f in Message._meta.fields]
     list_select_related = ("group",)
     show_full_result_count = False

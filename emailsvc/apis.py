@@ -198,7 +198,31 @@ class ReadinessApi(APIView):
         except Exception as error:  # readiness reports any failure, it does not raise
             checks["broker"] = f"error: {type(error).__name__}"
         ready = all(value == "ok" for value in checks.values())
-        return Response(
-            {"status": "ok" if ready else "unavailable", "checks": checks, "provider": settings.EMAIL_PROVIDER},
-            status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE,
-        )
+        body = {"status": "ok" if ready else "unavailable", "checks": checks, "provider": settings.EMAIL_PROVIDER}
+        # The events queue is reported, never decides readiness: a DLQ holding
+        # messages or an unreachable SQS is something to look at, not a reason
+        # to stop taking emails (events wait on the queue).
+        events = _events_queue_detail()
+        if events is not None:
+            body["events"] = events
+        return Response(body, status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+def _events_queue_detail() -> dict | None:
+    """{queue_depth, dlq_depth} of the SES events queue; None when no queue is configured."""
+    from emailsvc import sqs
+
+    try:
+        queue_url = sqs.events_queue_url()
+        if not queue_url:
+            return None
+        client = sqs.sqs_client(timeout_seconds=2)
+        return {
+            "queue_depth": sqs.queue_depth(queue_url, client=client),
+            "dlq_depth": sqs.events_dlq_depth(queue_url, client=client),
+            # Drain lag: the age of the oldest event the last drain received, and
+            # how long ago that drain ran.
+            "last_drain": sqs.drain_report(),
+        }
+    except Exception as error:  # readiness reports any failure, it does not raise
+        return {"error": f"error: {type(error).__name__}"}

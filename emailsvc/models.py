@@ -45,6 +45,26 @@ PRECEDENCE = {
 }
 # Terminal states reached without handing the recipient to the provider.
 NOT_SENT_STATUSES = frozenset({Status.FAILED, Status.SUPPRESSED, Status.CANCELLED})
+# A recipient in one of these has not been handed to the provider yet.
+PENDING_STATUSES = frozenset({Status.SCHEDULED, Status.QUEUED, Status.SENDING})
+
+
+class WorkState(models.TextChoices):
+    """What the delivery engine does with a message, apart from what it shows.
+
+    `status` summarises the recipients for callers; `state` is the engine's:
+    a message with one delivered and one deferred recipient shows `delivered`
+    and is still `queued` for its next attempt.
+    """
+
+    SCHEDULED = "scheduled", "scheduled (due at next_attempt_at = send_at)"
+    QUEUED = "queued", "queued (due at next_attempt_at)"
+    SENDING = "sending", "claimed by a worker"
+    DONE = "done", "nothing left to send"
+
+
+# States in which the engine may claim a message once next_attempt_at has come.
+CLAIMABLE_STATES = (WorkState.SCHEDULED, WorkState.QUEUED)
 
 
 class Priority(models.TextChoices):
@@ -120,6 +140,9 @@ class Message(models.Model):
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    state = models.CharField(
+        max_length=16, choices=WorkState.choices, default=WorkState.QUEUED, help_text="The delivery engine's state"
+    )
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -127,7 +150,7 @@ class Message(models.Model):
     next_attempt_at = models.DateTimeField(
         null=True, blank=True, help_text="When the next delivery attempt is due; the sweeper looks here"
     )
-    sending_started_at = models.DateTimeField(null=True, blank=True)
+    sending_started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last claimed it")
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -136,8 +159,14 @@ class Message(models.Model):
             models.Index(fields=["status", "created_at"], name="message_status_created"),
             models.Index(fields=["group", "created_at"], name="message_group_created"),
             models.Index(fields=["-created_at"], name="message_created_desc"),
-            models.Index(fields=["status", "next_attempt_at"], name="message_status_due"),
-            models.Index(fields=["status", "send_at"], name="message_status_send_at"),
+            # The engine's claim: due messages of one priority, oldest due first.
+            models.Index(
+                fields=["priority", "next_attempt_at"],
+                condition=models.Q(state__in=["scheduled", "queued"]),
+                name="message_claimable_due",
+            ),
+            # The sweeper's look for claims a dead worker left behind.
+            models.Index(fields=["sending_started_at"], condition=models.Q(state="sending"), name="message_sending"),
         ]
 
     def __str__(self) -> str:
@@ -237,3 +266,31 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class StatusChange(models.Model):
+    """One recipient status transition, append-only (SPEC §3).
+
+    Written by `emailsvc.status` in the same transaction as the change it
+    records, and by nothing else. Outbound webhooks, metrics, `/stats` and the
+    safety breaker read this table instead of being called by the writer.
+    """
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="status_changes", db_index=False)
+    recipient = models.ForeignKey(Recipient, on_delete=models.CASCADE, related_name="status_changes")
+    email = models.CharField(max_length=320)
+    from_status = models.CharField(max_length=16, choices=Status.choices)
+    to_status = models.CharField(max_length=16, choices=Status.choices)
+    at = models.DateTimeField()
+    cause = models.CharField(max_length=32, help_text="delivery, event, cancel, suppressed, sweeper, …")
+    detail = models.JSONField(default=dict, blank=True, help_text="Reason, provider event type and id, …")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["message", "id"], name="statuschange_message"),
+            models.Index(fields=["at"], name="statuschange_at"),
+            models.Index(fields=["to_status", "at"], name="statuschange_to_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.email}: {self.from_status} → {self.to_status}"

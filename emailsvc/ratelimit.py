@@ -85,6 +85,52 @@ return string.format('%.6f', math.ceil(wait * 1000000) / 1000000)
 
 _script_object: Script | None = None
 
+# Reservation: like the script above, but a request whose wait is at most
+# ARGV[4] seconds is granted *now* for the moment its tokens come due (the
+# caller sleeps the returned wait, then sends); a longer wait takes nothing.
+# Grants follow the same sequence of theoretical arrival times as the
+# try-and-sleep path, so the same bound holds, without waiters polling Redis.
+# Returns "G<wait>" (granted; send after <wait> seconds) or "R<wait>" (refused).
+_RESERVE_LUA = """
+if redis.replicate_commands then
+  pcall(redis.replicate_commands)
+end
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+local ahead = 0
+if tat and tat > now then
+  ahead = tat - now
+end
+local offset = ahead + tokens * interval
+local wait = offset - math.max(burst, tokens) * interval
+if wait <= 0.000001 then
+  wait = 0
+end
+if wait > max_wait then
+  return 'R' .. string.format('%.6f', math.ceil(wait * 1000000) / 1000000)
+end
+redis.call('SET', KEYS[1], string.format('%.17g', now + offset), 'PX', math.ceil(offset * 1000) + 1000)
+return 'G' .. string.format('%.6f', math.ceil(wait * 1000000) / 1000000)
+"""
+
+# How far ahead of the server clock the bucket is booked, in seconds (0: idle).
+_BACKLOG_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat and tat > now then
+  return string.format('%.6f', tat - now)
+end
+return '0'
+"""
+
+_scripts: dict[str, Script] = {}
+
 
 @dataclass(frozen=True)
 class RateLimit:
@@ -175,6 +221,47 @@ def rate_limit_acquire(
         if time.monotonic() - started + wait > max_wait:
             return wait
         time.sleep(wait)
+
+
+def _registered(client: redis.Redis, source: str) -> Script:
+    if source not in _scripts:
+        _scripts[source] = client.register_script(source)
+    return _scripts[source]
+
+
+def rate_limit_reserve(
+    *, limit: RateLimit, tokens: int = 1, max_wait: float, client: redis.Redis | None = None
+) -> tuple[bool, float]:
+    """Book `tokens` for the earliest moment the bucket allows, if that is at
+    most `max_wait` seconds away: (True, wait) — the caller sleeps `wait`, then
+    uses them. Otherwise nothing is booked: (False, wait until it would be).
+
+    One atomic round trip (none when the limit is off). Unlike
+    rate_limit_acquire, concurrent callers are served in the order they booked,
+    and nobody polls. Raises ValueError for tokens < 1 or a negative max_wait.
+    """
+    if int(tokens) != tokens or tokens < 1:
+        raise ValueError(f"tokens must be an integer >= 1, got {tokens!r}")
+    if not max_wait >= 0:
+        raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
+    if not limit.enabled:
+        return True, 0.0
+    client = client if client is not None else redis_client()
+    reply = _registered(client, _RESERVE_LUA)(
+        keys=[limit.key],
+        args=[repr(1.0 / limit.per_second), int(limit.burst), int(tokens), repr(float(max_wait))],
+        client=client,
+    )
+    reply = reply.decode() if isinstance(reply, bytes) else str(reply)
+    return reply[0] == "G", max(float(reply[1:]), 0.0)
+
+
+def rate_limit_backlog(*, limit: RateLimit, client: redis.Redis | None = None) -> float:
+    """Seconds until everything booked so far has been used (0.0 when idle or off)."""
+    if not limit.enabled:
+        return 0.0
+    client = client if client is not None else redis_client()
+    return max(float(_registered(client, _BACKLOG_LUA)(keys=[limit.key], args=[], client=client)), 0.0)
 
 
 def rate_limit_from_settings() -> RateLimit:

@@ -1,8 +1,38 @@
-"""How a message's status follows from its recipients' statuses (SPEC §3)."""
+"""The one owner of recipient and message status transitions (SPEC §3).
 
-from collections.abc import Iterable
+Every write of `Recipient.status`, `Message.status` and `Message.state` goes
+through this module, set-based, and each recipient transition appends one
+`StatusChange` row in the same transaction. Callers decide *what* should happen
+(the delivery engine, event apply, cancel, the sweeper); this module applies
+the precedence rules, writes the columns and records the changes.
 
-from emailsvc.models import NOT_SENT_STATUSES, PRECEDENCE, Status
+Lock order, the same for every writer: message rows by id, then their
+recipients. PostgreSQL gets `FOR UPDATE`; SQLite serialises writers anyway
+(IMMEDIATE transactions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connection, transaction
+
+from emailsvc.bulk import rows_update
+from emailsvc.models import (
+    CLAIMABLE_STATES,
+    NOT_SENT_STATUSES,
+    PENDING_STATUSES,
+    PRECEDENCE,
+    Message,
+    Recipient,
+    Status,
+    StatusChange,
+    WorkState,
+)
+
+# --- Pure rules ---------------------------------------------------------------
 
 
 def higher_status(current: str, candidate: str) -> str:
@@ -28,3 +58,236 @@ def summarize(statuses: Iterable[str]) -> str:
         if terminal in statuses:
             return terminal
     return Status.QUEUED
+
+
+def displayed_status(statuses: Iterable[str], state: str) -> str:
+    """What a message shows: its recipients' summary, and `sending` while a
+    worker holds a claim on a message none of whose recipients has moved on."""
+    summary = summarize(statuses)
+    if summary in (Status.QUEUED, Status.SCHEDULED):
+        if state == WorkState.SENDING:
+            return Status.SENDING
+        if state == WorkState.SCHEDULED:
+            return Status.SCHEDULED
+    return summary
+
+
+# --- Transitions --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipientChange:
+    """Move one recipient to `to`, if its current status is in `only_from`
+    (None: from any status other than `to` — statuses derived from provider
+    facts). `fields` are other Recipient columns written with the change, and
+    only when the change happens."""
+
+    recipient_id: int
+    to: str
+    cause: str
+    only_from: frozenset[str] | None = PENDING_STATUSES
+    fields: dict = field(default_factory=dict)
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class Applied:
+    """What `changes_apply` wrote."""
+
+    changes: list[StatusChange] = field(default_factory=list)
+    message_status: dict[int, str] = field(default_factory=dict)
+    message_state: dict[int, str] = field(default_factory=dict)
+
+
+def changes_apply(
+    *,
+    message_ids: Iterable[int],
+    recipient_changes: Sequence[RecipientChange] = (),
+    message_fields: dict[int, dict] | None = None,
+    at: datetime,
+) -> Applied:
+    """Apply recipient transitions and message updates for `message_ids`, set-based.
+
+    `message_fields` maps a message id to Message columns to write (`state`,
+    `next_attempt_at`, `provider_message_id`, …); each message's `status` is
+    then derived from its recipients and its (new) state. Runs in one
+    transaction (the caller's, if any): locks the messages, reads their
+    recipients, writes the changed recipients, the StatusChange rows and the
+    messages — five statements whatever the number of rows.
+    """
+    message_fields = message_fields or {}
+    ids = sorted(set(message_ids) | set(message_fields))
+    if not ids:
+        return Applied()
+    with transaction.atomic():
+        messages = messages_lock(ids)
+        recipients = list(
+            Recipient.objects.filter(message_id__in=ids).order_by("id").values_list("id", "message_id", "email", "status")
+        )
+        current = {rid: (mid, email, status) for rid, mid, email, status in recipients}
+        changed_rows: dict[int, dict] = {}
+        changes: list[StatusChange] = []
+        for change in recipient_changes:
+            if change.recipient_id not in current:
+                continue
+            message_id, email, status = current[change.recipient_id]
+            if status == change.to or (change.only_from is not None and status not in change.only_from):
+                continue
+            current[change.recipient_id] = (message_id, email, change.to)
+            row = changed_rows.setdefault(change.recipient_id, {})
+            row.update(change.fields)
+            row["status"] = change.to
+            changes.append(
+                StatusChange(
+                    message_id=message_id,
+                    recipient_id=change.recipient_id,
+                    email=email,
+                    from_status=status,
+                    to_status=change.to,
+                    at=at,
+                    cause=change.cause,
+                    detail=change.detail,
+                )
+            )
+        if changed_rows:
+            rows_update(Recipient, changed_rows, at=at)
+        if changes:
+            StatusChange.objects.bulk_create(changes)
+
+        by_message: dict[int, list[str]] = {mid: [] for mid in ids}
+        for message_id, _email, status in current.values():
+            by_message[message_id].append(status)
+        applied = Applied(changes=changes)
+        message_rows: dict[int, dict] = {}
+        for message_id in ids:
+            if message_id not in messages:
+                continue
+            old_status, old_state = messages[message_id]
+            row = dict(message_fields.get(message_id, {}))
+            state = row.get("state", old_state)
+            status = displayed_status(by_message[message_id], state)
+            if status != old_status:
+                row["status"] = status
+            if row:
+                message_rows[message_id] = row
+            applied.message_status[message_id] = status
+            applied.message_state[message_id] = state
+        if message_rows:
+            rows_update(Message, message_rows, at=at)
+    return applied
+
+
+def messages_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
+    """Lock the messages (in id order, as every writer does) and read {id: (status, state)}."""
+    table = Message._meta.db_table
+    if connection.vendor == "postgresql":
+        sql = f"SELECT id, status, state FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+        params: list = [ids]
+    else:
+        sql = f"SELECT id, status, state FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
+        params = ids
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+# --- The delivery engine's claims ------------------------------------------------
+
+
+def messages_claim(*, priorities: Sequence[str], limit: int, now: datetime) -> list[int]:
+    """Claim up to `limit` due messages, of the first priority first, then the
+    next (oldest due first within each).
+
+    One guarded statement on PostgreSQL (`FOR UPDATE SKIP LOCKED`, so workers
+    never wait for each other nor claim the same row); SQLite serialises its
+    statements. A claimed message is `sending`, its attempt counted, and shows
+    `sending` unless a recipient has already moved on. Commits before any send.
+    """
+    table = Message._meta.db_table
+    now_value = Message._meta.get_field("updated_at").get_db_prep_save(now, connection)
+    set_clause = (
+        "state = 'sending', "
+        "status = CASE WHEN status IN ('queued', 'scheduled') THEN 'sending' ELSE status END, "
+        "attempts = attempts + 1, sending_started_at = %s, updated_at = %s"
+    )
+    due = f"SELECT id FROM {table} WHERE state IN ('scheduled', 'queued') AND priority = %s AND next_attempt_at <= %s"
+    claimed: list[int] = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One CTE per priority, each taking what the ones before left of the limit.
+            ctes, params, taken = [], [], []
+            for index, priority in enumerate(priorities):
+                remaining = " - ".join(["%s", *[f"(SELECT count(*) FROM p{i})" for i in taken]])
+                ctes.append(f"p{index} AS ({due} ORDER BY next_attempt_at LIMIT ({remaining}) FOR UPDATE SKIP LOCKED)")
+                params += [priority, now_value, limit]
+                taken.append(index)
+            union = " UNION ALL ".join(f"SELECT id FROM p{i}" for i in taken)
+            cursor.execute(
+                f"WITH {', '.join(ctes)} UPDATE {table} SET {set_clause} WHERE id IN ({union}) RETURNING id",
+                [*params, now_value, now_value],
+            )
+            claimed = [row[0] for row in cursor.fetchall()]
+        else:
+            for priority in priorities:
+                if len(claimed) >= limit:
+                    break
+                cursor.execute(
+                    f"UPDATE {table} SET {set_clause} WHERE id IN ({due} ORDER BY next_attempt_at LIMIT %s) RETURNING id",
+                    [now_value, now_value, priority, now_value, limit - len(claimed)],
+                )
+                claimed += [row[0] for row in cursor.fetchall()]
+    return sorted(claimed)
+
+
+# --- Other transitions ------------------------------------------------------------------
+
+
+def message_cancel(*, message_id: int, at: datetime) -> bool:
+    """Cancel a message the engine has not claimed (scheduled or queued): its
+    pending recipients become `cancelled`. False when it was claimed or is done."""
+    with transaction.atomic():
+        locked = messages_lock([message_id])
+        if message_id not in locked or locked[message_id][1] not in CLAIMABLE_STATES:
+            return False
+        pending = Recipient.objects.filter(message_id=message_id, status__in=PENDING_STATUSES).values_list("id", flat=True)
+        changes_apply(
+            message_ids=[message_id],
+            recipient_changes=[RecipientChange(rid, Status.CANCELLED, "cancel") for rid in pending],
+            message_fields={message_id: {"state": WorkState.DONE}},
+            at=at,
+        )
+    return True
+
+
+def submission_statuses(*, message: Message, recipients: list[Recipient], suppressed: dict[str, str], scheduled: bool) -> None:
+    """Set the initial statuses of a message about to be stored (unsaved rows):
+    suppressed addresses `suppressed` at once; the rest `scheduled` or `queued`;
+    a message with nothing left to send is `done`."""
+    initial = Status.SCHEDULED if scheduled else Status.QUEUED
+    for recipient in recipients:
+        if recipient.email in suppressed:
+            recipient.status = Status.SUPPRESSED
+            recipient.failed_reason = f"suppressed ({suppressed[recipient.email]})"
+        else:
+            recipient.status = initial
+    if all(r.status == Status.SUPPRESSED for r in recipients):
+        message.state = WorkState.DONE
+    else:
+        message.state = WorkState.SCHEDULED if scheduled else WorkState.QUEUED
+    message.status = displayed_status([r.status for r in recipients], message.state)
+
+
+def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) -> int:
+    """Record the transitions of stored new recipients that did not stay pending
+    (suppressed at the door) — accepted as queued, then suppressed."""
+    rows = [
+        StatusChange(
+            message_id=r.message_id, recipient_id=r.pk, email=r.email, from_status=Status.QUEUED,
+            to_status=r.status, at=at, cause="suppressed", detail={"reason": r.failed_reason},
+        )
+        for r in recipients
+        if r.status not in PENDING_STATUSES
+    ]
+    if rows:
+        StatusChange.objects.bulk_create(rows)
+    return len(rows)

@@ -72,6 +72,17 @@ def poll(fetch, *, until, timeout: float = 30, interval: float = 0.05):
         time.sleep(interval)
 
 
+def deliver_now(*, priority: str = "low") -> int:
+    """Run the delivery engine in this process, as a worker's tasks would, until
+    it claims nothing more; how many messages it claimed."""
+    from emailsvc.services.delivery import deliver_due
+
+    claimed = 0
+    while (result := deliver_due(priority=priority)).claimed:
+        claimed += result.claimed
+    return claimed
+
+
 def wait_until(predicate, *, timeout: float = 30, interval: float = 0.05):
     """Poll `predicate` until it returns something truthy (returned) or `timeout` passes (last value)."""
     return poll(predicate, until=bool, timeout=timeout, interval=interval)
@@ -101,11 +112,25 @@ class SmtpSink:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     refusals: list[str] = field(default_factory=list)
+    recipient_refusals: dict[str, list[str]] = field(default_factory=dict)
 
     def refuse_next(self, reply: str) -> None:
         """Answer the next DATA with `reply` (e.g. "550 5.1.1 no such user") instead of 250."""
         with self.lock:
             self.refusals.append(reply)
+
+    def refuse_recipient(self, address: str, reply: str, *, times: int = 1) -> None:
+        """Answer the next `times` RCPT TO:<address> with `reply` instead of 250."""
+        with self.lock:
+            self.recipient_refusals.setdefault(address.lower(), []).extend([reply] * times)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        with self.lock:
+            pending = self.recipient_refusals.get(address.lower())
+            if pending:
+                return pending.pop(0)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with self.lock:

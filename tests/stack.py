@@ -75,6 +75,7 @@ class SmtpServer:
         self.stalled_now = 0  # sessions waiting in RCPT TO at this moment
         self.stalled_total = 0  # sessions that were held at RCPT TO
         self.data_commands = 0  # DATA transactions completed by clients (accepted or not)
+        self.data_delay = 0.0  # seconds each DATA takes before it is accepted
         self._controller = Controller(self, hostname=host, port=self.port, decode_data=False)
 
     def start(self) -> SmtpServer:
@@ -91,6 +92,7 @@ class SmtpServer:
             self.arrivals.clear()
             self.stalled_total = 0
             self.data_commands = 0
+            self.data_delay = 0.0
 
     def stall(self) -> None:
         self._stall.set()
@@ -114,12 +116,24 @@ class SmtpServer:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.data_delay:
+            # A slow server: the message is taken only once this wait is over, so
+            # a client killed meanwhile never gets it accepted.
+            await asyncio.sleep(self.data_delay)
         with self._lock:
             self.data_commands += 1
             self.arrivals.append(
                 Arrival(time.monotonic(), envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
         return "250 Message accepted for delivery"
+
+    def go_down(self) -> None:
+        """Stop listening (connections are refused) until `come_back()`."""
+        self._controller.stop()
+
+    def come_back(self) -> None:
+        self._controller = Controller(self, hostname=self.host, port=self.port, decode_data=False)
+        self._controller.start()
 
     # queries
     def matching(self, needle: str) -> list[Arrival]:

@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from emailsvc.admin import MessageAdmin
 from tracking.models import EngagementEvent
 
 
@@ -16,6 +17,9 @@ class EngagementEventInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False
+
+
+MessageAdmin.inlines = [*MessageAdmin.inlines, EngagementEventInline]
 
 
 @admin.register(EngagementEvent)

@@ -1,6 +1,5 @@
 """HTTP endpoints of the tracking side: group records, group analytics, the SNS webhook."""
 
-import json
 import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -16,12 +15,17 @@ from rest_framework.views import APIView
 
 from emailsvc.auth import CanRead
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
-from emailsvc.serializers import EmailSummaryOutputSerializer
+from emailsvc.parsers import JsonTooDeep, json_loads_limited
+from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer
+from tracking.apply import sns_notification_apply
 from tracking.normalize import MalformedEvent
 from tracking.selectors import group_analytics, group_messages
 from tracking.serializers import GroupAnalyticsOutputSerializer
-from tracking.services import sns_notification_apply, sns_subscription_confirm
-from tracking.sns import SnsVerificationError, sns_message_verify
+from tracking.sns import (
+    SnsVerificationError,
+    sns_message_verify,
+    sns_subscription_confirm,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ class GroupEmailsApi(APIView):
 
     @extend_schema(
         operation_id="list_group_emails",
-        responses={200: EmailSummaryOutputSerializer(many=True), **READ_ERRORS},
+        responses={200: EmailPageOutputSerializer, **READ_ERRORS},
         description="The emails of a group, newest first, cursor-paginated (`limit` ≤ 500, default 50).",
     )
     def get(self, request, group_id: str):
@@ -89,7 +93,9 @@ class SesSnsWebhookView(View):
 
     def post(self, request):
         try:
-            message = json.loads(request.body)
+            message = json_loads_limited(request.body)
+        except JsonTooDeep as error:
+            return _error("invalid_json", f"The body is not valid JSON: {error}", 400)
         except (ValueError, UnicodeDecodeError):
             return _error("invalid_json", "The body is not JSON.", 400)
         if not isinstance(message, dict):

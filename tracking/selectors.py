@@ -5,11 +5,11 @@ from django.db.models.functions import Coalesce
 
 from emailsvc.errors import NotFound
 from emailsvc.models import Group, Message, Recipient, Status
-from emailsvc.selectors import message_list_queryset
+from emailsvc.selectors import message_list_queryset, one_or_none
 
 
 def group_get(*, group_id: str) -> Group:
-    group = Group.objects.filter(id=group_id).first()
+    group = one_or_none(Group.objects.filter(id=group_id))
     if group is None:
         raise NotFound(f"No group with group_id '{group_id}'.")
     return group
@@ -61,16 +61,3 @@ def group_analytics(*, group_id: str) -> dict:
         "bounce_rate": _rate(counts["bounced"], counts["sent"]),
         "complaint_rate": _rate(counts["complained"], counts["sent"]),
     }
-
-
-def provider_message_id_from_events(*, message_id: int) -> str:
-    """The provider's id of a message as its events report it ("" if none did)."""
-    from tracking.models import EngagementEvent
-
-    return (
-        EngagementEvent.objects.filter(message_id=message_id)
-        .exclude(provider_message_id="")
-        .values_list("provider_message_id", flat=True)
-        .first()
-        or ""
-    )

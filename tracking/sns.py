@@ -36,10 +36,12 @@ from email.message import Message
 from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
+import boto3
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -303,3 +305,16 @@ def _certificate_download(url: str) -> bytes:
     if len(body) > _FETCH_MAX_BYTES:
         raise ValueError("certificate response too large")
     return body
+
+
+def sns_subscription_confirm(*, topic_arn: str, token: str) -> None:
+    """Confirm a subscription through the SNS API in the topic's own region.
+
+    Uses ConfirmSubscription (signed AWS call) rather than fetching SubscribeURL,
+    so nothing but the AWS endpoint is ever contacted.
+    """
+    parts = topic_arn.split(":")
+    region = parts[3] if len(parts) == 6 and parts[3] else settings.AWS_REGION
+    client = boto3.client("sns", region_name=region, endpoint_url=settings.AWS_ENDPOINT_URL or None)
+    client.confirm_subscription(TopicArn=topic_arn, Token=token, AuthenticateOnUnsubscribe="true")
+    logger.info("SNS subscription confirmed topic=%s", topic_arn)

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from tracking.services import events_drain
+from tracking.drain import events_drain
 
 
 @shared_task(name="tracking.drain_events", ignore_result=True)

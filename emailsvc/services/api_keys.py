@@ -10,6 +10,7 @@ from django.utils import timezone
 from emailsvc.models import (
     ApiKey,
 )
+from emailsvc.selectors import one_or_none
 
 API_KEY_PREFIX = "es"
 
@@ -47,7 +48,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     parts = raw_key.split("_", 2)
     if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
         return None
-    api_key = ApiKey.objects.filter(prefix=parts[1]).first()
+    api_key = one_or_none(ApiKey.objects.filter(prefix=parts[1]))
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, _hash_key(raw_key)):
         return None
     now = timezone.now()

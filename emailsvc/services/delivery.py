@@ -1,186 +1,490 @@
-"""Delivering: claim, send through the provider, record the outcome (SPEC §5.2-5.4)."""
+"""Delivering: claim due messages in chunks, send them over kept-open provider
+connections with several sends in flight, record the outcomes set-based
+(SPEC §5.2-5.4).
 
+One call of `deliver_due` is one chunk:
+
+1. claim up to a chunk of due messages (high priority first, then the caller's
+   priority) in one guarded statement, committed before anything is sent;
+2. load them (messages, their pending recipients, attachments, suppressions)
+   with four queries;
+3. send each message in a send slot of a per-process thread pool: book tokens
+   from the global rate limiter, build the MIME, hand it to the provider, and
+   write the provider's answer to a Redis journal before the slot takes its
+   next message;
+4. record every outcome through `emailsvc.status` in one transaction, then
+   drop the journal entries.
+
+A worker killed between a provider's answer and step 4 leaves the journal: the
+sweeper records what it holds. Only the sends in flight at the moment of the
+kill (at most DELIVERY_SEND_CONCURRENCY per process) have no journal entry;
+those messages are sent again — the one window for a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
 import logging
+import math
+import os
 import random
-from datetime import timedelta
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, F, Value, When
 from django.utils import timezone
+from redis.exceptions import RedisError
 
-from emailsvc import providers
+from emailsvc import providers, status
 from emailsvc.models import (
+    PENDING_STATUSES,
+    Attachment,
     Message,
-    Provider,
+    Priority,
     Recipient,
     Status,
+    WorkState,
 )
-from emailsvc.ratelimit import rate_limit_acquire, rate_limit_from_settings
+from emailsvc.providers import (
+    AccountStoppedError,
+    DeliveryError,
+    InternalDeliveryError,
+    TransientDeliveryError,
+)
+from emailsvc.ratelimit import (
+    RateLimit,
+    rate_limit_backlog,
+    rate_limit_from_settings,
+    rate_limit_reserve,
+)
 from emailsvc.redaction import redact_address
+from emailsvc.redisclient import redis_client
 from emailsvc.selectors import suppressed_addresses
-from emailsvc.status import summarize
 
 logger = logging.getLogger(__name__)
 
-# --- Delivering -------------------------------------------------------------
+# Claims take the most urgent work first: a task of any queue claims due
+# high-priority messages before its own priority's.
+PRIORITY_ORDER = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
+JOURNAL_PREFIX = "emailsvc:delivery-journal:"
+JOURNAL_TTL_SECONDS = 7 * 24 * 3600
 
 
-class DeliveryDeferred(Exception):
-    """The message went back to `queued`; try again in `countdown` seconds."""
-
-    def __init__(self, *, countdown: float, reason: str):
-        super().__init__(reason)
-        self.countdown = countdown
-        self.reason = reason
+# --- The rows a chunk works on ---------------------------------------------------
 
 
-def _retry_delay(attempt: int, wait_seconds: float | None) -> float:
-    """Exponential backoff with full jitter, capped; or the provider's own wait."""
-    if wait_seconds:
-        return wait_seconds
+@dataclass
+class OutgoingRecipient:
+    id: int
+    email: str
+    name: str
+    role: str
+
+
+@dataclass
+class OutgoingAttachment:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass
+class Outgoing:
+    """One claimed message: what build_email reads, and the claim it belongs to."""
+
+    pk: int
+    email_id: str
+    group_id: str | None
+    attempts: int
+    priority: str
+    provider: str
+    from_email: str
+    from_name: str
+    reply_to: list
+    subject: str
+    html: str
+    text: str
+    headers: dict
+    tags: list
+    metadata: dict
+    sent_at: datetime | None
+    recipients: list[OutgoingRecipient] = field(default_factory=list)
+    attachments: list[OutgoingAttachment] = field(default_factory=list)
+    suppressed: dict[int, str] = field(default_factory=dict)  # recipient id → reason
+
+
+@dataclass
+class SendOutcome:
+    """The provider's answer for one message of a chunk (or why it was not sent)."""
+
+    provider_message_id: str = ""
+    sent_at: datetime | None = None
+    sent: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)  # permanent, per recipient
+    deferred: dict[int, str] = field(default_factory=dict)  # transient, per recipient
+    # Not attempted (rate limit, account stop, chunk deadline): due again this
+    # many seconds from now, and the attempt is not counted.
+    released_for: float | None = None
+    reason: str = ""
+    recorded: bool = False  # already written (the journal was unavailable)
+
+    def journal(self) -> str:
+        return json.dumps(
+            {
+                "provider_message_id": self.provider_message_id,
+                "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+                "sent": self.sent,
+                "failed": self.failed,
+                "deferred": self.deferred,
+                "released_for": self.released_for,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def from_journal(cls, text: str) -> SendOutcome:
+        data = json.loads(text)
+        return cls(
+            provider_message_id=data["provider_message_id"],
+            sent_at=datetime.fromisoformat(data["sent_at"]) if data["sent_at"] else None,
+            sent=list(data["sent"]),
+            failed={int(k): v for k, v in data["failed"].items()},
+            deferred={int(k): v for k, v in data["deferred"].items()},
+            released_for=data["released_for"],
+            reason=data["reason"],
+        )
+
+
+@dataclass
+class ChunkResult:
+    """What one `deliver_due` call did."""
+
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    suppressed: int = 0
+    released: int = 0
+    chunk_size: int = 0
+    # The limiter is booked further ahead than a worker should wait: nothing
+    # was claimed; try again in this many seconds.
+    retry_in: float | None = None
+    # Messages put back for later, as (priority, seconds from now).
+    due_later: list[tuple[str, float]] = field(default_factory=list)
+
+
+# --- The chunk -------------------------------------------------------------------
+
+
+def chunk_size(limit: RateLimit) -> int:
+    """Messages per claim: DELIVERY_CHUNK_SIZE, and with the limiter on about one
+    second's worth of its rate, so a chunk never waits long for its tokens."""
+    size = settings.DELIVERY_CHUNK_SIZE
+    if limit.enabled:
+        size = min(size, max(1, math.ceil(limit.per_second * settings.DELIVERY_CHUNK_SECONDS)))
+    return size
+
+
+def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
+    """Deliver one chunk of due messages; safe to call any number of times anywhere.
+
+    Claims due messages of priority `high` first, then down to `priority`
+    (oldest due first), sends them with DELIVERY_SEND_CONCURRENCY sends in
+    flight, records each recipient's outcome: `sent` + provider id, `failed` +
+    reason, `suppressed`, or still pending for a retry (transient errors back
+    off with jitter until DELIVERY_MAX_ATTEMPTS; account-level stops and the
+    daily quota wait without using up attempts).
+    """
+    limit = rate_limit_from_settings()
+    size = chunk_size(limit)
+    result = ChunkResult(chunk_size=size)
+    backlog = rate_limit_backlog(limit=limit)
+    if backlog > settings.RATE_LIMIT_MAX_WAIT_SECONDS:
+        if _due_exists(priority):
+            result.retry_in = backlog - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2
+        return result
+    now = timezone.now()
+    claimed = status.messages_claim(priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now)
+    result.claimed = len(claimed)
+    if not claimed:
+        return result
+    outgoing = _load(claimed)
+    outcomes = _send_all(outgoing, limit=limit)
+    _record(outgoing, outcomes, result)
+    _journal_clear([outgoing[pk].email_id for pk in outcomes])
+    logger.info(
+        "delivery chunk claimed=%d sent=%d failed=%d deferred=%d suppressed=%d released=%d",
+        result.claimed, result.sent, result.failed, result.deferred, result.suppressed, result.released,
+    )
+    return result
+
+
+def _due_exists(priority: str) -> bool:
+    levels = PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1]
+    return Message.objects.filter(
+        state__in=[WorkState.SCHEDULED, WorkState.QUEUED], priority__in=levels, next_attempt_at__lte=timezone.now()
+    ).exists()
+
+
+def _load(message_ids: list[int]) -> dict[int, Outgoing]:
+    rows = Message.objects.filter(pk__in=message_ids).values_list(
+        "pk", "email_id", "group_id", "attempts", "priority", "provider", "from_email", "from_name", "reply_to",
+        "subject", "html", "text", "headers", "tags", "metadata", "sent_at",
+    )
+    outgoing = {row[0]: Outgoing(*row) for row in rows}
+    pending = Recipient.objects.filter(message_id__in=message_ids, status__in=PENDING_STATUSES).values_list(
+        "id", "message_id", "email", "name", "role"
+    )
+    for recipient_id, message_id, email, name, role in pending.order_by("id"):
+        outgoing[message_id].recipients.append(OutgoingRecipient(recipient_id, email, name, role))
+    for message_id, filename, content_type, content in Attachment.objects.filter(message_id__in=message_ids).values_list(
+        "message_id", "filename", "content_type", "content"
+    ).order_by("id"):
+        outgoing[message_id].attachments.append(OutgoingAttachment(filename, content_type, bytes(content)))
+    suppressed = suppressed_addresses(addresses=list({r.email for o in outgoing.values() for r in o.recipients}))
+    if suppressed:
+        for message in outgoing.values():
+            keep = []
+            for recipient in message.recipients:
+                if recipient.email in suppressed:
+                    message.suppressed[recipient.id] = f"suppressed ({suppressed[recipient.email]})"
+                else:
+                    keep.append(recipient)
+            message.recipients = keep
+    return outgoing
+
+
+# --- Sending ---------------------------------------------------------------------------
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+_executor_lock = threading.Lock()
+
+
+def _send_pool() -> ThreadPoolExecutor:
+    """The send slots of this process (made after fork: threads do not survive one)."""
+    global _executor, _executor_pid
+    with _executor_lock:
+        if _executor is None or _executor_pid != os.getpid():
+            _executor = ThreadPoolExecutor(max_workers=settings.DELIVERY_SEND_CONCURRENCY, thread_name_prefix="send")
+            _executor_pid = os.getpid()
+        return _executor
+
+
+@dataclass
+class _ChunkContext:
+    limit: RateLimit
+    deadline: float
+    # Set when the provider says the whole account cannot send (paused, daily
+    # quota): the rest of the chunk is put back without trying.
+    stopped_for: float | None = None
+
+
+def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> dict[int, SendOutcome]:
+    context = _ChunkContext(limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS)
+    outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
+    sendable = [message for message in outgoing.values() if message.recipients]
+    if len(sendable) == 1:  # a single email: no hop through the pool
+        outcomes[sendable[0].pk] = _send_slot(sendable[0], context)
+    elif sendable:
+        for message, outcome in zip(sendable, _send_pool().map(lambda m: _send_slot(m, context), sendable)):
+            outcomes[message.pk] = outcome
+    return outcomes
+
+
+def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
+    """Send one message and journal the answer before taking the next one."""
+    if context.stopped_for is not None:
+        return SendOutcome(released_for=context.stopped_for, reason="the provider account is not sending")
+    if time.monotonic() > context.deadline:
+        return SendOutcome(released_for=0.0, reason="the chunk ran out of time")
+    try:
+        granted, wait = rate_limit_reserve(
+            limit=context.limit, tokens=len(message.recipients), max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS
+        )
+    except RedisError as error:
+        # No limiter, no send: sending blind could exceed the account's rate.
+        return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
+    if not granted:
+        return SendOutcome(released_for=wait, reason="waiting for the send rate limit")
+    if wait:
+        time.sleep(wait)
+    outcome = _send_one(message, context)
+    _journal_write(message, outcome)
+    return outcome
+
+
+def _send_one(message: Outgoing, context: _ChunkContext) -> SendOutcome:
+    recipients = message.recipients
+    try:
+        email = providers.build_email(message, recipients, message.attachments)
+        answer = providers.provider_send(message.provider, email)
+    except DeliveryError as error:
+        if isinstance(error, InternalDeliveryError):
+            logger.error("delivery failed on our side email_id=%s: %s", message.email_id, error.reason, exc_info=error)
+        return _outcome_of_error(message, error, context)
+    except Exception as error:  # building the message failed: our bug, not the provider's
+        failure = providers.classify(error)
+        logger.error("delivery failed on our side email_id=%s: %s", message.email_id, failure.reason, exc_info=error)
+        return _outcome_of_error(message, failure, context)
+    outcome = SendOutcome(provider_message_id=answer.provider_message_id, sent_at=timezone.now())
+    for recipient in recipients:
+        refusal = answer.refused.get(recipient.email)
+        if refusal is None:
+            outcome.sent.append(recipient.id)
+        elif isinstance(refusal, TransientDeliveryError):
+            outcome.deferred[recipient.id] = refusal.reason
+        else:
+            outcome.failed[recipient.id] = refusal.reason
+    if answer.refused:
+        outcome.reason = "; ".join(error.reason for error in answer.refused.values())
+    return outcome
+
+
+def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkContext) -> SendOutcome:
+    ids = [recipient.id for recipient in message.recipients]
+    if isinstance(error, AccountStoppedError):
+        logger.error("ALERT provider account stopped sending: %s", error.reason)
+        context.stopped_for = settings.DELIVERY_RETRY_MAX_SECONDS
+        return SendOutcome(released_for=context.stopped_for, reason=error.reason)
+    if isinstance(error, TransientDeliveryError) and error.wait_seconds:
+        # The account's daily quota: every message of the chunk waits for it.
+        context.stopped_for = error.wait_seconds
+        return SendOutcome(released_for=error.wait_seconds, reason=error.reason)
+    if isinstance(error, TransientDeliveryError):
+        return SendOutcome(deferred=dict.fromkeys(ids, error.reason), reason=error.reason)
+    return SendOutcome(failed=dict.fromkeys(ids, error.reason), reason=error.reason)
+
+
+# --- The journal -------------------------------------------------------------------------
+
+
+def _journal_key(email_id: str) -> str:
+    # By public id: a row id can come back after a rolled-back insert, an email id cannot.
+    return f"{JOURNAL_PREFIX}{email_id}"
+
+
+def _journal_write(message: Outgoing, outcome: SendOutcome) -> None:
+    """Keep the provider's answer where the sweeper finds it if this process dies
+    before recording it. Without Redis the answer is recorded in the database
+    at once instead, so it is never only in memory for longer than that."""
+    if outcome.released_for is not None:
+        return
+    try:
+        redis_client().set(
+            _journal_key(message.email_id), json.dumps({"attempt": message.attempts, "outcome": outcome.journal()}),
+            ex=JOURNAL_TTL_SECONDS,
+        )
+    except RedisError:
+        logger.warning("delivery journal unavailable; recording email_id=%s at once", message.email_id)
+        _record({message.pk: message}, {message.pk: outcome}, ChunkResult())
+        outcome.recorded = True
+
+
+def _journal_clear(email_ids: list[str]) -> None:
+    try:
+        redis_client().delete(*[_journal_key(email_id) for email_id in email_ids])
+    except RedisError:  # entries expire; the sweeper only reads those of messages still `sending`
+        logger.warning("delivery journal entries not cleared for %d messages", len(email_ids))
+
+
+def journal_read(*, email_id: str, attempt: int) -> SendOutcome | None:
+    """The journaled answer of this attempt of a message, if one was written."""
+    raw = redis_client().get(_journal_key(email_id))
+    if raw is None:
+        return None
+    entry = json.loads(raw)
+    if entry.get("attempt") != attempt:
+        return None
+    return SendOutcome.from_journal(entry["outcome"])
+
+
+# --- Recording ---------------------------------------------------------------------------
+
+
+def _retry_delay(attempt: int) -> float:
+    """Exponential backoff with full jitter, capped."""
     ceiling = min(settings.DELIVERY_RETRY_MAX_SECONDS, settings.DELIVERY_RETRY_BASE_SECONDS * 2 ** (attempt - 1))
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _rate_limit_wait(message_id: int) -> None:
-    """Take one token per recipient from the global limiter before claiming.
-
-    Waits in-process up to RATE_LIMIT_MAX_WAIT_SECONDS; a longer wait raises
-    DeliveryDeferred without claiming, so the task is re-scheduled and the worker
-    is free meanwhile. Messages that are not queued take no tokens.
-    """
-    limit = rate_limit_from_settings()
-    if limit.per_second <= 0:
-        return
-    tokens = Recipient.objects.filter(
-        message_id=message_id, message__status=Status.QUEUED, status__in=[Status.QUEUED, Status.SENDING]
-    ).count()
-    if not tokens:
-        return
-    wait = rate_limit_acquire(limit=limit, tokens=tokens, max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS)
-    if wait > 0:
-        now = timezone.now()
-        Message.objects.filter(pk=message_id, status=Status.QUEUED).update(next_attempt_at=now + timedelta(seconds=wait))
-        raise DeliveryDeferred(countdown=wait, reason="waiting for the send rate limit")
-
-
-def message_deliver(*, message_id: int) -> Message | None:
-    """Deliver one queued message; safe to call any number of times.
-
-    Claims the message (queued → sending) in one guarded UPDATE so only one
-    caller hands it to the provider; re-checks suppressions; sends; records
-    `sent` + provider id, or `failed` + reason. Transient failures put it back
-    to `queued` and raise DeliveryDeferred until DELIVERY_MAX_ATTEMPTS.
-    Returns None when there was nothing to claim.
-    """
-    _rate_limit_wait(message_id)
+def _record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult) -> None:
+    """Write every outcome of a chunk through the status module, in one transaction."""
     now = timezone.now()
-    claimed = Message.objects.filter(pk=message_id, status=Status.QUEUED).update(
-        status=Status.SENDING, sending_started_at=now, attempts=F("attempts") + 1, updated_at=now
-    )
-    if not claimed:
-        logger.info("delivery skipped message_pk=%s: not queued (already claimed or finished)", message_id)
-        return None
-    message = Message.objects.get(pk=message_id)
-    pending = list(message.recipients.filter(status__in=[Status.QUEUED, Status.SENDING]))
-    suppressed = suppressed_addresses(addresses=[r.email for r in pending])
-    if suppressed:
-        for recipient in pending:
-            if recipient.email in suppressed:
-                Recipient.objects.filter(pk=recipient.pk, status__in=[Status.QUEUED, Status.SENDING]).update(
-                    status=Status.SUPPRESSED, failed_reason=f"suppressed ({suppressed[recipient.email]})", updated_at=now
-                )
-    sendable = [r for r in pending if r.email not in suppressed]
-    if not sendable:
-        return _finish(message)
+    changes: list[status.RecipientChange] = []
+    message_fields: dict[int, dict] = {}
+    for pk, outcome in outcomes.items():
+        if outcome.recorded:
+            continue
+        message = outgoing[pk]
+        changes += [
+            status.RecipientChange(rid, Status.SUPPRESSED, "suppressed", fields={"failed_reason": reason}, detail={"reason": reason})
+            for rid, reason in message.suppressed.items()
+        ]
+        result.suppressed += len(message.suppressed)
+        fields = message_fields[pk] = _message_fields(message, outcome, now, changes, result)
+        if fields["state"] == WorkState.QUEUED:
+            result.due_later.append((message.priority, max((fields["next_attempt_at"] - now).total_seconds(), 0.0)))
+    status.changes_apply(message_ids=list(message_fields), recipient_changes=changes, message_fields=message_fields, at=now)
 
-    try:
-        provider_message_id = providers.provider_send(message, sendable, list(message.attachments.all()))
-    except providers.TransientDeliveryError as error:
-        account_stopped = isinstance(error, providers.AccountStoppedError)
-        # The account, not this message, is at fault (paused, daily quota spent):
-        # the message waits and the attempt is not counted, so it is never burned.
-        account_wait = account_stopped or error.wait_seconds is not None
-        if account_stopped:
-            logger.error("ALERT provider account stopped sending: %s", error.reason)
-        elif not account_wait and message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
-            return _fail(message, sendable, f"gave up after {message.attempts} attempts: {error.reason}")
-        countdown = settings.DELIVERY_RETRY_MAX_SECONDS if account_stopped else _retry_delay(message.attempts, error.wait_seconds)
-        now = timezone.now()
-        Message.objects.filter(pk=message.pk, status=Status.SENDING).update(
-            status=Status.QUEUED,
-            last_error=error.reason,
-            updated_at=now,
-            next_attempt_at=now + timedelta(seconds=countdown),
-            attempts=F("attempts") - 1 if account_wait else F("attempts"),
+
+def _message_fields(
+    message: Outgoing, outcome: SendOutcome, now: datetime, changes: list, result: ChunkResult
+) -> dict:
+    """The recipient changes (appended to `changes`) and message columns of one outcome."""
+    if outcome.released_for is not None:
+        # Not attempted: the claim's attempt is given back.
+        result.released += 1
+        return {
+            "state": WorkState.QUEUED,
+            "attempts": message.attempts - 1,
+            "next_attempt_at": now + timedelta(seconds=outcome.released_for),
+            "last_error": outcome.reason,
+        }
+    fields: dict = {"last_error": outcome.reason}
+    if outcome.sent:
+        fields["provider_message_id"] = outcome.provider_message_id
+        if message.sent_at is None:
+            fields["sent_at"] = outcome.sent_at
+        detail = {"provider_message_id": outcome.provider_message_id}
+        changes += [
+            status.RecipientChange(rid, Status.SENT, "delivery", fields={"sent_at": outcome.sent_at}, detail=detail)
+            for rid in outcome.sent
+        ]
+        result.sent += len(outcome.sent)
+    failed = dict(outcome.failed)
+    deferred = dict(outcome.deferred)
+    if deferred and message.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+        failed.update({rid: f"gave up after {message.attempts} attempts: {reason}" for rid, reason in deferred.items()})
+        deferred = {}
+    if failed:
+        changes += [
+            status.RecipientChange(rid, Status.FAILED, "delivery_failed", fields={"failed_reason": reason}, detail={"reason": reason})
+            for rid, reason in failed.items()
+        ]
+        result.failed += len(failed)
+        for reason in set(failed.values()):
+            logger.warning("delivery failed email_id=%s: %s", message.email_id, redact_address(reason))
+    if deferred:
+        result.deferred += len(deferred)
+        delay = _retry_delay(message.attempts)
+        logger.warning(
+            "delivery deferred email_id=%s attempt=%d in=%.1fs: %s",
+            message.email_id, message.attempts, delay, redact_address(outcome.reason),
         )
-        logger.warning("delivery deferred email_id=%s attempt=%d in=%.1fs: %s", message.email_id, message.attempts, countdown, error.reason)
-        raise DeliveryDeferred(countdown=countdown, reason=error.reason) from error
-    except providers.PermanentDeliveryError as error:
-        return _fail(message, sendable, error.reason)
-
-    sent_at = timezone.now()
-    with transaction.atomic():
-        Message.objects.filter(pk=message.pk).update(provider_message_id=provider_message_id, sent_at=sent_at, last_error="")
-        message.provider_message_id, message.sent_at, message.last_error = provider_message_id, sent_at, ""
-        Recipient.objects.filter(pk__in=[r.pk for r in sendable]).update(
-            sent_at=sent_at,
-            updated_at=sent_at,
-            # An event applied meanwhile may already have moved a recipient past `sent`.
-            status=Case(
-                When(status__in=[Status.QUEUED, Status.SENDING], then=Value(Status.SENT)), default=F("status")
-            ),
-        )
-        message = _finish(message)
-    logger.info("delivered email_id=%s provider=%s recipients=%d", message.email_id, message.provider, len(sendable))
-    _early_events_link(message)
-    if message.provider == Provider.SANDBOX:
-        _sandbox_events_publish(message, sendable)
-    return message
+        fields.update(state=WorkState.QUEUED, next_attempt_at=now + timedelta(seconds=delay))
+    else:
+        fields["state"] = WorkState.DONE
+    return fields
 
 
-def _early_events_link(message: Message) -> None:
-    """Events that beat this worker's commit and could not be matched by their
-    tracking header are applied now that the provider id is known."""
-    from tracking.services import events_relink
-
-    if events_relink(message_id=message.pk, provider_message_id=message.provider_message_id):
-        message.refresh_from_db()
-
-
-def _sandbox_events_publish(message: Message, recipients: list[Recipient]) -> None:
-    """Sandbox only: queue the SES events a real account would publish (SPEC §8)."""
-    from tracking.sandbox import sandbox_events_publish
-
-    try:
-        sandbox_events_publish(message=message, recipients=recipients)
-    except Exception:  # the send is recorded; a sandbox event failure must not undo it
-        logger.warning("sandbox events not published email_id=%s", message.email_id, exc_info=True)
-
-
-def _fail(message: Message, recipients: list[Recipient], reason: str) -> Message:
-    now = timezone.now()
-    # Guarded: events of an earlier attempt the provider did accept may have moved a recipient on.
-    Recipient.objects.filter(pk__in=[r.pk for r in recipients], status__in=[Status.QUEUED, Status.SENDING]).update(
-        status=Status.FAILED, failed_reason=reason, updated_at=now
-    )
-    Message.objects.filter(pk=message.pk).update(last_error=reason, updated_at=now)
-    message.last_error = reason
-    logger.warning("delivery failed email_id=%s: %s", message.email_id, redact_address(reason))
-    return _finish(message)
-
-
-def _finish(message: Message) -> Message:
-    """Set the message status from its recipients' statuses.
-
-    Holds the message row lock, as event_apply does, so a status derived from
-    recipients is never overwritten by one derived from an older snapshot.
-    """
-    with transaction.atomic():
-        list(Message.objects.select_for_update().filter(pk=message.pk).values_list("pk"))
-        status = summarize(Recipient.objects.filter(message_id=message.pk).order_by().values_list("status", flat=True))
-        message.updated_at = timezone.now()
-        Message.objects.filter(pk=message.pk).update(status=status, updated_at=message.updated_at)
-    message.status = status
-    return message
+def outcomes_record(*, message_id: int, outcome: SendOutcome) -> None:
+    """Record a journaled outcome of a message a dead worker left `sending` (the sweeper)."""
+    message = _load([message_id]).get(message_id)
+    if message is None:
+        return
+    message.suppressed = {}  # what was sent was sent, whatever was suppressed since
+    _record({message_id: message}, {message_id: outcome}, ChunkResult())

@@ -15,6 +15,7 @@ from emailsvc.models import (
     ApiKey,
     IdempotencyKey,
 )
+from emailsvc.selectors import one_or_none
 
 # --- Idempotency ---------------------------------------------------------------
 
@@ -26,7 +27,7 @@ def idempotency_request_hash(*, method: str, path: str, data) -> str:
 
 def _idempotency_answer(*, api_key: ApiKey, key: str, request_hash: str) -> tuple[int, dict] | None:
     cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
-    record = IdempotencyKey.objects.filter(api_key=api_key, key=key, created_at__gte=cutoff).first()
+    record = one_or_none(IdempotencyKey.objects.filter(api_key=api_key, key=key, created_at__gte=cutoff))
     if record is None:
         return None
     if not hmac.compare_digest(record.request_hash, request_hash):

@@ -1,77 +1,84 @@
-"""Scheduling, cancelling and sweeping (SPEC §5.4, §5.5)."""
+"""Scheduling, cancelling and sweeping (SPEC §5.4, §5.5).
+
+A scheduled message is claimable once its `send_at` has come: a delivery task
+published with that ETA takes it. Messages due within SCHEDULED_HORIZON_SECONDS
+get their task when they are accepted; later ones when `scheduled_publish`
+(beat, every SCHEDULED_RELEASE_INTERVAL_SECONDS) sees them come within the
+horizon — no per-second polling, and the task fires on time.
+"""
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count
 from django.utils import timezone
 
+from emailsvc import status
 from emailsvc.errors import Conflict, NotFound
 from emailsvc.models import (
+    PENDING_STATUSES,
     PRECEDENCE,
     IdempotencyKey,
     Message,
+    Priority,
     Recipient,
     Status,
+    WorkState,
 )
-from emailsvc.services.delivery import _finish
-from emailsvc.services.submission import messages_enqueue
+from emailsvc.redisclient import redis_client
+from emailsvc.selectors import one_or_none
+from emailsvc.services.delivery import SendOutcome, journal_read, outcomes_record
+from emailsvc.services.queueing import deliveries_enqueue, delivery_queue_depths
 
 logger = logging.getLogger(__name__)
 
-# --- Scheduling, cancelling, sweeping -----------------------------------------------
+SEND_EVIDENCE_STATUSES = [s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT]]
+PUBLISHED_UNTIL_KEY = "emailsvc:scheduled:published-until"
 
-SEND_EVIDENCE_STATUSES = [status for status, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT]]
 
+def scheduled_publish() -> int:
+    """Publish ETA delivery tasks for scheduled messages coming due within the
+    horizon and not covered by an earlier run; how many messages they cover.
 
-def scheduled_release(*, limit: int = 1000) -> int:
-    """Move scheduled messages whose `send_at` has come to `queued` and enqueue them.
-
-    Beat runs this every SCHEDULED_RELEASE_INTERVAL_SECONDS. The guarded UPDATE
-    (status still `scheduled`) makes a concurrent cancel and a second release
-    harmless. Returns how many were released.
+    Beat runs this every SCHEDULED_RELEASE_INTERVAL_SECONDS. Messages accepted
+    inside the horizon already got their task (`message_submit`); a task
+    published twice is harmless (the claim lets one of them send).
     """
     now = timezone.now()
-    due = list(
-        Message.objects.filter(status=Status.SCHEDULED, send_at__lte=now)
-        .order_by("send_at")
-        .values_list("pk", "priority")[:limit]
+    horizon = now + timedelta(seconds=settings.SCHEDULED_HORIZON_SECONDS)
+    client = redis_client()
+    raw = client.get(PUBLISHED_UNTIL_KEY)
+    published_until = max(now, datetime.fromtimestamp(float(raw), tz=UTC)) if raw else now
+    due = (
+        Message.objects.filter(state=WorkState.SCHEDULED, next_attempt_at__gt=published_until, next_attempt_at__lte=horizon)
+        .values_list("priority", "next_attempt_at")
+        .order_by("next_attempt_at")
     )
-    released = []
-    with transaction.atomic():
-        for pk, priority in due:
-            if Message.objects.filter(pk=pk, status=Status.SCHEDULED).update(
-                status=Status.QUEUED, queued_at=now, next_attempt_at=now, updated_at=now
-            ):
-                Recipient.objects.filter(message_id=pk, status=Status.SCHEDULED).update(status=Status.QUEUED, updated_at=now)
-                released.append((pk, priority))
-        if released:
-            transaction.on_commit(lambda: messages_enqueue(messages=released))
-    if released:
-        logger.info("released %d scheduled emails", len(released))
-    return len(released)
+    covered = 0
+    buckets: dict[tuple[str, int], list] = {}
+    for priority, due_at in due.iterator(chunk_size=2000):
+        buckets.setdefault((priority, int(due_at.timestamp()) + 1), []).append(due_at)
+    for (priority, second), members in buckets.items():
+        deliveries_enqueue(priorities=[priority] * len(members), eta=datetime.fromtimestamp(second, tz=UTC))
+        covered += len(members)
+    client.set(PUBLISHED_UNTIL_KEY, repr(horizon.timestamp()), ex=int(settings.SCHEDULED_HORIZON_SECONDS * 4))
+    if covered:
+        logger.info("published delivery tasks for %d scheduled emails", covered)
+    return covered
 
 
 def message_cancel(*, email_id: str) -> Message:
-    """Cancel an email that is scheduled or still queued (not yet claimed by a worker).
+    """Cancel an email that is scheduled or still queued (not claimed by a worker).
 
     Raises NotFound, or Conflict(not_cancellable) once sending began or it ended.
     """
-    message = Message.objects.filter(email_id=email_id).only("pk", "status").first()
+    message = one_or_none(Message.objects.filter(email_id=email_id).only("pk"))
     if message is None:
         raise NotFound(f"No email with email_id '{email_id}'.")
-    now = timezone.now()
-    with transaction.atomic():
-        cancelled = Message.objects.filter(pk=message.pk, status__in=[Status.SCHEDULED, Status.QUEUED]).update(
-            status=Status.CANCELLED, next_attempt_at=None, updated_at=now
-        )
-        if cancelled:
-            Recipient.objects.filter(message_id=message.pk, status__in=[Status.SCHEDULED, Status.QUEUED]).update(
-                status=Status.CANCELLED, updated_at=now
-            )
+    cancelled = status.message_cancel(message_id=message.pk, at=timezone.now())
     message = Message.objects.get(pk=message.pk)
     if not cancelled:
         raise Conflict(f"The email is {message.status}; only scheduled or queued emails can be cancelled.", code="not_cancellable")
@@ -80,73 +87,92 @@ def message_cancel(*, email_id: str) -> Message:
 
 @dataclass
 class SweepResult:
-    requeued: int = 0
+    published: int = 0
+    recovered_journal: int = 0
     recovered_sent: int = 0
     recovered_requeued: int = 0
+    recovered_failed: int = 0
 
 
 def messages_sweep(*, limit: int = 1000) -> SweepResult:
     """Make sure no accepted message waits forever (SPEC §5.4).
 
-    - `queued` longer than SWEEP_QUEUED_AFTER_SECONDS past its due time (its
-      enqueue after commit, or a retry's re-publish, was lost, or Redis lost its
-      data): enqueue it again. A task that does still exist is harmless: the
-      claim lets only one of them send.
-    - `sending` longer than SWEEP_SENDING_AFTER_SECONDS: the worker died between
-      claiming and recording. If provider events show the provider accepted it
-      (a Send/Delivery event matched through X-Emailsvc-Tracking-ID), it is
-      recorded as sent; otherwise it goes back to `queued` and is sent again.
-      That is the one window where a message can reach a recipient twice: the
-      provider accepted it, the worker died before recording it, and no event
-      arrived within SWEEP_SENDING_AFTER_SECONDS (SMTP has no events).
+    - Due work that no task will take: a priority whose broker queue is empty
+      while some of its messages have been due longer than
+      SWEEP_QUEUED_AFTER_SECONDS (a lost publish, Redis restarted) gets tasks
+      again. Work waiting behind a backlog is left alone: the queued tasks
+      take it.
+    - Claims a dead worker left `sending` longer than SWEEP_SENDING_AFTER_SECONDS:
+      the provider's answer journaled before the worker died is recorded;
+      otherwise, if provider events show the provider accepted the message, it
+      is recorded as sent; otherwise it goes back to `queued` and is sent again
+      (the attempt counts: after DELIVERY_MAX_ATTEMPTS it fails).
     """
-    from tracking.selectors import provider_message_id_from_events
-
     result = SweepResult()
     now = timezone.now()
-    cutoff = now - timedelta(seconds=settings.SWEEP_QUEUED_AFTER_SECONDS)
-    stale_queued = list(
-        Message.objects.filter(status=Status.QUEUED)
-        # A row from before next_attempt_at existed (NULL) is due since it was queued.
-        .filter(Q(next_attempt_at__lt=cutoff) | Q(next_attempt_at__isnull=True, created_at__lt=cutoff))
-        .values_list("pk", "priority", "next_attempt_at")[:limit]
+    result.published = _lost_work_publish(now)
+    stale = list(
+        Message.objects.filter(
+            state=WorkState.SENDING, sending_started_at__lt=now - timedelta(seconds=settings.SWEEP_SENDING_AFTER_SECONDS)
+        ).values_list("pk", "email_id", "attempts", "sending_started_at", "priority")[:limit]
     )
-    requeue = []
-    for pk, priority, due in stale_queued:
-        # Guarded on the value read, so two sweepers do not both enqueue it.
-        if Message.objects.filter(pk=pk, status=Status.QUEUED, next_attempt_at=due).update(next_attempt_at=now):
-            requeue.append((pk, priority))
-    result.requeued = len(requeue)
-
-    stale_sending = Message.objects.filter(
-        status=Status.SENDING, sending_started_at__lt=now - timedelta(seconds=settings.SWEEP_SENDING_AFTER_SECONDS)
-    ).values_list("pk", "priority", "sending_started_at")[:limit]
-    for pk, priority, started in list(stale_sending):
-        accepted = Recipient.objects.filter(message_id=pk, status__in=SEND_EVIDENCE_STATUSES).exists()
+    requeued = []
+    for pk, email_id, attempts, started, priority in stale:
+        outcome = journal_read(email_id=email_id, attempt=attempts)
         with transaction.atomic():
+            still = Message.objects.select_for_update().filter(pk=pk, state=WorkState.SENDING, sending_started_at=started)
+            found = list(still.values_list("provider_message_id", flat=True))
+            if not found:
+                continue  # its worker finished meanwhile
+            if outcome is not None:
+                outcomes_record(message_id=pk, outcome=outcome)
+                result.recovered_journal += 1
+                continue
+            pending = list(Recipient.objects.filter(message_id=pk, status__in=PENDING_STATUSES).values_list("id", flat=True))
+            accepted = Recipient.objects.filter(message_id=pk, status__in=SEND_EVIDENCE_STATUSES).exists()
             if accepted:
-                provider_message_id = provider_message_id_from_events(message_id=pk)
-                if not Message.objects.filter(pk=pk, status=Status.SENDING, sending_started_at=started).update(
-                    provider_message_id=provider_message_id, sent_at=started, last_error="", updated_at=now
-                ):
-                    continue
-                Recipient.objects.filter(message_id=pk, status__in=[Status.QUEUED, Status.SENDING]).update(
-                    status=Status.SENT, sent_at=started, updated_at=now
+                outcomes_record(
+                    message_id=pk,
+                    outcome=SendOutcome(provider_message_id=found[0], sent_at=started, sent=pending),
                 )
-                _finish(Message.objects.get(pk=pk))
                 result.recovered_sent += 1
-            elif Message.objects.filter(pk=pk, status=Status.SENDING, sending_started_at=started).update(
-                status=Status.QUEUED, next_attempt_at=now, updated_at=now,
-                last_error="the worker stopped while sending; sending again",
-            ):
-                requeue.append((pk, priority))
+            elif attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+                reason = f"the worker stopped while sending, {attempts} times"
+                outcomes_record(message_id=pk, outcome=SendOutcome(failed=dict.fromkeys(pending, reason), reason=reason))
+                result.recovered_failed += 1
+            else:
+                status.changes_apply(
+                    message_ids=[pk],
+                    message_fields={pk: {
+                        "state": WorkState.QUEUED, "next_attempt_at": now,
+                        "last_error": "the worker stopped while sending; sending again",
+                    }},
+                    at=now,
+                )
+                requeued.append(priority)
                 result.recovered_requeued += 1
-    if requeue:
-        messages_enqueue(messages=requeue)
+    if requeued:
+        deliveries_enqueue(priorities=requeued)
     IdempotencyKey.objects.filter(created_at__lt=now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)).delete()
-    if result.requeued or result.recovered_sent or result.recovered_requeued:
-        logger.warning(
-            "sweeper requeued=%d recovered_sent=%d recovered_requeued=%d",
-            result.requeued, result.recovered_sent, result.recovered_requeued,
-        )
+    if any(vars(result).values()):
+        logger.warning("sweeper %s", " ".join(f"{k}={v}" for k, v in vars(result).items()))
     return result
+
+
+def _lost_work_publish(now) -> int:
+    """Publish tasks for priorities with long-due work and an empty broker queue."""
+    cutoff = now - timedelta(seconds=settings.SWEEP_QUEUED_AFTER_SECONDS)
+    overdue = dict(
+        Message.objects.filter(state__in=[WorkState.SCHEDULED, WorkState.QUEUED], next_attempt_at__lte=cutoff)
+        .values("priority").annotate(n=Count("pk")).values_list("priority", "n")
+        .order_by()
+    )
+    if not overdue:
+        return 0
+    try:
+        depths = delivery_queue_depths()
+    except Exception:  # the broker is down: publishing would fail too; try next run
+        logger.warning("sweeper could not read the broker's queue depths", exc_info=True)
+        return 0
+    lost = [p for p in Priority.values if overdue.get(p) and depths.get(p, 0) == 0]
+    return deliveries_enqueue(priorities=[p for p in lost for _ in range(min(overdue[p], 100_000))])

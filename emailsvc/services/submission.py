@@ -1,15 +1,17 @@
 """Submitting: validate policy and size, store messages and recipients, enqueue after commit (SPEC §5.1)."""
 
+import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import formataddr
+from datetime import datetime, timedelta
+from email.headerregistry import Address
 
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from emailsvc import providers
+from emailsvc import providers, status
+from emailsvc.addresses import address_key
 from emailsvc.errors import Conflict, EmailsvcError, PayloadTooLarge, ValidationFailed
 from emailsvc.models import (
     ApiKey,
@@ -17,22 +19,55 @@ from emailsvc.models import (
     Group,
     Message,
     Recipient,
-    Status,
+    WorkState,
 )
 from emailsvc.policy import check_sender_policy
 from emailsvc.selectors import suppressed_addresses
-from emailsvc.status import summarize
+from emailsvc.services.queueing import deliveries_enqueue
 
 logger = logging.getLogger(__name__)
 
 # --- Submitting -------------------------------------------------------------
 
 
-def _estimated_size(data: dict) -> int:
-    """An upper bound of the MIME size: base64 grows bytes by 4/3 plus line breaks."""
-    body = len((data.get("html") or "").encode()) + len((data.get("text") or "").encode())
-    attachments = sum(len(a["content"]) for a in data.get("attachments", []))
-    return int(body * 3.1 + attachments * 1.4) + 16 * 1024
+# Worst-case growth on the wire, per octet of UTF-8: quoted-printable bodies
+# (=XX per octet plus soft line breaks), base64 attachments (4/3 plus line
+# breaks), RFC 2047 header words (base64 plus the =?utf-8?b?…?= wrapping and
+# folding). Plus a fixed part per header line and per MIME part, and for the
+# headers every message has (Date, Message-ID, MIME-Version, boundaries...).
+_BODY_GROWTH = 3.1
+_ATTACHMENT_GROWTH = 1.4
+_HEADER_GROWTH = 2.0
+_PER_HEADER_LINE = 100
+_PER_ATTACHMENT = 1024
+_FIXED_PART = 16 * 1024
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _estimated_size(message: Message, recipients: list[Recipient], attachments: list[Attachment]) -> int:
+    """An upper bound of the encoded size of the whole message, without building it:
+    bodies, attachments, and every header — custom headers, tags, metadata,
+    reply-to, recipients, subject, sender."""
+    body = _utf8_size(message.html or "") + _utf8_size(message.text or "")
+    header_texts = [message.subject or "", message.from_name or "", message.from_email]
+    header_texts += message.reply_to
+    header_texts += [f"{recipient.name} {recipient.email}" for recipient in recipients]
+    header_texts += [f"{name}: {value}" for name, value in message.headers.items()]
+    header_texts += message.tags
+    if message.metadata:
+        header_texts.append(json.dumps(message.metadata, separators=(",", ":")))  # \u-escaped, as on the wire
+    header_lines = len(header_texts) + 10
+    return int(
+        body * _BODY_GROWTH
+        + sum(attachment.size for attachment in attachments) * _ATTACHMENT_GROWTH
+        + len(attachments) * _PER_ATTACHMENT
+        + sum(_utf8_size(text) for text in header_texts) * _HEADER_GROWTH
+        + header_lines * _PER_HEADER_LINE
+        + _FIXED_PART
+    )
 
 
 @dataclass
@@ -46,7 +81,7 @@ class _Submission:
 
 def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _Submission:
     """Apply policy and size limits and build the unsaved rows of one request."""
-    from_name, from_email = data.get("from") or ("", settings.DEFAULT_FROM_EMAIL.lower())
+    from_name, from_email = data.get("from") or ("", address_key(settings.DEFAULT_FROM_EMAIL))
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
     recipients_by_role = {role: data.get(role, []) for role in Recipient.Role.values}
@@ -60,7 +95,8 @@ def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _
     message = Message(
         from_email=from_email,
         from_name=from_name,
-        reply_to=[formataddr(pair) for pair in reply_to],
+        # Shown as given (a non-ASCII name stays readable); encoded when sent.
+        reply_to=[str(Address(display_name=name, addr_spec=address)) for name, address in reply_to],
         subject=data["subject"],
         html=data.get("html", ""),
         text=data.get("text", ""),
@@ -72,7 +108,6 @@ def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _
         api_key=api_key,
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
-        status=Status.SCHEDULED if scheduled else Status.QUEUED,
     )
     message.group_id = data.get("group_id") or None
     if data.get("email_id"):
@@ -86,8 +121,8 @@ def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _
         for name, address in pairs:
             if address not in seen:  # an address listed twice receives one copy
                 seen.add(address)
-                recipients.append(Recipient(email=address, name=name, role=role, status=message.status))
-    _check_size(message, recipients, attachments, data)
+                recipients.append(Recipient(email=address, name=name, role=role))
+    _check_size(message, recipients, attachments)
     return _Submission(message=message, recipients=recipients, attachments=attachments)
 
 
@@ -99,13 +134,10 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
         Group.objects.bulk_create([Group(id=group_id) for group_id in group_ids], ignore_conflicts=True)
     suppressed = suppressed_addresses(addresses=list({r.email for s in submissions for r in s.recipients}))
     for submission in submissions:
-        for recipient in submission.recipients:
-            if recipient.email in suppressed:
-                recipient.status = Status.SUPPRESSED
-                recipient.failed_reason = f"suppressed ({suppressed[recipient.email]})"
         message = submission.message
-        message.status = summarize(r.status for r in submission.recipients)
-        if message.status == Status.QUEUED:
+        scheduled = message.send_at is not None and message.send_at > now
+        status.submission_statuses(message=message, recipients=submission.recipients, suppressed=suppressed, scheduled=scheduled)
+        if message.state == WorkState.QUEUED:
             message.queued_at = now
     Message.objects.bulk_create([s.message for s in submissions])
     rows: list[Recipient | Attachment] = []
@@ -115,9 +147,16 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
             rows.append(row)
     Recipient.objects.bulk_create([row for row in rows if isinstance(row, Recipient)])
     Attachment.objects.bulk_create([row for row in rows if isinstance(row, Attachment)])
-    queued = [(s.message.pk, s.message.priority) for s in submissions if s.message.status == Status.QUEUED]
+    status.submission_changes_record(recipients=(r for s in submissions for r in s.recipients), at=now)
+    queued = [s.message.priority for s in submissions if s.message.state == WorkState.QUEUED]
     if queued:
-        transaction.on_commit(lambda: messages_enqueue(messages=queued))
+        transaction.on_commit(lambda: deliveries_enqueue(priorities=queued))
+    # Scheduled messages due soon get their task now, with that ETA; later ones
+    # get it from scheduled_publish (beat) once they come within the horizon.
+    horizon = now + timedelta(seconds=settings.SCHEDULED_HORIZON_SECONDS)
+    soon = [s.message for s in submissions if s.message.state == WorkState.SCHEDULED and s.message.send_at <= horizon]
+    for message in soon:
+        transaction.on_commit(lambda message=message: deliveries_enqueue(priorities=[message.priority], eta=message.send_at))
 
 
 def _unstorable() -> ValidationFailed:
@@ -204,38 +243,23 @@ def message_submit_batch(*, api_key: ApiKey | None, items: list[dict | EmailsvcE
     return results
 
 
-def _check_size(message: Message, recipients: list[Recipient], attachments: list[Attachment], data: dict) -> None:
-    if _estimated_size(data) <= settings.MAX_MESSAGE_BYTES:
+def _check_size(message: Message, recipients: list[Recipient], attachments: list[Attachment]) -> None:
+    """Raise PayloadTooLarge when the whole encoded message is over MAX_MESSAGE_BYTES.
+
+    Only a message whose upper-bound estimate is over the limit is built and
+    measured: building every message would cost the API most of its speed.
+    """
+    if _estimated_size(message, recipients, attachments) <= settings.MAX_MESSAGE_BYTES:
         return
-    size = len(providers.build_email(message, recipients, attachments).message().as_bytes())
+    try:
+        raw = providers.build_email(message, recipients, attachments).message().as_bytes()
+    except (UnicodeError, ValueError) as error:
+        # Validation should have refused whatever gets here: a bug, logged with
+        # its traceback, but answered as this request's problem, not a 500.
+        logger.error("message could not be encoded for the size check", exc_info=True)
+        raise ValidationFailed(f"The message cannot be encoded: {error}", code="invalid_field") from None
+    size = len(raw) + raw.count(b"\n")  # each line ends in CRLF on the wire
     if size > settings.MAX_MESSAGE_BYTES:
         raise PayloadTooLarge(
-            f"The encoded message is {size} bytes; at most {settings.MAX_MESSAGE_BYTES} are allowed."
+            f"The encoded message is {size:,} bytes; at most {settings.MAX_MESSAGE_BYTES:,} are allowed."
         )
-
-
-def message_enqueue(*, message_id: int, priority: str) -> bool:
-    """Publish the delivery task. A broker outage is logged, not raised: the
-    message is committed and the sweeper re-enqueues it."""
-    from emailsvc.tasks import message_deliver_task
-
-    try:
-        message_deliver_task.apply_async(
-            args=[message_id],
-            queue=f"emails.{priority}",
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
-        )
-        return True
-    except Exception:  # any broker failure: the message stays queued for the sweeper
-        logger.warning("enqueue failed message_pk=%s; it stays queued", message_id, exc_info=True)
-        return False
-
-
-def messages_enqueue(*, messages: list[tuple[int, str]]) -> int:
-    """Publish the delivery tasks of (message pk, priority) pairs; how many went out.
-    Stops at the first broker failure: the rest stay queued for the sweeper."""
-    for count, (message_id, priority) in enumerate(messages):
-        if not message_enqueue(message_id=message_id, priority=priority):
-            return count
-    return len(messages)

@@ -22,7 +22,8 @@ from emailsvc.models import (
     Recipient,
     Status,
 )
-from emailsvc.services.scheduling import scheduled_release
+from emailsvc.services.scheduling import scheduled_publish
+from tests.conftest import deliver_now
 from emailsvc.services.suppressions import suppression_add
 
 EMAILS = "/api/v1/emails"
@@ -560,7 +561,8 @@ def test_second_cancel_is_409_not_cancellable(api):
 @pytest.mark.parametrize("state", [Status.SENDING, Status.SENT, Status.DELIVERED, Status.FAILED, Status.BOUNCED])
 def test_cancel_once_sending_began_or_ended_is_409_not_cancellable(api, state):
     email_id = _send(api)
-    Message.objects.filter(email_id=email_id).update(status=state)
+    # A worker claimed it (sending) or it ended (done).
+    Message.objects.filter(email_id=email_id).update(status=state, state="sending" if state == Status.SENDING else "done")
     Recipient.objects.filter(message__email_id=email_id).update(status=state)
 
     response = cancel(api, email_id)
@@ -600,57 +602,59 @@ def test_read_only_key_may_not_cancel_403(api, make_client):
 
 
 def _make_due(email_id: str) -> None:
-    Message.objects.filter(email_id=email_id).update(send_at=timezone.now() - timedelta(seconds=1))
+    Message.objects.filter(email_id=email_id).update(
+        send_at=timezone.now() - timedelta(seconds=1), next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
 
 
-def test_release_moves_due_scheduled_emails_to_queued_and_counts_them(api):
-    later = iso(timezone.now() + timedelta(hours=1))
-    due_1 = _send(api, send_at=later, cc="bob@example.com")
-    due_2 = _send(api, send_at=later)
-    not_due = _send(api, send_at=later)
-    _make_due(due_1)
-    _make_due(due_2)
+@pytest.fixture
+def nothing_published_yet():
+    from emailsvc.redisclient import redis_client
+    from emailsvc.services.scheduling import PUBLISHED_UNTIL_KEY
 
-    assert scheduled_release() == 2
-
-    for email_id in (due_1, due_2):
-        message = Message.objects.get(email_id=email_id)
-        assert message.status == Status.QUEUED
-        assert message.queued_at is not None
-        assert set(recipient_statuses(email_id)) == {"queued"}
-    assert api.get(f"{EMAILS}/{due_1}").json()["status"] == "queued"
-    assert Message.objects.get(email_id=not_due).status == Status.SCHEDULED
-    assert recipient_statuses(not_due) == ["scheduled"]
-    assert scheduled_release() == 0
+    redis_client().delete(PUBLISHED_UNTIL_KEY)
 
 
-def test_release_leaves_a_suppressed_recipient_suppressed(api):
+def test_scheduled_publish_covers_emails_coming_due_within_the_horizon_once(api, settings, nothing_published_yet):
+    settings.SCHEDULED_HORIZON_SECONDS = 120
+    soon = _send(api, send_at=iso(timezone.now() + timedelta(seconds=60)), cc="bob@example.com")
+    later = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
+
+    assert scheduled_publish() == 1
+    assert scheduled_publish() == 0  # the window it covered is not published again
+    for email_id in (soon, later):
+        assert Message.objects.get(email_id=email_id).status == Status.SCHEDULED
+        assert set(recipient_statuses(email_id)) == {"scheduled"}
+
+
+def test_a_due_scheduled_email_is_sent_and_its_suppressed_recipient_stays_suppressed(api):
     suppression_add(email="gone@example.com", reason="hard_bounce")
     email_id = _send(api, to=["gone@example.com", "here@example.com"], send_at=iso(timezone.now() + timedelta(hours=1)))
     assert Message.objects.get(email_id=email_id).status == Status.SCHEDULED
+    assert deliver_now() == 0
     _make_due(email_id)
 
-    assert scheduled_release() == 1
-    assert recipient_statuses(email_id) == ["suppressed", "queued"]
+    assert deliver_now() == 1
+    assert recipient_statuses(email_id) == ["suppressed", "sent"]
+    assert Message.objects.get(email_id=email_id).status == Status.SENT
 
 
-def test_cancelled_scheduled_email_is_never_released(api):
+def test_cancelled_scheduled_email_is_never_sent(api):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
     assert cancel(api, email_id).status_code == 200
     _make_due(email_id)
 
-    assert scheduled_release() == 0
+    assert deliver_now() == 0
     assert Message.objects.get(email_id=email_id).status == Status.CANCELLED
     assert recipient_statuses(email_id) == ["cancelled"]
 
 
-def test_released_email_can_still_be_cancelled_while_queued(api):
+def test_a_due_scheduled_email_can_be_cancelled_until_a_worker_claims_it(api):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
     _make_due(email_id)
-    assert scheduled_release() == 1
 
     assert cancel(api, email_id).json() == {"email_id": email_id, "status": "cancelled"}
-    assert scheduled_release() == 0
+    assert deliver_now() == 0
 
 
 # --- Idempotency-Key ----------------------------------------------------------

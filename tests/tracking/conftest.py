@@ -1,7 +1,7 @@
 import pytest
 
 from emailsvc.redisclient import redis_client
-from tracking.services import DRAIN_LOCK_PREFIX
+from tracking.drain import DRAIN_LOCK_PREFIX
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 from emailsvc.models import Message
-from emailsvc.services.delivery import message_deliver
+from tests.conftest import deliver_now
 from tests.tracking.sesevents import iso, ses_event, sns_envelope
 from tracking.tasks import events_drain_task
 
@@ -24,7 +24,10 @@ def accepted_message(api, to, **fields) -> Message:
 
 def sent_message(api, to, **fields) -> Message:
     """A message accepted by the API and handed to the (console) provider in-process."""
-    return message_deliver(message_id=accepted_message(api, to, **fields).pk)
+    message = accepted_message(api, to, **fields)
+    deliver_now()
+    message.refresh_from_db()
+    return message
 
 
 def event(message: Message, event_type: str, recipients=None, *, seconds: float = 10, **details) -> dict:

@@ -2,12 +2,13 @@
 
 import pytest
 
-from emailsvc.models import Message, Suppression
+from emailsvc.models import Message, Recipient, Suppression
 from emailsvc.redisclient import redis_client
+from tests.conftest import wait_for_status
 from tests.tracking.scenario import detail, drain, event, sent_message
 from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, ses_event, sns_envelope
 from tracking.models import EngagementEvent
-from tracking.services import drain_lock_name, events_drain
+from tracking.drain import drain_lock_name, events_drain
 
 pytestmark = pytest.mark.django_db
 
@@ -216,19 +217,60 @@ def test_more_than_one_receive_per_run_drains_the_whole_queue(api, events_queue)
     assert detail(api, message)["recipients"][0]["open_count"] == 25
 
 
-def test_a_second_drain_while_one_runs_does_nothing(api, events_queue):
+def test_no_more_drains_than_the_concurrency_run_at_once(api, events_queue, settings):
+    settings.SES_EVENTS_DRAIN_CONCURRENCY = 2
     message = sent_message(api, ["one@example.com"])
     events_queue.put(event(message, "Delivery"))
-    lock = redis_client().lock(drain_lock_name(events_queue.url), timeout=30)
-    assert lock.acquire(blocking=False)
+    # Two drains hold the two slots (on other machines, say).
+    locks = [redis_client().lock(drain_lock_name(events_queue.url, slot), timeout=30) for slot in (0, 1)]
+    assert all(lock.acquire(blocking=False) for lock in locks)
     try:
         result = events_drain()
     finally:
-        lock.release()
-
-    assert result.skipped == "another drain is running" and result.received == 0
+        locks[1].release()
+    assert result.skipped == "all 2 drain slots are taken" and result.received == 0
     assert events_queue.depth() == 1
-    assert events_drain().applied == 1
+
+    try:
+        assert events_drain().applied == 1  # a slot is free again
+    finally:
+        locks[0].release()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_drains_at_once_apply_every_event_exactly_once(api, events_queue, settings):
+    """Parallel drains on one queue: applying is idempotent and locks rows in one order."""
+    import threading
+
+    from django.db import connection
+
+    settings.SES_EVENTS_DRAIN_CONCURRENCY = 2
+    settings.SES_EVENTS_APPLY_BATCH = 10
+    # Committed, so the suite's worker (if one runs) may deliver them first: wait for the record.
+    messages = [wait_for_status(sent_message(api, [f"p{i}@example.com", f"q{i}@example.com"]).email_id) for i in range(20)]
+    envelopes = [event(m, kind, seconds=s) for m in messages for kind, s in (("Delivery", 1), ("Open", 2))]
+    events_queue.put(*envelopes, *envelopes[:10])  # and some replays
+    results = []
+
+    def drain():
+        try:
+            results.append(events_drain(max_seconds=10))
+        finally:
+            connection.close()
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serialises writers: two drains cannot overlap")
+    threads = [threading.Thread(target=drain) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(r.received for r in results) == 50
+    assert sum(r.applied for r in results) == 80  # 40 envelopes × 2 recipients
+    assert sum(r.duplicates for r in results) == 20
+    assert events_queue.depth() == 0
+    assert set(Recipient.objects.filter(message__in=messages).values_list("status", flat=True)) == {"opened"}
 
 
 def test_without_a_queue_the_drain_is_a_no_op(settings):
@@ -316,3 +358,20 @@ def test_unreachable_queue_is_reported_not_raised(settings, events_queue):
 
     assert result["received"] == 0
     assert result["errors"] and result["errors"][0].startswith("receive failed")
+
+
+def test_the_drain_reports_its_lag_and_what_waits_in_readyz(api, client, events_queue, settings):
+    settings.SES_EVENTS_APPLY_BATCH = 10
+    message = sent_message(api, ["lag@example.com"])
+    events_queue.put(*[event(message, "Open", seconds=s) for s in range(25)])
+
+    result = events_drain(max_seconds=0.001)  # stops after its first batch of ten
+
+    assert (result.applied, result.batches) == (10, 1)
+    assert result.lag_seconds is not None and result.lag_seconds >= 0
+    assert result.waiting == 15
+    detail = client.get("/readyz").json()["events"]
+    assert detail["queue_depth"] == 15
+    assert detail["last_drain"]["waiting"] == 15 and detail["last_drain"]["applied"] == 10
+    assert detail["last_drain"]["lag_seconds"] == result.lag_seconds
+    assert 0 <= detail["last_drain"]["age_seconds"] < 60

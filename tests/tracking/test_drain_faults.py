@@ -11,11 +11,11 @@ from django.db import connections, transaction
 
 from emailsvc.models import Message, Recipient
 from emailsvc.redisclient import redis_client
-from emailsvc.services.delivery import message_deliver
+from tests.conftest import deliver_now
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent
-from tracking.services import drain_lock_name, events_drain
+from tracking.drain import drain_lock_name, events_drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,7 +46,8 @@ def test_drain_killed_before_commit_leaves_events_queued_and_next_drain_applies_
     response = api.post("/api/v1/emails", json.dumps({"to": "kill@example.com", "subject": "s", "text": "t"}), content_type="application/json")
     email_id = response.json()["email_id"]
     # Delivered here, or by the suite's worker if one is running and was quicker.
-    message = message_deliver(message_id=Message.objects.get(email_id=email_id).pk) or wait_for_status(email_id)
+    deliver_now()
+    message = wait_for_status(email_id)
     recipient = message.recipients.get()
     events_queue.put(sns_envelope(ses_event("Delivery", message_id=message.provider_message_id, recipients=[recipient.email])))
 
@@ -64,9 +65,11 @@ def test_drain_killed_before_commit_leaves_events_queued_and_next_drain_applies_
     recipient.refresh_from_db()
     assert recipient.status == "sent" and recipient.delivered_at is None
     assert not EngagementEvent.objects.exists()
-    # The killed run's lock stops other drains until it expires on its own.
-    lock_name = drain_lock_name(events_queue.url)
-    assert events_drain().skipped == "another drain is running", output
+    # The killed run's slot stays taken until its lock expires on its own.
+    lock_name = drain_lock_name(events_queue.url, 0)
+    assert redis_client().exists(lock_name), output
+    settings.SES_EVENTS_DRAIN_CONCURRENCY = 1
+    assert events_drain().skipped == "all 1 drain slots are taken", output
     assert wait_until(lambda: not redis_client().exists(lock_name), timeout=15)
     # The message was never deleted: it becomes visible again after its timeout.
     assert wait_until(lambda: _visible(events_queue) == 1, timeout=VISIBILITY_TIMEOUT + 5)

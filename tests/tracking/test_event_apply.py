@@ -12,7 +12,7 @@ from tests.tracking.scenario import accepted_message, drain, event, sent_message
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent
 from tracking.normalize import ses_body_parse
-from tracking.services import event_apply, events_relink
+from tracking.apply import event_apply, events_relink
 
 pytestmark = pytest.mark.django_db
 
@@ -94,11 +94,12 @@ def test_event_that_arrived_before_the_provider_id_was_recorded_is_applied_once_
     events_queue.put(sns_envelope(early))
     assert drain()["unmatched"] == 1
 
-    Message.objects.filter(pk=message.pk).update(provider_message_id="ses-id-not-yet-recorded", status="sent")
+    # The worker records the provider's id (what delivery writes: state, status, id).
+    Message.objects.filter(pk=message.pk).update(provider_message_id="ses-id-not-yet-recorded", status="sent", state="done")
     message.recipients.update(status="sent")
 
-    assert events_relink(message_id=message.pk, provider_message_id="ses-id-not-yet-recorded") == 1
-    assert events_relink(message_id=message.pk, provider_message_id="ses-id-not-yet-recorded") == 0
+    assert events_relink() == 1
+    assert events_relink() == 0
     message.refresh_from_db()
     assert message.status == "delivered"
     assert EngagementEvent.objects.get().message_id == message.pk
@@ -139,3 +140,72 @@ def test_an_event_the_database_refuses_does_not_hold_up_the_others(api, events_q
     assert events_queue.depth() == 1
     good.refresh_from_db()
     assert good.status == "delivered"
+
+
+def _random_stream(messages: list[Message], shuffler: random.Random) -> list[dict]:
+    """A random story per recipient: every event type, some twice, in any order."""
+    envelopes = []
+    kinds = [
+        ("Send", {}), ("Delivery", {}), ("DeliveryDelay", {}), ("Open", {}), ("Click", {}),
+        ("Bounce", {"bounce_type": "Transient", "bounce_subtype": "MailboxFull"}),
+        ("Bounce", {"bounce_type": "Permanent", "bounce_subtype": "General"}),
+        ("Complaint", {"feedback_type": "abuse"}), ("Complaint", {"feedback_type": "not-spam"}),
+        ("Reject", {"reason": "Bad content"}),
+    ]
+    for message in messages:
+        for recipient in message.recipients.values_list("email", flat=True):
+            for _ in range(shuffler.randint(1, 6)):
+                kind, details = shuffler.choice(kinds)
+                envelopes.append(event(message, kind, [recipient], seconds=shuffler.randint(0, 600), **details))
+        envelopes.append(event(message, "Delivery", seconds=shuffler.randint(0, 600)))  # all recipients at once
+    envelopes += shuffler.sample(envelopes, len(envelopes) // 5)  # replays
+    shuffler.shuffle(envelopes)
+    return envelopes
+
+
+def test_bulk_apply_gives_the_facts_of_applying_one_event_at_a_time(api):
+    from tracking.apply import events_apply
+
+    messages = [sent_message(api, [f"x{i}@example.com", f"y{i}@example.com", f"z{i}@example.com"]) for i in range(8)]
+    shuffler = random.Random(20261201)
+    stream = _random_stream(messages, shuffler)
+    events = [normalized for envelope in stream for normalized in ses_body_parse(envelope)]
+
+    one_by_one = [event_apply(event=e, source="sqs").outcome for e in events]
+    expected = [facts(m) for m in messages]
+    # Which of two automatic reasons (hard bounce, complaint) an address keeps is
+    # the first to arrive, by design: compare the addresses.
+    expected_suppressions = sorted(Suppression.objects.values_list("email", flat=True))
+    expected_rows = EngagementEvent.objects.count()
+    assert one_by_one.count("applied") == expected_rows and "duplicate" in one_by_one
+
+    for batch_size in (7, 100, len(events)):
+        for message in messages:
+            reset(message)
+        order = events[:]
+        shuffler.shuffle(order)
+        outcomes = []
+        for start in range(0, len(order), batch_size):
+            outcomes += [a.outcome for a in events_apply(events=order[start : start + batch_size], source="sqs")]
+        assert [facts(m) for m in messages] == expected, batch_size
+        assert sorted(Suppression.objects.values_list("email", flat=True)) == expected_suppressions
+        assert EngagementEvent.objects.count() == expected_rows == outcomes.count("applied")
+        assert sorted(outcomes) == sorted(one_by_one)
+
+
+def test_bulk_apply_statements_do_not_grow_with_the_batch(api):
+    from django.test.utils import CaptureQueriesContext
+
+    from tracking.apply import events_apply
+
+    messages = [sent_message(api, [f"s{i}@example.com"]) for i in range(60)]
+    small = [e for m in messages[:2] for e in ses_body_parse(event(m, "Delivery"))]
+    large = [e for m in messages[2:] for e in ses_body_parse(event(m, "Open", seconds=5))]
+    with CaptureQueriesContext(connection) as two:
+        events_apply(events=small, source="sqs")
+    with CaptureQueriesContext(connection) as fifty_eight:
+        events_apply(events=large, source="sqs")
+    assert len(fifty_eight) <= len(two) + (0 if connection.vendor == "postgresql" else 2), [
+        q["sql"][:100] for q in fifty_eight.captured_queries
+    ]
+    assert set(Message.objects.filter(pk__in=[m.pk for m in messages[2:]]).values_list("status", flat=True)) == {"opened"}

@@ -18,7 +18,7 @@ import boto3
 import pytest
 
 from emailsvc.models import Message, Suppression
-from emailsvc.services.delivery import message_deliver
+from tests.conftest import deliver_now
 from tests.tracking.sesevents import (
     TOPIC_VALIDATED_MESSAGE,
     iso,
@@ -33,7 +33,7 @@ from tests.tracking.snssign import (
     sns_sign,
     trust_test_certificate,
 )
-from tracking import services as tracking_services
+from tracking import sns as tracking_sns
 from tracking import sns as tracking_sns
 from tracking.models import EngagementEvent
 
@@ -70,7 +70,7 @@ def sent_message(api) -> Message:
     )
     assert response.status_code == 202, response.content
     message = Message.objects.get(email_id=response.json()["email_id"])
-    message_deliver(message_id=message.pk)
+    deliver_now()
     message.refresh_from_db()
     assert message.status == "sent"
     assert message.provider_message_id
@@ -224,7 +224,7 @@ def test_bounce_of_one_recipient_leaves_the_other_alone(client, api):
         content_type="application/json",
     )
     message = Message.objects.get(email_id=response.json()["email_id"])
-    message_deliver(message_id=message.pk)
+    deliver_now()
     message.refresh_from_db()
     event = ses_event(
         "Bounce", message_id=message.provider_message_id, recipients=["a@example.com", "b@example.com"],
@@ -351,7 +351,7 @@ def confirm_calls(monkeypatch):
             client.meta.events.register("after-call.sns.ConfirmSubscription", answered)
         return client
 
-    monkeypatch.setattr(tracking_services.boto3, "client", recording_client)
+    monkeypatch.setattr(tracking_sns.boto3, "client", recording_client)
     return calls
 
 

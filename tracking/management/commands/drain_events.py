@@ -4,7 +4,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from tracking.services import events_drain
+from tracking.drain import events_drain
 
 
 class Command(BaseCommand):

@@ -1,0 +1,91 @@
+"""Set-based SQL the ORM does not offer: many rows updated, each with its own
+values, in one statement."""
+
+import json
+from datetime import datetime
+
+from django.db import connection, models
+
+
+def rows_update(model: type[models.Model], rows: dict[int, dict], *, at: datetime) -> None:
+    """UPDATE many rows of `model`, each with its own values, in one statement.
+
+    Rows may carry different columns: a column a row does not carry keeps its
+    value. `updated_at` is set to `at` on every row. PostgreSQL: one UPDATE …
+    FROM unnest(arrays); elsewhere: executemany.
+    """
+    columns = sorted({name for row in rows.values() for name in row})
+    table = model._meta.db_table
+    fields = {name: model._meta.get_field(name) for name in columns}
+    ids = list(rows)
+
+    def value(field_obj: models.Field, row: dict, name: str):
+        if name not in row:
+            return None
+        return field_obj.get_db_prep_save(row[name], connection)
+
+    if connection.vendor == "postgresql":
+        selects, assigns, params = ["unnest(%s::bigint[]) AS id"], [], [ids]
+        for index, name in enumerate(columns):
+            field_obj = fields[name]
+            db_type = _array_type(field_obj)
+            values = [value(field_obj, rows[i], name) for i in ids]
+            if db_type == "jsonb":
+                # JSON travels as text and is cast back per element.
+                values = [None if v is None else _json_text(v) for v in values]
+                selects.append(f"unnest(%s::text[]) AS c{index}")
+                expression = f"v.c{index}::jsonb"
+            else:
+                selects.append(f"unnest(%s::{db_type}[]) AS c{index}")
+                expression = f"v.c{index}"
+            params.append(values)
+            present = [name in rows[i] for i in ids]
+            if all(present):
+                assigns.append(f"{field_obj.column} = {expression}")
+            else:
+                # A row that does not carry the column keeps its value.
+                selects.append(f"unnest(%s::boolean[]) AS p{index}")
+                params.append(present)
+                assigns.append(f"{field_obj.column} = CASE WHEN v.p{index} THEN {expression} ELSE t.{field_obj.column} END")
+        assigns.append("updated_at = %s")
+        sql = (
+            f"UPDATE {table} AS t SET {', '.join(assigns)} "
+            f"FROM (SELECT {', '.join(selects)}) AS v WHERE t.id = v.id"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [at, *params])  # updated_at comes before the FROM in the text
+        return
+    # SQLite (and any other backend): one prepared statement, many executions.
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for row_id in ids:
+        groups.setdefault(tuple(sorted(rows[row_id])), []).append(row_id)
+    at_value = model._meta.get_field("updated_at").get_db_prep_save(at, connection)
+    with connection.cursor() as cursor:
+        for names, group_ids in groups.items():
+            assigns = ", ".join(f"{fields[name].column} = %s" for name in names)
+            cursor.executemany(
+                f"UPDATE {table} SET {assigns}, updated_at = %s WHERE id = %s",
+                [[*(value(fields[name], rows[i], name) for name in names), at_value, i] for i in group_ids],
+            )
+
+
+def _json_text(adapted) -> str:
+    """The JSON text of a value JSONField.get_db_prep_save adapted for psycopg."""
+    inner = getattr(adapted, "obj", adapted)
+    return inner if isinstance(inner, str) and not hasattr(adapted, "obj") else json.dumps(inner)
+
+
+def _array_type(field_obj: models.Field) -> str:
+    internal = field_obj.get_internal_type()
+    if internal == "JSONField":
+        return "jsonb"
+    if internal in ("CharField", "TextField", "EmailField", "SlugField"):
+        return "text"
+    if internal == "DateTimeField":
+        return "timestamptz"
+    if internal in ("IntegerField", "PositiveIntegerField", "BigIntegerField", "PositiveBigIntegerField",
+                    "SmallIntegerField", "PositiveSmallIntegerField", "BigAutoField", "AutoField", "ForeignKey"):
+        return "bigint"
+    if internal == "BooleanField":
+        return "boolean"
+    raise ValueError(f"no array type for {field_obj!r}")
