@@ -221,3 +221,24 @@ def test_a_scheduled_email_is_claimed_only_once_its_send_at_has_come(api, smtp):
     message.refresh_from_db()
     assert message.status == "sent"
     assert list(StatusChange.objects.filter(message=message).values_list("from_status", "to_status")) == [("scheduled", "sent")]
+
+
+def test_metadata_up_to_the_limit_reaches_the_wire_in_lines_smtp_accepts(api, smtp):
+    """10 KB of metadata in one unbreakable string: X-Metadata is carried as RFC 2047
+    encoded words, so no line exceeds 998 octets, and any MIME reader gets it back."""
+    metadata = {"blob": "x" * 9_900, "user": "jöhn"}
+    message = accept(api, {
+        "to": "wire@example.org", "subject": "x", "text": "y", "metadata": metadata, "tags": ["welcome"],
+        "headers": {"X-Campaign": "spring " * 250},
+    })
+
+    deliver_now()
+
+    message.refresh_from_db()
+    assert message.status == "sent", message.last_error
+    (mail,) = smtp.wait_for(message.email_id)
+    assert max(len(line) for line in mail.data.split(b"\r\n")) <= 998
+    received = mail.message
+    assert json.loads(str(received["X-Metadata"])) == metadata
+    assert str(received["X-Campaign"]).split() == ["spring"] * 250
+    assert received["X-Tag"] == "welcome"
