@@ -35,8 +35,10 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --quick $(BENCH_ARGS)
 
+# `make bench-profile PROFILE=deliver-ses` (deliver, deliver-ses, accept, drain).
+PROFILE ?= deliver
 bench-profile: $(BENCH_STAMP)
-	$(BIN)/python -m benchmarks.run --profile $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.run --profile $(PROFILE) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .sandbox .test-db.sqlite3* db.sqlite3*

@@ -1,5 +1,5 @@
 """Set-based SQL the ORM does not offer: many rows updated, each with its own
-values, in one statement."""
+values, in one statement; bounded key lookups that stay on their index."""
 
 import json
 from datetime import datetime
@@ -89,3 +89,21 @@ def _array_type(field_obj: models.Field) -> str:
     if internal == "BooleanField":
         return "boolean"
     raise ValueError(f"no array type for {field_obj!r}")
+
+
+def index_lookups() -> None:
+    """In the current transaction: statements that fetch a bounded set of rows
+    by key (a chunk's, a page's, a batch of events') take their index even when
+    the table's statistics are stale or missing.
+
+    Without statistics PostgreSQL expects every value of a non-unique column to
+    match 0.5 % of the table; fifty values of `message_id` then look like a
+    quarter of a million rows, and it reads the whole table instead of fifty
+    index entries. Every statement of the transactions that call this is bounded
+    by a chunk, a page or a batch, so a sequential scan is never the right plan
+    for them. Holds until the transaction ends; outside one, or on another
+    database, it does nothing.
+    """
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")

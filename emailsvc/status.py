@@ -19,7 +19,7 @@ from datetime import datetime
 
 from django.db import connection, transaction
 
-from emailsvc.bulk import rows_update
+from emailsvc.bulk import index_lookups, rows_update
 from emailsvc.models import (
     CLAIMABLE_STATES,
     NOT_SENT_STATUSES,
@@ -120,6 +120,7 @@ def changes_apply(
     if not ids:
         return Applied()
     with transaction.atomic():
+        index_lookups()
         messages = messages_lock(ids)
         recipients = list(
             Recipient.objects.filter(message_id__in=ids).order_by("id").values_list("id", "message_id", "email", "status")

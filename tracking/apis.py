@@ -4,6 +4,7 @@ import logging
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
+from django.db import transaction
 from django.http import JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
@@ -14,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc.auth import CanRead
+from emailsvc.bulk import index_lookups
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
 from emailsvc.parsers import JsonTooDeep, json_loads_limited
 from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer
@@ -37,7 +39,10 @@ READ_ERRORS = {
 
 
 class NewestFirstPagination(CursorPagination):
-    ordering = ("-created_at", "-id")
+    # By id, which is unique and follows acceptance: the cursor is one value, so
+    # a page deep into a million emails is an index range, never an OFFSET over
+    # emails accepted in the same instant.
+    ordering = ("-id",)
     page_size = 50
     page_size_query_param = "limit"
     max_page_size = 500
@@ -53,8 +58,11 @@ class GroupEmailsApi(APIView):
     )
     def get(self, request, group_id: str):
         paginator = NewestFirstPagination()
-        page = paginator.paginate_queryset(group_messages(group_id=group_id), request, view=self)
-        return paginator.get_paginated_response(EmailSummaryOutputSerializer(page, many=True).data)
+        with transaction.atomic():  # a page and its recipients: bounded lookups by key
+            index_lookups()
+            page = paginator.paginate_queryset(group_messages(group_id=group_id), request, view=self)
+            data = EmailSummaryOutputSerializer(page, many=True).data
+        return paginator.get_paginated_response(data)
 
 
 class GroupAnalyticsApi(APIView):

@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from emailsvc import status
-from emailsvc.bulk import rows_update
+from emailsvc.bulk import index_lookups, rows_update
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
 from emailsvc.services.suppressions import suppression_add
@@ -63,16 +63,17 @@ def events_apply(*, events: Sequence[NormalizedEvent], source: str) -> list[Appl
     first: dict[tuple[str, str], NormalizedEvent] = {}
     for key, event in zip(keys, events):
         first.setdefault(key, event)
-    # A replay is answered by one indexed lookup, before any lock is taken.
-    seen = set(
-        EngagementEvent.objects.filter(event_id__in={event_id for event_id, _ in first}).values_list(
-            "event_id", "recipient_email"
-        )
-    )
-    fresh = {key: event for key, event in first.items() if key not in seen}
     outcome: dict[tuple[str, str], str] = {}
-    if fresh:
-        with transaction.atomic():
+    with transaction.atomic():
+        index_lookups()
+        # A replay is answered by one indexed lookup, before any lock is taken.
+        seen = set(
+            EngagementEvent.objects.filter(event_id__in={event_id for event_id, _ in first}).values_list(
+                "event_id", "recipient_email"
+            )
+        )
+        fresh = {key: event for key, event in first.items() if key not in seen}
+        if fresh:
             outcome = _fresh_apply(fresh, source)
     results, reported = [], set()
     for key in keys:

@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
 from emailsvc import providers, status
+from emailsvc.bulk import index_lookups
 from emailsvc.models import (
     PENDING_STATUSES,
     Attachment,
@@ -207,11 +209,13 @@ def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
             result.retry_in = backlog - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2
         return result
     now = timezone.now()
-    claimed = status.messages_claim(priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now)
+    with transaction.atomic():  # the claim commits with its rows read, before any send
+        index_lookups()
+        claimed = status.messages_claim(priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now)
+        outgoing = _load(claimed) if claimed else {}
     result.claimed = len(claimed)
     if not claimed:
         return result
-    outgoing = _load(claimed)
     outcomes = _send_all(outgoing, limit=limit)
     _record(outgoing, outcomes, result)
     _journal_clear([outgoing[pk].email_id for pk in outcomes])

@@ -121,7 +121,7 @@ def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _
         for name, address in pairs:
             if address not in seen:  # an address listed twice receives one copy
                 seen.add(address)
-                recipients.append(Recipient(email=address, name=name, role=role))
+                recipients.append(Recipient(email=address, name=name, role=role, group_id=message.group_id))
     _check_size(message, recipients, attachments)
     return _Submission(message=message, recipients=recipients, attachments=attachments)
 
