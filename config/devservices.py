@@ -237,6 +237,7 @@ def run() -> int:
             started.append(process)
             print(f"sandbox AWS (moto)  {env['AWS_ENDPOINT_URL']}")
         manage("migrate", "--noinput", "-v", "0")
+        manage("load_example_templates", capture=True)  # welcome, password-reset, invite: once
         demo_key = manage("sandbox_init", "--admin-password", admin_password, capture=True)
         web = f"http://{_url_host(env['WEB_BIND'])}:{env['WEB_PORT']}"
         flower = f"http://{_url_host(env['FLOWER_ADDRESS'])}:{env['FLOWER_PORT']}"
@@ -260,6 +261,12 @@ def run() -> int:
                     f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",
                     "       -H 'Content-Type: application/json' \\",
                     "       -d '{\"to\": \"success@simulator.amazonses.com\", \"subject\": \"Hello\", \"text\": \"Hi!\"}'",
+                    "  or with the shipped `welcome` template:",
+                    f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",
+                    "       -H 'Content-Type: application/json' \\",
+                    "       -d '{\"to\": \"success@simulator.amazonses.com\", \"template\": \"welcome\", "
+                    "\"template_data\": {\"first_name\": \"Jane\", \"product_name\": \"Acme\", "
+                    "\"login_url\": \"https://app.example.com/login\", \"tips\": []}}'",
                     f"  curl -s {web}/api/v1/emails/EMAIL_ID -H 'Authorization: Bearer {demo_key}'",
                     "       (EMAIL_ID: the email_id the first call answered)",
                     "",

@@ -55,6 +55,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # string with a lone one cannot be encoded as UTF-8 at all).
 _NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*\Z"
 
+MAX_TEMPLATE_DATA_BYTES = 64 * 1024
 MAX_DISPLAY_NAME = 200
 MAX_SUBJECT = 998
 MAX_TAG = 128
@@ -392,7 +393,10 @@ class SendEmailInputSerializer(serializers.Serializer):
     from_ = AddressField(required=False, help_text="Sender; defaults to DEFAULT_FROM_EMAIL")
     from_name = TextField(required=False, allow_blank=True, max_length=MAX_DISPLAY_NAME, single_line=True)
     reply_to = AddressListField(max_setting="MAX_REPLY_TO", required=False)
-    subject = TextField(max_length=MAX_SUBJECT, allow_blank=False, trim_whitespace=False, single_line=True)
+    subject = TextField(
+        required=False, max_length=MAX_SUBJECT, allow_blank=False, trim_whitespace=False, single_line=True,
+        help_text="Required unless a template gives it",
+    )
     html = TextField(required=False, allow_blank=True, trim_whitespace=False)
     text = TextField(required=False, allow_blank=True, trim_whitespace=False)
     group_id = TextField(required=False, allow_null=True, max_length=200, single_line=True, refuse_blank=True)
@@ -428,6 +432,15 @@ class SendEmailInputSerializer(serializers.Serializer):
         required=False, help_text="Any JSON object, at most MAX_METADATA_BYTES (default 10 KB) as compact JSON."
     )
     attachments = AttachmentInputSerializer(many=True, required=False)
+    template = TextField(
+        required=False, max_length=120, single_line=True, refuse_blank=True,
+        help_text="A stored template: `name` (its latest version) or `name@version`. It gives the subject, "
+        "html, text and default sender; fields given here win.",
+    )
+    template_data = serializers.DictField(
+        required=False,
+        help_text=f"The template's variables: a JSON object of at most {MAX_TEMPLATE_DATA_BYTES // 1024} KB.",
+    )
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
     send_at = SendAtField(
         required=False,
@@ -453,6 +466,9 @@ class SendEmailInputSerializer(serializers.Serializer):
             value = None
         for name in unknown:
             errors[printable(name)] = [serializers.ErrorDetail("Unknown field.", code="invalid")]
+        if errors and not data.get("template") and "subject" not in data:
+            # Required unless a template gives it: reported with the other missing fields.
+            errors.setdefault("subject", [serializers.ErrorDetail("This field is required.", code="required")])
         if errors:
             raise serializers.ValidationError(errors)
         return value
@@ -508,13 +524,36 @@ class SendEmailInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"metadata is {size} bytes; at most {settings.MAX_METADATA_BYTES} are allowed.")
         return value
 
+    def validate_template_data(self, value):
+        try:
+            encoded = json.dumps(value, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            raise serializers.ValidationError(
+                "template_data may not contain numbers JSON cannot carry (too large, NaN or Infinity)."
+            ) from None
+        if len(encoded.encode()) > MAX_TEMPLATE_DATA_BYTES:
+            raise serializers.ValidationError(
+                f"template_data is {len(encoded.encode())} bytes; at most {MAX_TEMPLATE_DATA_BYTES} are allowed."
+            )
+        return value
+
     def validate(self, attrs):
+        if "template_data" in attrs and not attrs.get("template"):
+            raise serializers.ValidationError(
+                {"template_data": [serializers.ErrorDetail("template_data needs a template.", code="invalid_field")]}
+            )
         if not attrs.get("to"):
             raise serializers.ValidationError({"to": [serializers.ErrorDetail("At least one recipient is required.", code="required")]})
         total = sum(len(attrs.get(role, [])) for role in Recipient.Role.values)
         if total > settings.MAX_RECIPIENTS:
             raise serializers.ValidationError(
                 {"to": [serializers.ErrorDetail(f"{total} recipients in to, cc and bcc; at most {settings.MAX_RECIPIENTS} are allowed.", code="too_many_recipients")]}
+            )
+        if attrs.get("template"):
+            return attrs  # the template gives what is missing; checked once it is rendered
+        if not attrs.get("subject"):
+            raise serializers.ValidationError(
+                {"subject": [serializers.ErrorDetail("This field is required.", code="required")]}
             )
         if not attrs.get("html") and not attrs.get("text"):
             message = serializers.ErrorDetail("Give html, text or both.", code="required")
@@ -530,7 +569,7 @@ class SendEmailInputSchema(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema, direction):
         schema = super().map_serializer(auto_schema, direction)
         schema["additionalProperties"] = False
-        schema["anyOf"] = [{"required": ["html"]}, {"required": ["text"]}]
+        schema["anyOf"] = [{"required": ["template"]}, {"required": ["subject", "html"]}, {"required": ["subject", "text"]}]
         return schema
 
 
@@ -642,6 +681,8 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     send_at = serializers.DateTimeField(allow_null=True)
     queued_at = serializers.DateTimeField(allow_null=True)
     sent_at = serializers.DateTimeField(allow_null=True)
+    template = serializers.CharField(source="template_name", help_text="The template it was rendered from, or empty")
+    template_version = serializers.IntegerField(allow_null=True, help_text="The exact template version it used")
     recipients = RecipientDetailSerializer(many=True)
 
     def get_fields(self):
@@ -673,6 +714,7 @@ class EmailDetailOutputSerializer(EmailSummaryOutputSerializer):
     text = serializers.CharField()
     headers = serializers.DictField(child=serializers.CharField())
     attachments = AttachmentOutputSerializer(many=True)
+    template_data = serializers.JSONField(allow_null=True, help_text="The data the template was rendered with")
     events = EventOutputSerializer(many=True)
 
 

@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from emailsvc.errors import EmailsvcError
-from templates_app.errors import TemplateInvalid, TemplateRenderError
+from templates_app.errors import TemplateInvalid
 from templates_app.models import Template, TemplateVersion
 from templates_app.services import (
     CONTENT_FIELDS,
@@ -294,8 +294,8 @@ class TemplateAdmin(admin.ModelAdmin):
 
     @admin.action(description="Send a test email to me (latest version, sample data)")
     def send_test_to_me(self, request, queryset):
-        # Until sends accept `template`, the rendered parts go as a plain email.
-        from emailsvc.serializers import SendEmailInputSerializer
+        # Through the send path a caller uses: the API's validation, then message_submit.
+        from emailsvc.serializers import send_request_validate
         from emailsvc.services.submission import message_submit
 
         if not request.user.email:
@@ -303,25 +303,14 @@ class TemplateAdmin(admin.ModelAdmin):
             return
         for template in queryset:
             version = template.versions.select_related("template").filter(version=template.latest_version).first()
-            rendered = _render_sample(version)
-            if isinstance(rendered, EmailsvcError):
-                self.message_user(request, f"{template.name}: {rendered.detail}", messages.ERROR)
-                continue
             body = {
                 "to": request.user.email,
-                "subject": rendered.subject,
+                "template": f"{template.name}@{version.version}",
+                "template_data": version.sample_data or {},
                 "tags": ["template-test"],
-                "metadata": {"template": template.name, "template_version": version.version},
             }
-            for key, value in (("html", rendered.html), ("text", rendered.text), ("from", rendered.from_email),
-                               ("from_name", rendered.from_name), ("reply_to", rendered.reply_to)):
-                if value:
-                    body[key] = value
-            serializer = SendEmailInputSerializer(data=body)
             try:
-                if not serializer.is_valid():
-                    raise TemplateRenderError(f"The rendered email is not valid: {serializer.errors}")
-                message = message_submit(api_key=None, data=serializer.validated_data)
+                message = message_submit(api_key=None, data=send_request_validate(body))
             except EmailsvcError as error:
                 self.message_user(request, f"{template.name}: {error.detail}", messages.ERROR)
                 continue

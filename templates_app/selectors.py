@@ -8,7 +8,7 @@ answers 400 instead.
 from django.db.models import F, Q, QuerySet
 
 from emailsvc.errors import NotFound
-from emailsvc.models import Message, Status
+from emailsvc.models import Message, WorkState
 from templates_app.models import Template, TemplateVersion
 
 
@@ -47,8 +47,8 @@ def template_versions(*, name: str) -> QuerySet[TemplateVersion]:
 
 
 def template_pending_messages(*, name: str) -> int:
-    """How many scheduled or queued emails were submitted with this template."""
-    return Message.objects.filter(template_name=name, status__in=[Status.SCHEDULED, Status.QUEUED]).count()
+    """How many scheduled or queued emails (not yet claimed for sending) were submitted with this template."""
+    return Message.objects.filter(template_name=name, state__in=[WorkState.SCHEDULED, WorkState.QUEUED]).count()
 
 
 def templates_using_layout(*, name: str) -> list[str]:

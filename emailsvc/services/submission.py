@@ -9,6 +9,7 @@ from email.headerregistry import Address
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
+from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from emailsvc import providers, status
 from emailsvc.addresses import address_key
@@ -23,7 +24,11 @@ from emailsvc.models import (
 )
 from emailsvc.policy import check_sender_policy
 from emailsvc.selectors import suppressed_addresses
+from emailsvc.serializers import parse_address
 from emailsvc.services.queueing import deliveries_enqueue
+from templates_app.errors import TemplateNotFound
+from templates_app.models import TemplateVersion
+from templates_app.services import template_ref_parse, template_render, template_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +84,60 @@ class _Submission:
     attachments: list[Attachment]
 
 
-def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _Submission:
-    """Apply policy and size limits and build the unsaved rows of one request."""
+def _template_apply(data: dict, templates: dict[str, TemplateVersion | TemplateNotFound]) -> tuple[dict, TemplateVersion]:
+    """The request with what its template renders filling every field the
+    request does not give itself (subject, html, text, from, from_name,
+    reply_to). `templates` caches the resolved versions of one batch, so a
+    template used by 500 items is looked up once (and compiled once per version).
+    Raises TemplateNotFound, TemplateRenderError, or ValidationFailed when the
+    rendered sender or reply-to is not an address."""
+    ref = data["template"]
+    if ref not in templates:
+        try:
+            name, number = template_ref_parse(ref)
+            templates[ref] = template_resolve(name=name, version=number)
+        except TemplateNotFound as error:
+            templates[ref] = error  # every item naming it fails the same way, with one lookup
+    version = templates[ref]
+    if isinstance(version, TemplateNotFound):
+        raise version
+    rendered = template_render(version=version, data=data.get("template_data") or {})
+    merged = dict(data)
+    for field in ("subject", "html", "text"):
+        if not merged.get(field):
+            merged[field] = getattr(rendered, field)
+    try:
+        if "from" not in merged and rendered.from_email:
+            merged["from"] = parse_address(rendered.from_email)
+        if "from_name" not in merged and "from" not in data and rendered.from_name:
+            merged["from_name"] = rendered.from_name
+        if "reply_to" not in merged and rendered.reply_to:
+            merged["reply_to"] = [parse_address(item) for item in rendered.reply_to.split(",") if item.strip()]
+    except DrfValidationError as error:
+        raise ValidationFailed(
+            f"Template '{ref}' renders a sender or reply-to that is not an address: {error.detail[0]}",
+            fields={"template": [str(error.detail[0])]},
+            code="template_render_error",
+        ) from None
+    if not merged.get("subject"):
+        raise ValidationFailed(
+            f"Template '{ref}' has no subject: give one.", fields={"subject": ["Required."]}, code="missing_fields"
+        )
+    if not merged.get("html") and not merged.get("text"):
+        raise ValidationFailed(
+            f"Template '{ref}' renders neither html nor text.", fields={"template": ["Empty body."]},
+            code="template_render_error",
+        )
+    return merged, version
+
+
+def _submission_build(
+    *, api_key: ApiKey | None, data: dict, now: datetime, templates: dict | None = None
+) -> _Submission:
+    """Apply the template, policy and size limits and build the unsaved rows of one request."""
+    version = None
+    if data.get("template"):
+        data, version = _template_apply(data, {} if templates is None else templates)
     from_name, from_email = data.get("from") or ("", address_key(settings.DEFAULT_FROM_EMAIL))
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
@@ -109,6 +166,9 @@ def _submission_build(*, api_key: ApiKey | None, data: dict, now: datetime) -> _
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
     )
+    if version is not None:
+        message.template_name, message.template_version = version.template.name, version.version
+        message.template_data = data.get("template_data") or {}
     message.group_id = data.get("group_id") or None
     if data.get("email_id"):
         message.email_id = data["email_id"]
@@ -202,12 +262,13 @@ def message_submit_batch(*, api_key: ApiKey | None, items: list[dict | EmailsvcE
     """
     now = timezone.now()
     results: list[Message | EmailsvcError] = []
+    templates: dict = {}
     for item in items:
         if isinstance(item, EmailsvcError):
             results.append(item)
             continue
         try:
-            results.append(_submission_build(api_key=api_key, data=item, now=now))
+            results.append(_submission_build(api_key=api_key, data=item, now=now, templates=templates))
         except EmailsvcError as error:
             results.append(error)
     wanted = [r.message.email_id for r in results if isinstance(r, _Submission)]

@@ -126,7 +126,7 @@ def test_deleting_a_template_in_use_is_refused_in_the_admin(admin_client, welcom
     assert Template.objects.filter(name="welcome").exists()
 
 
-def test_send_a_test_email_to_me_submits_the_rendered_sample(admin_client, admin_user, welcome):
+def test_send_a_test_email_to_me_submits_the_template_with_its_sample_data(admin_client, admin_user, welcome):
     response = admin_client.post(CHANGELIST, {"action": "send_test_to_me", "_selected_action": [welcome.template_id]},
                                  follow=True)
     assert response.status_code == 200
@@ -134,7 +134,7 @@ def test_send_a_test_email_to_me_submits_the_rendered_sample(admin_client, admin
     assert message.subject == "Welcome Jane"
     assert '<p style="color: red;">Hi Jane</p>' in message.html and message.text.strip() == "Hi Jane"
     assert [r.email for r in message.recipients.all()] == [admin_user.email]
-    assert message.metadata == {"template": "welcome", "template_version": 1}
+    assert (message.template_name, message.template_version, message.tags) == ("welcome", 1, ["template-test"])
 
 
 def test_the_admin_pages_render_for_every_kind_of_template(admin_client, db):

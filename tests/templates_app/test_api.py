@@ -165,16 +165,20 @@ def test_an_unknown_template_is_404_template_not_found(full_api):
 
 
 def test_delete_is_409_while_a_queued_message_uses_the_template_and_204_after(full_api):
+    from tests.conftest import deliver_now
+
     create(full_api)
-    message = Message.objects.create(
-        from_email="team@example.com", subject="Welcome Jane", html="<h1>Hi Jane</h1>", provider="console",
-        template_name="welcome", template_version=1, status="queued",
+    sent = full_api.post(
+        "/api/v1/emails", {"to": "jane@example.org", "template": "welcome", "template_data": {"first_name": "Jane", "product": "Acme"}},
+        format="json",
     )
+    assert sent.status_code == 202, sent.json()
     refused = full_api.delete("/api/v1/templates/welcome")
     assert refused.status_code == 409 and refused.json()["error"] == "template_in_use"
     assert full_api.get("/api/v1/templates/welcome").status_code == 200
 
-    Message.objects.filter(pk=message.pk).update(status="sent")
+    assert deliver_now() == 1  # once it is sent, the template may go
+    assert Message.objects.get(email_id=sent.json()["email_id"]).status == "sent"
     assert full_api.delete("/api/v1/templates/welcome").status_code == 204
     assert full_api.get("/api/v1/templates/welcome").status_code == 404
 

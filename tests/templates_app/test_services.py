@@ -248,9 +248,11 @@ def test_a_layout_must_exist_and_have_content(make_template):
 
 
 def message_using(name: str, status: str) -> Message:
+    """A stored message in that status, with the engine state that goes with it."""
+    state = status if status in ("queued", "scheduled", "sending") else "done"
     return Message.objects.create(
         from_email="noreply@example.com", subject="s", text="t", provider="console",
-        template_name=name, template_version=1, status=status,
+        template_name=name, template_version=1, status=status, state=state,
     )
 
 
