@@ -11,7 +11,9 @@ after one attempt) and account-level pauses (messages wait).
 
 Everything else -- other SES v2 operations, SendEmail calls that match no
 rule, and matching calls once a rule's ``times`` is used up -- is forwarded to
-the upstream (moto) unchanged and moto's answer is relayed unchanged.
+the upstream (moto) unchanged and moto's answer is relayed unchanged. The one
+exception is GetAccount, which moto does not implement: the proxy answers it
+itself, with ``SendingEnabled`` set by ``account_sending_enabled``.
 
 The Celery worker under test is a separate process; point only its SES v2
 client at the proxy with botocore's service-specific endpoint variable::
@@ -45,6 +47,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 SEND_EMAIL_PATH = "/v2/email/outbound-emails"
+GET_ACCOUNT_PATH = "/v2/email/account"
 ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazonaws.sesv2/"
 
 # code -> (default HTTP status, default message)
@@ -101,6 +104,9 @@ class SesFaultProxy:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
+        # What GetAccount answers (an account the provider paused says False).
+        self.account_sending_enabled = True
+        self.get_account_calls = 0
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -168,10 +174,12 @@ class SesFaultProxy:
             self._rules.append(rule)
 
     def clear(self) -> None:
-        """Forget all rules and recorded calls."""
+        """Forget all rules and recorded calls; the account sends again."""
         with self._lock:
             self._rules.clear()
             self._calls.clear()
+            self.account_sending_enabled = True
+            self.get_account_calls = 0
 
     def calls(self, needle: str) -> list[dict]:
         """Every SendEmail call whose raw MIME contains needle, in order:
@@ -251,6 +259,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._read_body()
+        if self.command == "GET" and urllib.parse.urlsplit(self.path).path.rstrip("/") == GET_ACCOUNT_PATH:
+            self._send_account()
+            return
         raw = _raw_mime(self.command, self.path, body)
         if raw is not None:
             rule = self.owner._take_rule(raw)
@@ -297,6 +308,21 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return 502, "Bad Gateway", headers, payload
         finally:
             connection.close()
+
+    def _send_account(self) -> None:
+        with self.owner._lock:
+            self.owner.get_account_calls += 1
+            enabled = self.owner.account_sending_enabled
+        payload = json.dumps({
+            "SendingEnabled": enabled, "EnforcementStatus": "HEALTHY" if enabled else "SHUTDOWN",
+            "ProductionAccessEnabled": True, "DedicatedIpAutoWarmupEnabled": False,
+            "SendQuota": {"Max24HourSend": 50000.0, "MaxSendRate": 14.0, "SentLast24Hours": 0.0},
+        }).encode()
+        self.send_response_only(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _send_error(self, rule: _Rule) -> None:
         payload = json.dumps({"message": rule.message}).encode()

@@ -187,3 +187,40 @@ def test_console_provider_records_but_does_not_send(api, settings, celery_worker
     assert message.status == "sent"
     assert message.provider_message_id.startswith("console-")
     assert smtp_server.matching(email_id) == []
+
+
+def test_a_soft_bounce_is_sent_again_once_after_the_delay_by_the_worker(api, smtp_provider, settings, celery_worker, smtp_server):
+    import time
+
+    from tests.tracking.sesevents import ses_event, sns_envelope
+    from tracking.apply import events_apply
+    from tracking.normalize import ses_body_parse
+
+    settings.SOFT_BOUNCE_RETRY_SECONDS = 2
+    email_id = send(api, {"to": "full@example.org", "subject": "Soft bounce", "text": "Hi"})["email_id"]
+    original = wait_for_status(email_id)
+    assert original.status == "sent", celery_worker.log()[-3000:]
+    assert len(smtp_server.wait_for(email_id)) == 1
+
+    def soft_bounce(message):
+        envelope = sns_envelope(ses_event(
+            "Bounce", message_id=message.provider_message_id, recipients=["full@example.org"],
+            bounce_type="Transient", bounce_subtype="MailboxFull",
+        ))
+        events_apply(events=ses_body_parse(envelope), source="sqs")
+
+    bounced_at = time.monotonic()
+    soft_bounce(original)
+    (resend,) = Message.objects.filter(retry_of=original)
+    arrivals = smtp_server.wait_for(resend.email_id, timeout=30)
+    assert len(arrivals) == 1, celery_worker.log()[-3000:]
+    assert time.monotonic() - bounced_at >= 1.5  # not before its delay
+    resend = wait_for_status(resend.email_id)
+    assert resend.status == "sent"
+
+    soft_bounce(resend)
+    time.sleep(4)  # longer than the delay: nothing more is sent
+    assert len(smtp_server.matching(resend.email_id)) == 1
+    assert len(smtp_server.matching(email_id)) == 1
+    assert resend.recipients.get().status == "failed"
+    assert not Message.objects.filter(retry_of=resend).exists()

@@ -16,7 +16,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from emailsvc.models import Message, Recipient, Status
+from emailsvc.models import Message, Recipient, SendingPause, Status
 from emailsvc.services.api_keys import api_key_create
 from tests.conftest import wait_for_status, wait_until
 from tests.sesproxy import SesFaultProxy
@@ -34,6 +34,7 @@ FAST = {
     "SWEEP_QUEUED_AFTER_SECONDS": "1",
     "SWEEP_SENDING_AFTER_SECONDS": "3",
     "SCHEDULED_RELEASE_INTERVAL_SECONDS": "1",
+    "PROVIDER_PROBE_INTERVAL_SECONDS": "1",
 }
 
 
@@ -188,7 +189,7 @@ def test_rejection_fails_after_one_attempt_with_the_providers_reason(ses_stack, 
 
 
 def test_account_pause_makes_the_email_wait_then_it_is_sent(ses_stack, ses_proxy, moto_server, key):
-    ses_stack.start_worker()
+    ses_stack.start_worker(beat=True)  # its probe asks SES (GetAccount) whether the account sends again
     email_id = unique("paused")
     ses_proxy.fail(email_id, error="SendingPausedException", times=2)
 
@@ -208,8 +209,35 @@ def test_account_pause_makes_the_email_wait_then_it_is_sent(ses_stack, ses_proxy
     assert moto_copies(moto_server, email_id) == 1
 
 
+def test_provider_account_stop_pauses_every_email_until_the_probe_sees_it_sending(ses_stack, ses_proxy, moto_server, key):
+    """One SendingPausedException pauses the whole account: no other email is even
+    tried while SES says sending is disabled; once it says enabled, all go, once each."""
+    ses_stack.start_worker(beat=True)
+    first, others = unique("stopper"), [unique("waiting") for _ in range(3)]
+    ses_proxy.fail(first, error="SendingPausedException", times=1)
+    ses_proxy.account_sending_enabled = False
+
+    send(ses_stack, key, email_id=first)
+    assert wait_until(lambda: SendingPause.objects.filter(resumed_at__isnull=True, domain="*").exists(), timeout=30)
+    for email_id in others:
+        send(ses_stack, key, email_id=email_id)
+    status, detail = ses_stack.get("/api/v1/sending-status", key)
+    assert (status, detail["account"]["paused"], detail["account"]["cause"]) == (200, True, "provider")
+    assert wait_until(lambda: ses_proxy.get_account_calls >= 2, timeout=30)  # probed, still disabled
+    assert all(ses_proxy.calls(email_id) == [] for email_id in others), "sent while the account was paused"
+    assert Message.objects.get(email_id=first).status == Status.QUEUED
+
+    ses_proxy.account_sending_enabled = True
+    for email_id in [first, *others]:
+        message = wait_for_status(email_id, timeout=60)
+        assert message.status == Status.SENT, ses_stack.logs()
+        assert moto_copies(moto_server, email_id) == 1
+    pause = SendingPause.objects.get(domain="*")
+    assert pause.resumed_at is not None and "probe" in pause.resumed_by
+
+
 def test_account_pause_does_not_use_up_delivery_attempts(ses_stack, ses_proxy, moto_server, key):
-    ses_stack.start_worker(env={"DELIVERY_MAX_ATTEMPTS": "3"})
+    ses_stack.start_worker(beat=True, env={"DELIVERY_MAX_ATTEMPTS": "3"})
     email_id = unique("long-pause")
     ses_proxy.fail(email_id, error="SendingPausedException", times=3)  # the pause outlasts 3 attempts
     ses_proxy.fail(email_id, error="TooManyRequestsException", times=1)  # then one ordinary throttle
@@ -240,8 +268,11 @@ def test_daily_quota_makes_the_email_wait_not_fail(ses_stack, ses_proxy, key):
     message = wait_until(deferred, timeout=60) or Message.objects.get(email_id=email_id)
     assert message.status == Status.QUEUED, ses_stack.logs()
     assert "Daily message quota exceeded." in message.last_error
-    # The next attempt waits for the quota to renew (an hour), not seconds.
-    assert message.next_attempt_at > timezone.now() + timedelta(minutes=30)
+    # Sending waits (account-wide) for the rolling window to free up, not seconds.
+    pause = SendingPause.objects.get(resumed_at__isnull=True)
+    assert (pause.domain, pause.cause) == ("*", "quota")
+    assert pause.until > timezone.now() + timedelta(minutes=30)
+    time.sleep(2)
     assert len(ses_proxy.calls(email_id)) == 1
 
     status, body = cancel(ses_stack, key, email_id)
