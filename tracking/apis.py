@@ -1,4 +1,5 @@
-"""HTTP endpoints of the tracking side: group records, group analytics, the SNS webhook."""
+"""HTTP endpoints of the tracking side: group records, group analytics, the SNS webhook,
+outbound status webhook subscriptions and their deliveries."""
 
 import logging
 
@@ -9,24 +10,42 @@ from django.http import JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from emailsvc.auth import CanRead
+from emailsvc.auth import CanRead, FullAccess
 from emailsvc.bulk import index_lookups
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
 from emailsvc.parsers import JsonTooDeep, json_loads_limited
-from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer
+from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer, cursor_page_serializer
 from tracking.apply import sns_notification_apply
 from tracking.normalize import MalformedEvent
 from tracking.selectors import group_analytics, group_messages
-from tracking.serializers import GroupAnalyticsOutputSerializer
+from tracking.serializers import (
+    GroupAnalyticsOutputSerializer,
+    WebhookCreatedOutputSerializer,
+    WebhookCreateInputSerializer,
+    WebhookDeliveriesQuerySerializer,
+    WebhookDeliveryOutputSerializer,
+    WebhookOutputSerializer,
+)
 from tracking.sns import (
     SnsVerificationError,
     sns_message_verify,
     sns_subscription_confirm,
+)
+from tracking.webhooks import (
+    webhook_deliveries,
+    webhook_delivery_get,
+    webhook_delivery_resend,
+    webhook_endpoint_create,
+    webhook_endpoint_delete,
+    webhook_endpoint_enable,
+    webhook_endpoint_get,
+    webhook_endpoints,
 )
 
 logger = logging.getLogger(__name__)
@@ -138,3 +157,149 @@ class SesSnsWebhookView(View):
             return _error("invalid_event", "The notification does not hold a readable SES event.", 400)
         outcomes = [a.outcome for a in applied]
         return JsonResponse({"status": "ok", **{name: outcomes.count(name) for name in ("applied", "duplicate", "unmatched")}})
+
+
+# --- Outbound status webhooks (SPEC §4 /webhooks, §6.6): `full` keys only ------------
+
+WEBHOOK_ERRORS = {
+    401: OpenApiResponse(ErrorBodySerializer, description="Missing or invalid API key"),
+    403: OpenApiResponse(ErrorBodySerializer, description="API key permission too low"),
+}
+WEBHOOK_NOT_FOUND = {404: OpenApiResponse(ErrorBodySerializer, description="webhook_not_found")}
+ENDPOINT_ID = OpenApiParameter("endpoint_id", str, OpenApiParameter.PATH, description="The webhook's id (`wh_…`)")
+DELIVERY_ID = OpenApiParameter(
+    "delivery_id", str, OpenApiParameter.PATH, description="The delivery's id: its `webhook-id` header (`msg_…`)"
+)
+
+
+class WebhookListApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="list_webhooks",
+        responses={200: cursor_page_serializer(WebhookOutputSerializer, "WebhookPageOutputSerializer"), **WEBHOOK_ERRORS},
+        description="The status-change webhooks, newest first, cursor-paginated (`limit` ≤ 500, default 50).",
+    )
+    def get(self, request):
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(webhook_endpoints(), request, view=self)
+        return paginator.get_paginated_response(WebhookOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="create_webhook",
+        request=WebhookCreateInputSerializer,
+        responses={
+            201: WebhookCreatedOutputSerializer,
+            400: OpenApiResponse(
+                ErrorBodySerializer,
+                description="invalid_webhook_url (not https, credentials, fragment, bad host or port), "
+                "webhook_target_not_allowed (the host resolves to a loopback, private, link-local, multicast "
+                "or reserved address), webhook_host_unresolvable, missing_fields, invalid_field, invalid_json",
+            ),
+            **WEBHOOK_ERRORS,
+        },
+        description=(
+            "Subscribe a URL to recipient status changes. Each change of a chosen type is POSTed as JSON "
+            "signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`). "
+            "The answer carries the signing `secret`, shown only this once."
+        ),
+    )
+    def post(self, request):
+        serializer = WebhookCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        endpoint, _secret = webhook_endpoint_create(**serializer.validated_data)
+        return Response(WebhookCreatedOutputSerializer(endpoint).data, status=status.HTTP_201_CREATED)
+
+
+class WebhookDetailApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="get_webhook",
+        parameters=[ENDPOINT_ID],
+        responses={200: WebhookOutputSerializer, **WEBHOOK_ERRORS, **WEBHOOK_NOT_FOUND},
+        description="One webhook (never its secret), with whether it is enabled and why not.",
+    )
+    def get(self, request, endpoint_id: str):
+        return Response(WebhookOutputSerializer(webhook_endpoint_get(endpoint_id=endpoint_id)).data)
+
+    @extend_schema(
+        operation_id="delete_webhook",
+        parameters=[ENDPOINT_ID],
+        request=None,
+        responses={204: None, **WEBHOOK_ERRORS, **WEBHOOK_NOT_FOUND},
+        description="Unsubscribe: the webhook and its deliveries are deleted; nothing more is sent.",
+    )
+    def delete(self, request, endpoint_id: str):
+        webhook_endpoint_delete(endpoint=webhook_endpoint_get(endpoint_id=endpoint_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WebhookEnableApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="enable_webhook",
+        parameters=[ENDPOINT_ID],
+        request=None,
+        responses={200: WebhookOutputSerializer, **WEBHOOK_ERRORS, **WEBHOOK_NOT_FOUND},
+        description=(
+            "Enable a webhook that was disabled (after continuous failure or a 410 Gone answer): its pending "
+            "deliveries are sent at once, and new changes again. Changes made while it was disabled are not sent. "
+            "Enabling an enabled webhook changes nothing."
+        ),
+    )
+    def post(self, request, endpoint_id: str):
+        endpoint = webhook_endpoint_enable(endpoint=webhook_endpoint_get(endpoint_id=endpoint_id))
+        return Response(WebhookOutputSerializer(endpoint).data)
+
+
+class WebhookDeliveriesApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="list_webhook_deliveries",
+        parameters=[ENDPOINT_ID, WebhookDeliveriesQuerySerializer],
+        responses={
+            200: cursor_page_serializer(WebhookDeliveryOutputSerializer, "WebhookDeliveryPageOutputSerializer"),
+            400: OpenApiResponse(ErrorBodySerializer, description="invalid_field (status)"),
+            **WEBHOOK_ERRORS,
+            **WEBHOOK_NOT_FOUND,
+        },
+        description=(
+            "The webhook's deliveries, newest first, cursor-paginated (`limit` ≤ 500, default 50): state, "
+            "attempts with their answer codes, times and errors, and when the next attempt is due."
+        ),
+    )
+    def get(self, request, endpoint_id: str):
+        query = WebhookDeliveriesQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        endpoint = webhook_endpoint_get(endpoint_id=endpoint_id)
+        paginator = NewestFirstPagination()
+        page = paginator.paginate_queryset(
+            webhook_deliveries(endpoint=endpoint, status=query.validated_data.get("status")), request, view=self
+        )
+        return paginator.get_paginated_response(WebhookDeliveryOutputSerializer(page, many=True).data)
+
+
+class WebhookDeliveryResendApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="resend_webhook_delivery",
+        parameters=[DELIVERY_ID],
+        request=None,
+        responses={
+            202: WebhookDeliveryOutputSerializer,
+            **WEBHOOK_ERRORS,
+            404: OpenApiResponse(ErrorBodySerializer, description="webhook_delivery_not_found"),
+            409: OpenApiResponse(ErrorBodySerializer, description="webhook_disabled: enable the webhook first"),
+        },
+        description=(
+            "Send one delivery again now, with the same `webhook-id` (receivers that already have it may ignore it), "
+            "whatever its state. The attempt is made by a worker; its outcome shows in the deliveries list."
+        ),
+    )
+    def post(self, request, delivery_id: str):
+        delivery = webhook_delivery_resend(delivery=webhook_delivery_get(delivery_id=delivery_id))
+        return Response(WebhookDeliveryOutputSerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
