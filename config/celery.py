@@ -3,9 +3,21 @@
 import os
 
 from celery import Celery
+from celery.signals import worker_process_shutdown
+
+# Connects the receivers that keep Django's LOGGING in workers and beat and bind task ids to log lines.
+import emailsvc.logs  # noqa: F401
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("emailsvc", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_process_shutdown.connect
+def _metrics_process_dead(pid=None, **kwargs):
+    """A pool process exits: its live gauges leave /metrics (emailsvc.metrics, multiprocess mode)."""
+    from emailsvc.metrics import process_dead
+
+    process_dead(pid=pid)

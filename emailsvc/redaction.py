@@ -1,18 +1,30 @@
-"""Recipient addresses never reach the logs in clear (SPEC §7): j***@example.com."""
+"""Recipient addresses never reach the logs in clear (SPEC §7): j***@example.com.
+
+`redact_address` is applied to every field of every log line by the log
+formatter (emailsvc.logs); code may also call it on text it logs itself.
+"""
 
 import logging
 import re
 
-_ADDRESS = re.compile(r"\b([A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]*@([A-Za-z0-9.\-]+\.[A-Za-z]{2,})\b")
+# A local part of letters (any script), digits and the usual punctuation, "@"
+# (or "%40", URL-encoded), then a domain with at least one dot whose last label
+# is letters or an IDNA A-label.
+_ADDRESS = re.compile(
+    r"(?<![\w.%+\-])([\w.%+\-])[\w.%+\-]*(@|%40)((?:[\w\-]+\.)+(?:[^\W\d_]{2,}|xn--[\w\-]+))\b"
+)
 
 
 def redact_address(text: str) -> str:
     """Replace every address in `text` by its first letter, *** and its domain."""
-    return _ADDRESS.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text)
+    if "@" not in text and "%40" not in text:  # most log lines: no regex at all
+        return text
+    return _ADDRESS.sub(lambda m: f"{m.group(1)}***{m.group(2)}{m.group(3)}", text)
 
 
 class RedactAddressesFilter(logging.Filter):
-    """Logging filter: redacts addresses in the formatted message of every record."""
+    """Logging filter: redacts addresses in the formatted message of every record
+    (for a handler that does not use emailsvc.logs' formatter)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

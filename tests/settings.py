@@ -8,6 +8,17 @@ the test database.
 import atexit
 import os
 
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import shutil
+    import tempfile
+
+    # /metrics adds up every process of the session — this one (the web side, through
+    # the test client) and the workers and web processes it starts (they inherit the
+    # variable) — in one directory. Set before prometheus-client is first imported
+    # (emailsvc.metrics, which Django's setup may already import).
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="emailsvc-test-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key")
 os.environ.setdefault("EMAIL_PROVIDER", "console")
 os.environ.setdefault("ALLOWED_FROM_DOMAINS", "example.com")
