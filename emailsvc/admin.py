@@ -1,11 +1,32 @@
-"""Admin: support staff look up addresses, manage suppressions, keys and messages."""
+"""Admin: support staff look up addresses, manage suppressions, keys and messages.
+
+The lists of big tables (messages, status changes; events in tracking/admin.py)
+are BigTableAdmin lists: estimated counts, exact indexed searches, no facet
+counts (emailsvc.admin_support). The address page, the message actions and the
+operations pages are the operator console (emailsvc.admin_views).
+"""
 
 from django import forms
 from django.contrib import admin, messages
+from django.db.models import Prefetch, Q
+from django.utils.html import format_html
 
-from emailsvc.models import ApiKey, Attachment, Message, Recipient, Suppression
+from emailsvc.admin_support import BigTableAdmin, address_url, admin_change_url
+from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
+from emailsvc.selectors import one_or_none, suppressions_list
+from emailsvc.selectors_console import address_message_ids, address_recipient_ids, message_overview
 from emailsvc.services.api_keys import api_key_create, api_key_revoke
 from emailsvc.services.suppressions import suppression_add, suppression_lift
+
+# The admin home: a search box for an address or an email id, and the operations pages.
+admin.site.index_template = "admin/console/index.html"
+
+
+def _address_link(address: str):
+    return format_html('<a href="{}">{}</a>', address_url(address), address)
+
+
+# --- Suppressions --------------------------------------------------------------------
 
 
 class SuppressionForm(forms.ModelForm):
@@ -20,13 +41,22 @@ class SuppressionForm(forms.ModelForm):
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(BigTableAdmin):
     form = SuppressionForm
-    list_display = ("email", "reason", "source", "created_at", "expires_at")
+    list_display = ("email", "reason", "source", "created_at", "expires_at", "history")
     list_filter = ("reason",)
-    search_fields = ("email", "note", "source")
-    ordering = ("-created_at",)
+    search_help_text = "An address (exact), or the start of one: 'jane', 'jane@exa'."
+    ordering = ("-id",)  # the newest first, on the primary key (created_at has no index)
     actions = ["lift"]
+
+    def search(self, queryset, term):
+        # A prefix of the stored (canonical) form: a range of the unique address
+        # index (its pattern-ops twin on PostgreSQL). A whole address is its own prefix.
+        return queryset & suppressions_list(prefix=term)
+
+    @admin.display(description="")
+    def history(self, suppression: Suppression):
+        return format_html('<a href="{}">address page</a>', address_url(suppression.email))
 
     @admin.action(description="Lift the selected suppressions")
     def lift(self, request, queryset):
@@ -48,48 +78,213 @@ class SuppressionAdmin(admin.ModelAdmin):
             suppression_lift(email=suppression.email)
 
 
-class RecipientInline(admin.TabularInline):
-    model = Recipient
-    extra = 0
-    can_delete = False
-    fields = (
-        "email", "role", "status", "sent_at", "delivered_at", "delayed", "open_count", "last_opened_at",
-        "click_count", "bounce", "complained_at", "complaint_feedback_type", "failed_reason",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request, obj=None):
-        return False
+# --- Messages ------------------------------------------------------------------------
 
 
-class AttachmentInline(admin.TabularInline):
-    model = Attachment
-    extra = 0
-    can_delete = False
-    fields = ("filename", "content_type", "size")
-    readonly_fields = fields
+class TemplateUsedFilter(admin.SimpleListFilter):
+    """Messages sent with a template; the choices come from the templates table,
+    not from a DISTINCT over every message."""
 
-    def has_add_permission(self, request, obj=None):
-        return False
+    title = "template"
+    parameter_name = "template"
+
+    def lookups(self, request, model_admin):
+        from templates_app.models import Template
+
+        return [(name, name) for name in Template.objects.order_by("name").values_list("name", flat=True)[:200]]
+
+    def queryset(self, request, queryset):
+        # message_template_newest: (template_name, -id)
+        return queryset.filter(template_name=self.value()) if self.value() else queryset
+
+
+_MESSAGE_BODIES = ("html", "text", "headers", "metadata", "template_data", "reply_to", "tags")
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
-    list_display = ("email_id", "group", "subject", "status", "provider", "attempts", "created_at", "sent_at")
-    list_filter = ("status", "provider", "priority")
-    search_fields = ("email_id", "group__id", "recipients__email", "provider_message_id")
-    date_hierarchy = "created_at"
-    # tracking/admin.py adds the event timeline (tracking depends on emailsvc, not the reverse).
-    inlines = [RecipientInline, AttachmentInline]
-    readonly_fields = [f.name for f in Message._meta.fields]
-    list_select_related = ("group",)
-    show_full_result_count = False
+class MessageAdmin(BigTableAdmin):
+    list_display = ("email_id", "to", "subject", "status", "state", "created_at", "sent_at", "group_id")
+    list_filter = ("status", TemplateUsedFilter)
+    search_help_text = (
+        "Exact: an address (its newest 10,000 emails), an email_id, a provider message id or a group id."
+    )
+    change_form_template = "admin/console/message_change_form.html"
+    inlines = []  # recipients, attachments and the timeline are the console's sections (change_form_template)
+
+    def get_queryset(self, request):
+        rows = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name == "emailsvc_message_changelist":
+            recipients = Recipient.objects.only("id", "message_id", "email", "role").order_by("id")
+            rows = rows.defer(*_MESSAGE_BODIES).prefetch_related(Prefetch("recipients", queryset=recipients))
+        return rows
+
+    def search(self, queryset, term):
+        if "@" in term and one_or_none(Message.objects.filter(email_id=term).only("pk")) is None:
+            return queryset.filter(pk__in=address_message_ids(address=term))
+        # Each lookup below is one index; an OR of them is a bitmap OR of small ranges.
+        return queryset.filter(Q(email_id=term) | Q(provider_message_id=term) | Q(group_id=term))
+
+    @admin.display(description="to")
+    def to(self, message: Message):
+        addresses = [r.email for r in message.recipients.all()]
+        shown = ", ".join(addresses[:3])
+        return shown + (f" +{len(addresses) - 3}" if len(addresses) > 3 else "")
 
     def has_add_permission(self, request):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    # -- the message page
+
+    readonly_fields = (
+        *[f.name for f in Message._meta.fields], "sender", "template_used",
+    )
+
+    @admin.display(description="from")
+    def sender(self, message: Message):
+        return f"{message.from_name} <{message.from_email}>" if message.from_name else message.from_email
+
+    @admin.display(description="template")
+    def template_used(self, message: Message):
+        version = f"@{message.template_version}" if message.template_version else ""
+        return f"{message.template_name}{version}"
+
+    def get_fieldsets(self, request, obj=None):
+        """Only the fields this message uses, several to a line: no empty
+        template, schedule or content rows."""
+        if obj is None:
+            return super().get_fieldsets(request, obj)
+
+        def used(name: str) -> bool:
+            return name in ("sender", "template_used") or getattr(obj, name, None) not in (None, "", [], {})
+
+        def rows(*lines):
+            kept = [tuple(name for name in line if used(name)) for line in lines]
+            return [line for line in kept if line]
+
+        fieldsets = [
+            (None, {"fields": rows(
+                ("email_id",), ("status", "state"), ("subject",), ("sender", "reply_to"), ("group", "retry_of"),
+                ("priority", "provider"), ("provider_message_id", "api_key"),
+            )}),
+            ("Times", {"fields": rows(
+                ("created_at", "queued_at"), ("send_at", "sent_at"), ("next_attempt_at", "sending_started_at"),
+                ("updated_at",),
+            )}),
+        ]
+        if obj.attempts or obj.last_error:
+            fieldsets.append(("Delivery attempts", {"fields": rows(("attempts",), ("last_error",))}))
+        if obj.template_name:
+            fieldsets.append(("Template", {"fields": rows(("template_used",), ("template_data",))}))
+        content = rows(("text",), ("html",), ("headers",), ("tags", "metadata"))
+        if content:
+            fieldsets.append(("Content", {"fields": content, "classes": ["collapse"]}))
+        return fieldsets
+
+    def get_object(self, request, object_id, from_field=None):
+        # Loaded once per request: change_view reads it for the console's sections, then Django's view again.
+        cached = getattr(request, "_console_message", None)
+        if cached is not None and str(cached.pk) == str(object_id):
+            return cached
+        queryset = self.get_queryset(request).select_related("retry_of", "group", "api_key")
+        try:
+            message = one_or_none(queryset.filter(pk=int(object_id)))
+        except (TypeError, ValueError):
+            return None
+        request._console_message = message
+        return message
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        message = self.get_object(request, object_id)
+        if message is not None:
+            extra_context["overview"] = message_overview(message=message)
+            extra_context["can_resend"] = request.user.has_perm("emailsvc.add_message")
+            extra_context["can_cancel"] = request.user.has_perm("emailsvc.change_message")
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+# --- Status changes and sending pauses --------------------------------------------------
+
+
+@admin.register(StatusChange)
+class StatusChangeAdmin(BigTableAdmin):
+    """Every recipient status transition (what webhooks, metrics and the breaker read); read-only."""
+
+    list_display = ("at", "address", "from_status", "to_status", "cause", "email")
+    list_filter = ("to_status",)
+    search_help_text = "Exact: an address, or an email_id."
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("message").only(
+            "id", "at", "email", "from_status", "to_status", "cause", "detail", "recipient_id", "message__id",
+            "message__email_id",
+        )
+
+    def search(self, queryset, term):
+        if "@" in term:
+            return queryset.filter(recipient_id__in=address_recipient_ids(address=term))
+        message = one_or_none(Message.objects.filter(email_id=term).only("pk"))
+        return queryset.filter(message_id=message.pk if message else None)
+
+    @admin.display(description="address")
+    def address(self, change: StatusChange):
+        return _address_link(change.email)
+
+    @admin.display(description="email")
+    def email(self, change: StatusChange):
+        return format_html('<a href="{}">{}</a>', admin_change_url(change.message), change.message.email_id)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # the history webhooks and the breaker are built on
+
+
+@admin.register(SendingPause)
+class SendingPauseAdmin(admin.ModelAdmin):
+    """Every sending pause, active or ended (the breaker's, the provider's, an
+    operator's). Resume here or on the sending status page."""
+
+    list_display = ("domain", "active", "cause", "reason", "paused_at", "until", "resumed_at", "resumed_by")
+    list_filter = ("cause", ("resumed_at", admin.EmptyFieldListFilter))
+    search_fields = ("=domain",)
+    ordering = ("-paused_at", "-id")
+    readonly_fields = [f.name for f in SendingPause._meta.fields]
+    actions = ["resume"]
+
+    @admin.display(boolean=True, description="paused now")
+    def active(self, pause: SendingPause) -> bool:
+        return pause.resumed_at is None
+
+    @admin.action(description="Resume the selected pauses (held emails are queued again)", permissions=["resume"])
+    def resume(self, request, queryset):
+        from emailsvc.services.breaker import sending_resume
+
+        domains = {pause.domain for pause in queryset if pause.resumed_at is None}
+        resumed = sum(sending_resume(domain=domain, by=f"admin:{request.user.get_username()}") for domain in domains)
+        self.message_user(request, f"Resumed {resumed} pause(s).", messages.SUCCESS)
+
+    def has_add_permission(self, request):
+        return False  # pause on the sending status page: it holds the domain's emails
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_resume_permission(self, request) -> bool:
+        return request.user.has_perm("emailsvc.change_sendingpause")
+
+
+# --- API keys --------------------------------------------------------------------------
 
 
 @admin.register(ApiKey)
@@ -116,3 +311,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
         self.message_user(
             request, f"API key created. Copy it now, it will not be shown again: {raw_key}", messages.WARNING
         )
+
