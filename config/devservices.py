@@ -129,6 +129,23 @@ def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> 
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{_persistent_secret('flower_password', state_dir)}")
     env.setdefault("CELERY_BEAT_SCHEDULE_FILE", str(state_dir / "celerybeat-schedule"))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # Logs for a human in the terminal (LOG_FORMAT=json shows what production writes).
+    env.setdefault("LOG_FORMAT", "text")
+    env.setdefault("METRICS_TOKEN", _persistent_secret("metrics_token", state_dir))
+    # /metrics adds up the figures every process writes here. Files of processes
+    # that no longer run (an earlier run's) are removed: they would be added in.
+    metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(state_dir / "prometheus")))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*_*.db"):  # prometheus-client's <kind>_<pid>.db
+        kind, _, pid = stale.stem.rpartition("_")
+        if not pid.isdigit() or not kind.startswith(("counter", "gauge_", "histogram", "summary")):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
     # The Procfile's commands (gunicorn, celery) live next to this interpreter.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env

@@ -81,7 +81,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First: it turns every non-JSON error answer under /api/ and /webhooks/ into the JSON error body.
+    # Outermost: every request's log lines carry its id, and every answer (errors too) echoes X-Request-ID.
+    "emailsvc.logs.RequestIdMiddleware",
+    # Then: it turns every non-JSON error answer under /api/ and /webhooks/ into the JSON error body.
     "emailsvc.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -91,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Admin pages in the operator's time zone (ADMIN_TIME_ZONE); nothing else is touched.
+    "emailsvc.admin_support.AdminTimezoneMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -141,6 +145,20 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+# The admin shows times to the second with their zone (emailsvc/formats), in
+# ADMIN_TIME_ZONE: a zone name ("Europe/Berlin", "UTC"), or "browser" (default):
+# each operator's browser zone, TIME_ZONE until the browser has told it.
+FORMAT_MODULE_PATH = ["emailsvc.formats"]
+ADMIN_TIME_ZONE = env.str("ADMIN_TIME_ZONE", default="browser").strip()
+if ADMIN_TIME_ZONE != "browser":
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(ADMIN_TIME_ZONE)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ImproperlyConfigured(
+            f"ADMIN_TIME_ZONE={ADMIN_TIME_ZONE!r} is not a time zone name (e.g. Europe/Berlin, UTC) nor 'browser'"
+        ) from None
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
@@ -186,6 +204,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "WebhookDeliveryStatusEnum": "tracking.models.WebhookDelivery.State",
+        "WebhookEventTypeEnum": "tracking.webhooks.EVENT_TYPE_CHOICES",
+    },
 }
 
 # --- Sending ----------------------------------------------------------------
@@ -233,6 +255,24 @@ SEND_AT_MAX_DAYS = _positive_number("SEND_AT_MAX_DAYS", 30)
 SCHEDULED_RELEASE_INTERVAL_SECONDS = _positive_number("SCHEDULED_RELEASE_INTERVAL_SECONDS", 30)
 SCHEDULED_HORIZON_SECONDS = max(SCHEDULED_RELEASE_INTERVAL_SECONDS * 4, 120.0)
 IDEMPOTENCY_KEY_TTL_HOURS = _positive_number("IDEMPOTENCY_KEY_TTL_HOURS", 24)
+
+# Deliverability safety (SPEC §6.4). A soft-bounced recipient is sent once more
+# after SOFT_BOUNCE_RETRY_SECONDS; SOFT_BOUNCE_LIMIT soft bounces of one address
+# within SOFT_BOUNCE_WINDOW_DAYS suppress it. The breaker pauses a sending domain
+# (or the account) whose rolling 24 h bounce or complaint rate reaches its line,
+# once at least BREAKER_MIN_SENT recipients were sent; 0 hours = resume by hand.
+SOFT_BOUNCE_RETRY_SECONDS = _positive_number("SOFT_BOUNCE_RETRY_SECONDS", 900)
+SOFT_BOUNCE_LIMIT = int(_positive_number("SOFT_BOUNCE_LIMIT", 15, int))
+SOFT_BOUNCE_WINDOW_DAYS = _positive_number("SOFT_BOUNCE_WINDOW_DAYS", 30)
+BOUNCE_RATE_PAUSE = _positive_number("BOUNCE_RATE_PAUSE", 0.04)
+COMPLAINT_RATE_PAUSE = _positive_number("COMPLAINT_RATE_PAUSE", 0.0008)
+BREAKER_MIN_SENT = int(_positive_number("BREAKER_MIN_SENT", 1000, int))
+BREAKER_AUTO_RESUME_HOURS = env.float("BREAKER_AUTO_RESUME_HOURS", default=0.0)
+if BREAKER_AUTO_RESUME_HOURS < 0:
+    raise ImproperlyConfigured("BREAKER_AUTO_RESUME_HOURS must be 0 (off) or more")
+BREAKER_INTERVAL_SECONDS = _positive_number("BREAKER_INTERVAL_SECONDS", 60)
+# While the provider account is stopped, how often SES GetAccount is asked whether it sends again.
+PROVIDER_PROBE_INTERVAL_SECONDS = _positive_number("PROVIDER_PROBE_INTERVAL_SECONDS", 300)
 # The sweeper re-enqueues messages left `queued` this long past their due time
 # (a lost enqueue, a lost retry), and recovers messages left `sending` this long
 # (a worker that died mid-send).
@@ -281,6 +321,36 @@ SES_EVENTS_VISIBILITY_TIMEOUT = int(_positive_number("SES_EVENTS_VISIBILITY_TIME
 # SNS HTTPS endpoint (/webhooks/ses/): only these topics are accepted and confirmed.
 SNS_ALLOWED_TOPIC_ARNS = env.list("SNS_ALLOWED_TOPIC_ARNS", default=[])
 SNS_MAX_AGE_SECONDS = int(_positive_number("SNS_MAX_AGE_SECONDS", 3600, int))
+
+# --- Suppressions (issue 16) ----------------------------------------------------
+# POST /api/v1/suppressions/import and load_suppressions: the largest CSV file.
+SUPPRESSION_IMPORT_MAX_ROWS = int(_positive_number("SUPPRESSION_IMPORT_MAX_ROWS", 100_000, int))
+SUPPRESSION_IMPORT_MAX_BYTES = int(_positive_number("SUPPRESSION_IMPORT_MAX_BYTES", 10 * 1024 * 1024, int))
+# SES's account-level suppression list: pulled into ours every
+# SES_SUPPRESSION_SYNC_INTERVAL_SECONDS (and a lifted address is taken off it),
+# by default when SES sends; ours pushed to it with SES_SUPPRESSION_PUSH.
+SES_SUPPRESSION_SYNC = env.bool("SES_SUPPRESSION_SYNC", default=EMAIL_PROVIDER in ("ses", "sandbox"))
+SES_SUPPRESSION_PUSH = env.bool("SES_SUPPRESSION_PUSH", default=False)
+SES_SUPPRESSION_SYNC_INTERVAL_SECONDS = _positive_number("SES_SUPPRESSION_SYNC_INTERVAL_SECONDS", 3600)
+
+# --- Outbound status webhooks (tracking.webhooks) ------------------------------
+# Beat reads new StatusChange rows every WEBHOOK_DISPATCH_INTERVAL_SECONDS and
+# sends them to the subscribed endpoints; each POST waits at most
+# WEBHOOK_TIMEOUT_SECONDS to connect and for each read. An endpoint failing
+# without a break for WEBHOOK_DISABLE_AFTER_HOURS is disabled.
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = _positive_number("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 2)
+WEBHOOK_TIMEOUT_SECONDS = _positive_number("WEBHOOK_TIMEOUT_SECONDS", 10)
+WEBHOOK_DISABLE_AFTER_HOURS = _positive_number("WEBHOOK_DISABLE_AFTER_HOURS", 24)
+# A status change whose id was taken before a later one's but committed after
+# it is still picked up if it commits within this many seconds.
+WEBHOOK_OUTBOX_GAP_SECONDS = _positive_number("WEBHOOK_OUTBOX_GAP_SECONDS", 120)
+# Targets: https only, and only public addresses (checked when subscribing and
+# before every connection), unless these allow plain http / private, loopback,
+# link-local (cloud metadata) and other internal addresses.
+WEBHOOK_ALLOW_HTTP = env.bool("WEBHOOK_ALLOW_HTTP", default=False)
+WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", default=False)
+# Extra CA certificates (a PEM file) trusted for https receivers with a private CA.
+WEBHOOK_CA_BUNDLE = env.str("WEBHOOK_CA_BUNDLE", default="")
 
 EMAIL_HOST = env.str("SMTP_HOST", default="localhost")
 EMAIL_PORT = env.int("SMTP_PORT", default=25)
@@ -342,29 +412,70 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SWEEPER_INTERVAL_SECONDS,
         "options": {"expires": SWEEPER_INTERVAL_SECONDS, "queue": "emails.high"},
     },
+    "check-sending-breaker": {
+        "task": "emailsvc.breaker_check",
+        "schedule": BREAKER_INTERVAL_SECONDS,
+        "options": {"expires": BREAKER_INTERVAL_SECONDS, "queue": "emails.high"},
+    },
+    "probe-provider-account": {
+        "task": "emailsvc.provider_probe",
+        "schedule": PROVIDER_PROBE_INTERVAL_SECONDS,
+        "options": {"expires": PROVIDER_PROBE_INTERVAL_SECONDS, "queue": "emails.high"},
+    },
     "drain-ses-events": {
         "task": "tracking.drain_events",
         "schedule": SES_EVENTS_DRAIN_INTERVAL_SECONDS,
         # A run that could not start before the next one is due is dropped, not stacked.
         "options": {"expires": SES_EVENTS_DRAIN_INTERVAL_SECONDS},
     },
+    "dispatch-status-webhooks": {
+        "task": "tracking.webhooks_dispatch",
+        "schedule": WEBHOOK_DISPATCH_INTERVAL_SECONDS,
+        "options": {"expires": WEBHOOK_DISPATCH_INTERVAL_SECONDS},
+    },
 }
 
-# --- Logging ----------------------------------------------------------------
+if SES_SUPPRESSION_SYNC or SES_SUPPRESSION_PUSH:
+    CELERY_BEAT_SCHEDULE["sync-ses-suppressions"] = {
+        "task": "emailsvc.ses_suppressions_sync",
+        "schedule": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS,
+        "options": {"expires": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS, "queue": "emails.low"},
+    }
+
+# --- Metrics (emailsvc.metrics) --------------------------------------------------
+# /metrics answers a scraper that sends `Authorization: Bearer <METRICS_TOKEN>`;
+# with no token it is refused, unless METRICS_PUBLIC=true (when only the scraper
+# can reach the web process's address). PROMETHEUS_MULTIPROC_DIR (read by
+# prometheus-client itself from the environment) makes the figures of every
+# web, worker and beat process on a host add up.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="").strip()
+METRICS_PUBLIC = env.bool("METRICS_PUBLIC", default=False)
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
+if METRICS_TOKEN and METRICS_PUBLIC:
+    raise ImproperlyConfigured("set METRICS_TOKEN or METRICS_PUBLIC=true, not both")
+
+# --- Logging (emailsvc.logs) ------------------------------------------------------
+# One JSON object per line (LOG_FORMAT=text: the same fields for a human), from
+# every logger, with request_id / task_id / email_id; recipient addresses redacted.
 LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FORMAT = _choice("LOG_FORMAT", "json", ("json", "text"))
+# Workers and beat keep this configuration (emailsvc.logs connects Celery's setup_logging).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "emailsvc.redaction.RedactAddressesFilter"}},
-    "formatters": {
-        "keyvalue": {"format": "ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"},
-    },
+    "formatters": {"structured": {"()": "emailsvc.logs.formatter", "log_format": LOG_FORMAT}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "keyvalue", "filters": ["redact"]},
+        "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "botocore": {"level": "WARNING"},
         "boto3": {"level": "WARNING"},
+        # Django's own handlers (a plain console one under DEBUG, mail to ADMINS) would
+        # write its lines a second time, unformatted and unredacted: only the root's.
+        "django": {"handlers": [], "level": "NOTSET", "propagate": True},
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

@@ -2,15 +2,18 @@
 
 from django.conf import settings
 from django.db import connection
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from rest_framework import parsers, status
+from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from emailsvc.auth import CanRead, CanSend
+from emailsvc import metrics
+from emailsvc.auth import CanRead, CanSend, FullAccess
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body
-from emailsvc.selectors import message_get
+from emailsvc.selectors import message_get, message_list_queryset
 from emailsvc.serializers import (
     BatchInputSerializer,
     BatchOutputSerializer,
@@ -18,11 +21,54 @@ from emailsvc.serializers import (
     EmailDetailOutputSerializer,
     SendEmailInputSerializer,
     SendEmailOutputSerializer,
+    SendingResumeInputSerializer,
+    SendingResumeOutputSerializer,
+    SendingStatusOutputSerializer,
     send_request_validate,
 )
+from emailsvc.services.breaker import sending_resume, sending_status
 from emailsvc.services.idempotency import idempotency_request_hash, idempotent_call
 from emailsvc.services.scheduling import message_cancel
 from emailsvc.services.submission import message_submit, message_submit_batch
+from emailsvc.services.suppressions import ImportHasErrors, suppression_ensure, suppression_lift, suppressions_import
+from emailsvc.errors import NotFound, PayloadTooLarge
+from emailsvc.selectors import suppression_get, suppressions_list
+from emailsvc.serializers import (
+    SuppressionAddInputSerializer,
+    SuppressionImportErrorOutputSerializer,
+    SuppressionImportInputSerializer,
+    SuppressionImportOutputSerializer,
+    SuppressionImportUploadSerializer,
+    SuppressionListInputSerializer,
+    SuppressionOutputSerializer,
+    SuppressionPageOutputSerializer,
+)
+from emailsvc.suppression_csv import csv_text, suppression_rows_read
+from django.db import transaction
+from rest_framework.exceptions import NotFound as DrfNotFound
+
+from emailsvc.bulk import index_lookups
+from emailsvc.selectors_list import (
+    BY_ID,
+    GATHERED,
+    EmailFilters,
+    among,
+    created_id_bounds,
+    message_status_counts,
+    messages_filtered,
+    page_window,
+    planner_settings,
+    transition_counts,
+)
+from emailsvc.serializers import (
+    EmailListPageOutputSerializer,
+    EmailListInputSerializer,
+    EmailSummaryOutputSerializer,
+    StatsInputSerializer,
+    StatsOutputSerializer,
+    email_list_query_validate,
+    stats_query_validate,
+)
 
 ERRORS = {
     400: OpenApiResponse(ErrorBodySerializer, description="Validation error (code in `error`)"),
@@ -38,6 +84,44 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     required=False,
     description="Repeat a request safely: the same key and body return the first answer; another body is 409.",
 )
+
+
+EMAIL_LIST_METADATA = OpenApiParameter(
+    "metadata",
+    {"type": "object", "additionalProperties": {"type": "string", "maxLength": 1000}, "maxProperties": 10},
+    OpenApiParameter.QUERY,
+    required=False,
+    style="deepObject",
+    explode=True,
+    description="`metadata[key]=value`: emails whose metadata holds the string `value` at the top-level `key` (up to 10 keys)",
+)
+
+
+class _EmailPages(CursorPagination):
+    # By id, which is unique and follows acceptance: the cursor is one value, so a
+    # page deep into a million emails is an index range, and emails accepted
+    # meanwhile never shift the pages after it.
+    ordering = ("-id",)
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+    def decode_cursor(self, request):
+        try:
+            cursor = super().decode_cursor(request)
+        except DrfNotFound:
+            cursor = None
+            valid = False
+        else:
+            # DRF checks the cursor's shape, not that its position is an id.
+            position = cursor.position if cursor else None
+            valid = position is None or (position.isascii() and position.isdigit() and int(position) < 2**63)
+        if not valid:
+            raise ValidationFailed(
+                "The cursor is not valid: follow `next` or `previous` as given.",
+                fields={"cursor": ["Not a cursor of this list."]},
+            )
+        return cursor
 
 
 def _send_output(message) -> dict:
@@ -61,8 +145,71 @@ def _idempotent(request, call) -> Response:
     return Response(body, status=status_code)
 
 
-class EmailSendApi(APIView):
-    permission_classes = [CanSend]
+class EmailsApi(APIView):
+    """/emails: GET lists (read_only), POST sends (sending)."""
+
+    def get_permissions(self):
+        # Any other method needs no more than reading to learn it is not allowed (405).
+        return [CanSend() if self.request.method == "POST" else CanRead()]
+
+    @extend_schema(
+        operation_id="list_emails",
+        parameters=[EmailListInputSerializer, EMAIL_LIST_METADATA],
+        responses={200: EmailListPageOutputSerializer, **ERRORS},
+        description=(
+            "Needs `read_only`. Emails newest first, cursor-paginated (`limit` ≤ 500, default 50; follow `next`); "
+            "pages stay stable while new emails arrive. Filters, all of which must hold: `status` (repeat it or "
+            "separate with commas: any of them), `group_id`, `to` (any recipient), `tag`, `template` (a name), "
+            "`created_after` (included) / `created_before` (excluded), `metadata[key]=value` (the metadata's "
+            "top-level key holds that string; up to 10). `stats=true` adds `stats`, the count per status of every "
+            "email the filter matches (not only this page): exact (`stats_exact: true`) up to 10,000 matching emails, "
+            "past that on PostgreSQL an estimate from a sample of 10,000 of the ids the filter can reach. Any other "
+            "parameter, or a bad value, "
+            "is a 400 invalid_field naming it in `fields`."
+        ),
+    )
+    def get(self, request):
+        query = email_list_query_validate(request.query_params)
+        filters = EmailFilters(
+            statuses=tuple(dict.fromkeys(query.get("status", ()))),
+            group_id=query.get("group_id"),
+            to=query.get("to"),
+            tag=query.get("tag"),
+            template=query.get("template"),
+            created_after=query.get("created_after"),
+            created_before=query.get("created_before"),
+            metadata=tuple(query["metadata"]),
+        )
+        paginator = _EmailPages()
+        cursor = paginator.decode_cursor(request)
+        with transaction.atomic():  # the page, its recipients and the counts: one snapshot, bounded lookups by key
+            index_lookups()
+            bounds = created_id_bounds(created_after=filters.created_after, created_before=filters.created_before)
+            rows = messages_filtered(filters=filters, bounds=bounds)
+            ids = self._page_ids(paginator, rows, filters=filters, bounds=bounds, cursor=cursor)
+            page = message_list_queryset().filter(id__in=ids).order_by("-id")
+            data = EmailSummaryOutputSerializer(page, many=True).data
+            counts = message_status_counts(rows=rows, filters=filters, bounds=bounds) if query["stats"] else None
+        response = paginator.get_paginated_response(data)
+        if counts is not None:
+            response.data["stats"] = counts.counts
+            response.data["stats_exact"] = counts.exact
+        return response
+
+    def _page_ids(self, paginator, rows, *, filters, bounds, cursor) -> list[int]:
+        """The ids of the page (see emailsvc.selectors_list.page_window)."""
+        reverse = bool(cursor and cursor.reverse)
+        window = page_window(
+            filters=filters, bounds=bounds, reverse=reverse,
+            position=int(cursor.position) if cursor and cursor.position is not None else None,
+        )
+        if window is not None:
+            with planner_settings(**BY_ID):
+                found = paginator.paginate_queryset(among(rows, window.matches).values("id"), self.request, view=self)
+            if window.complete or (paginator.has_previous if reverse else paginator.has_next):
+                return [row["id"] for row in found]
+        with planner_settings(**(GATHERED if window is not None else {})):
+            return [row["id"] for row in paginator.paginate_queryset(rows.values("id"), self.request, view=self)]
 
     @extend_schema(
         operation_id="send_email",
@@ -75,7 +222,7 @@ class EmailSendApi(APIView):
             413: OpenApiResponse(ErrorBodySerializer, description="payload_too_large"),
         },
         description=(
-            "Validate, store and queue one email; answers 202 at once with its id. A future `send_at` "
+            "Needs `sending`. Validate, store and queue one email; answers 202 at once with its id. A future `send_at` "
             "makes it `scheduled`. Error codes: "
             "invalid_json, missing_fields, invalid_address, invalid_field, invalid_header, "
             "invalid_attachment, invalid_send_at, from_domain_not_allowed, reply_to_domain_not_allowed, "
@@ -86,6 +233,7 @@ class EmailSendApi(APIView):
     def post(self, request):
         def send() -> tuple[int, dict]:
             message = message_submit(api_key=request.auth, data=send_request_validate(request.data))
+            metrics.emails_accepted_observe(priorities=[message.priority], endpoint="single")
             return status.HTTP_202_ACCEPTED, SendEmailOutputSerializer(_send_output(message)).data
 
         return _idempotent(request, send)
@@ -116,6 +264,9 @@ class EmailBatchApi(APIView):
                 except ValidationFailed as error:
                     items.append(error)
             results = message_submit_batch(api_key=request.auth, items=items)
+            metrics.emails_accepted_observe(
+                priorities=[r.priority for r in results if not isinstance(r, EmailsvcError)], endpoint="batch"
+            )
             data, errors = [], []
             for index, result in enumerate(results):
                 if isinstance(result, EmailsvcError):
@@ -157,6 +308,39 @@ class EmailCancelApi(APIView):
     def post(self, request, email_id: str):
         message = message_cancel(email_id=email_id)
         return Response(CancelOutputSerializer(message).data)
+
+
+class SendingStatusApi(APIView):
+    permission_classes = [CanRead]
+
+    @extend_schema(
+        operation_id="sending_status",
+        responses={200: SendingStatusOutputSerializer, **ERRORS},
+        description=(
+            "Whether the account and each sending domain may send: the safety breaker's and the provider's "
+            "pauses (cause, reason, since, until, the figures that tripped it) and the rolling 24 h sent / "
+            "bounced / complained counts and rates, with the thresholds."
+        ),
+    )
+    def get(self, request):
+        return Response(SendingStatusOutputSerializer(sending_status()).data)
+
+
+class SendingResumeApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="sending_resume",
+        request=SendingResumeInputSerializer,
+        responses={200: SendingResumeOutputSerializer, **ERRORS},
+        description='Resume a paused sending domain (`"domain": "example.com"`), the account (`"*"`), or every '
+        "active pause (no domain). Held emails are queued again and sent, each once.",
+    )
+    def post(self, request):
+        serializer = SendingResumeInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        resumed = sending_resume(domain=serializer.validated_data.get("domain"), by=str(request.user))
+        return Response(SendingResumeOutputSerializer({"resumed": resumed}).data)
 
 
 class HealthApi(APIView):
@@ -201,6 +385,7 @@ class ReadinessApi(APIView):
         events = _events_queue_detail()
         if events is not None:
             body["events"] = events
+        body["sending"] = _sending_detail()
         return Response(body, status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
@@ -222,3 +407,246 @@ def _events_queue_detail() -> dict | None:
         }
     except Exception as error:  # readiness reports any failure, it does not raise
         return {"error": f"error: {type(error).__name__}"}
+
+
+def _sending_detail() -> dict:
+    """Active sending pauses (a paused account or domain is reported, not unready:
+    the API keeps accepting and the emails wait)."""
+    try:
+        from emailsvc.models import SendingPause
+
+        active = SendingPause.objects.filter(resumed_at__isnull=True).values("domain", "cause", "reason", "paused_at", "until")
+        return {"paused": [{**p, "paused_at": p["paused_at"].isoformat(), "until": p["until"] and p["until"].isoformat()} for p in active]}
+    except Exception as error:  # readiness reports any failure, it does not raise
+        return {"error": f"error: {type(error).__name__}"}
+
+
+# --- Suppressions (SPEC §4 /suppressions) -------------------------------------------
+# The bad rows an import answer lists; error_count says how many there were.
+MAX_REPORTED_ROW_ERRORS = 1000
+# Multipart framing around an uploaded file, on top of SUPPRESSION_IMPORT_MAX_BYTES.
+_MULTIPART_OVERHEAD_BYTES = 64 * 1024
+NOT_FOUND = {404: OpenApiResponse(ErrorBodySerializer, description="not_found")}
+EMAIL_PATH = OpenApiParameter(
+    "email", str, OpenApiParameter.PATH,
+    description="The address, in any case; an internationalised domain in either form (bücher.example or xn--bcher-kva.example)",
+)
+
+
+class _ReadsAndWrites(APIView):
+    """Reads need `read_only`, writes `full` (SPEC §4)."""
+
+    def get_permissions(self):
+        return [CanRead() if self.request.method in ("GET", "HEAD", "OPTIONS") else FullAccess()]
+
+
+class _NewestFirst(CursorPagination):
+    # By id: the cursor is one value, so a page deep into a long list is an
+    # index range, and entries added meanwhile never shift the pages after it.
+    ordering = ("-id",)
+    page_size = 50
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+    def decode_cursor(self, request):
+        cursor = super().decode_cursor(request)
+        # DRF checks the cursor's shape, not that its position is an id.
+        if cursor is not None and cursor.position is not None:
+            if not (cursor.position.isascii() and cursor.position.isdigit() and int(cursor.position) < 2**63):
+                raise NotFound("The cursor is not valid: follow `next` or `previous` as given.")
+        return cursor
+
+
+def _validated(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _actor(request) -> str:
+    """Who added a suppression, as its `source` shows."""
+    return f"api-key:{request.auth.name} ({request.auth.prefix})"[:255]
+
+
+class SuppressionListApi(_ReadsAndWrites):
+    @extend_schema(
+        operation_id="list_suppressions",
+        parameters=[SuppressionListInputSerializer],
+        responses={200: SuppressionPageOutputSerializer, **ERRORS, 404: OpenApiResponse(ErrorBodySerializer, description="An invalid cursor")},
+        description=(
+            "Suppressed addresses, newest first, cursor-paginated (`limit` ≤ 500, default 50; follow `next`). "
+            "Pages stay stable while entries are added. Filters: `reason`, `created_after`/`created_before`, "
+            "`search` (a part of the address), `prefix` (its start; an index lookup), `active`."
+        ),
+    )
+    def get(self, request):
+        query = _validated(SuppressionListInputSerializer, request.query_params.dict())
+        filters = {name: value for name, value in query.items() if name not in ("cursor", "limit")}
+        paginator = _NewestFirst()
+        page = paginator.paginate_queryset(suppressions_list(**filters), request, view=self)
+        return paginator.get_paginated_response(SuppressionOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="add_suppression",
+        request=SuppressionAddInputSerializer,
+        responses={
+            200: OpenApiResponse(SuppressionOutputSerializer, description="Already suppressed: the entry, unchanged"),
+            201: OpenApiResponse(SuppressionOutputSerializer, description="Suppressed now (or an expired entry renewed)"),
+            **ERRORS,
+        },
+        description=(
+            "Suppress an address. Idempotent: an address already suppressed answers 200 with its entry as it is "
+            "(reason, note and expiry unchanged; lift it first to change them); a new one, or one whose entry "
+            "expired, 201. Error codes: invalid_address, missing_fields, invalid_field, invalid_json."
+        ),
+    )
+    def post(self, request):
+        data = _validated(SuppressionAddInputSerializer, request.data)
+        suppression, created = suppression_ensure(**data, source=_actor(request))
+        return Response(SuppressionOutputSerializer(suppression).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class SuppressionDetailApi(_ReadsAndWrites):
+    @extend_schema(
+        operation_id="get_suppression",
+        parameters=[EMAIL_PATH],
+        responses={200: SuppressionOutputSerializer, **ERRORS, **NOT_FOUND},
+        description="The suppression of an address, given in any case and either form of an internationalised domain.",
+    )
+    def get(self, request, email: str):
+        return Response(SuppressionOutputSerializer(suppression_get(email=email)).data)
+
+    @extend_schema(
+        operation_id="lift_suppression",
+        parameters=[EMAIL_PATH],
+        responses={204: None, **ERRORS, **NOT_FOUND},
+        description=(
+            "Lift a suppression: the address may be sent to again. With SES_SUPPRESSION_SYNC it is also taken off "
+            "SES's account-level suppression list."
+        ),
+    )
+    def delete(self, request, email: str):
+        if not suppression_lift(email=email):
+            raise NotFound("That address is not suppressed.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CsvParser(parsers.BaseParser):
+    """A text/csv body, read as bytes up to SUPPRESSION_IMPORT_MAX_BYTES (413 past it)."""
+
+    media_type = "text/csv"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        limit = settings.SUPPRESSION_IMPORT_MAX_BYTES
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"The CSV file is larger than {limit:,} bytes; split it.")
+        return data
+
+
+class SuppressionImportApi(APIView):
+    permission_classes = [FullAccess]
+    parser_classes = [CsvParser, parsers.MultiPartParser]
+
+    @extend_schema(
+        operation_id="import_suppressions",
+        parameters=[SuppressionImportInputSerializer],
+        request={"text/csv": OpenApiTypes.STR, "multipart/form-data": SuppressionImportUploadSerializer},
+        responses={
+            200: SuppressionImportOutputSerializer,
+            400: OpenApiResponse(
+                SuppressionImportErrorOutputSerializer,
+                description="import_has_errors (with `errors`: every bad row by line; nothing imported), invalid_csv, "
+                "missing_fields, invalid_field",
+            ),
+            401: ERRORS[401],
+            403: ERRORS[403],
+            413: OpenApiResponse(ErrorBodySerializer, description="payload_too_large, too_many_rows"),
+            415: OpenApiResponse(ErrorBodySerializer, description="unsupported_media_type: send text/csv or multipart"),
+        },
+        description=(
+            "Suppress the addresses of a CSV file, sent as the body (`Content-Type: text/csv`) or as the multipart "
+            "file field `file`. UTF-8; a header row, then one address a row: `email[,reason,note,expires_at]` "
+            "(reason: empty means the `reason` parameter, default manual; expires_at: ISO-8601, in the future). "
+            "Every row is validated. All or nothing by default: if any row is bad, nothing is imported and the "
+            "answer is 400 import_has_errors listing every bad row by line (the header is line 1). With "
+            "`partial=true` the valid rows are imported and the bad ones reported (200). Addresses already "
+            "suppressed are left as they are (`existing`). At most SUPPRESSION_IMPORT_MAX_ROWS rows (100,000) "
+            "and SUPPRESSION_IMPORT_MAX_BYTES (10 MB)."
+        ),
+    )
+    def post(self, request):
+        query = _validated(SuppressionImportInputSerializer, request.query_params.dict())
+        limit = settings.SUPPRESSION_IMPORT_MAX_BYTES
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > limit + _MULTIPART_OVERHEAD_BYTES:  # refused before a byte of it is read
+            raise PayloadTooLarge(f"The CSV file is larger than {limit:,} bytes; split it.")
+        if isinstance(request.data, bytes):
+            content = request.data
+        elif CsvParser.media_type in request.content_type:
+            content = b""  # an empty body: DRF calls no parser for it
+        elif (upload := request.FILES.get("file")) is not None:
+            if upload.size > limit:
+                raise PayloadTooLarge(f"The CSV file is larger than {limit:,} bytes; split it.")
+            content = upload.read()
+        else:
+            raise ValidationFailed(
+                "Send the CSV file as the body (Content-Type: text/csv) or as the multipart file field 'file'.",
+                code="missing_fields",
+            )
+        rows = suppression_rows_read(
+            csv_text(content), max_rows=settings.SUPPRESSION_IMPORT_MAX_ROWS, default_reason=query["reason"]
+        )
+        reported = [vars(error) for error in rows.errors[:MAX_REPORTED_ROW_ERRORS]]
+        try:
+            result = suppressions_import(rows=rows, partial=query["partial"], source=_actor(request))
+        except ImportHasErrors as error:
+            body = {**error_body(error), "rows": rows.read, "error_count": len(rows.errors), "errors": reported}
+            return Response(body, status=error.http_status)
+        return Response(
+            {
+                "rows": result.read,
+                "imported": result.imported,
+                "existing": result.existing,
+                "duplicates": result.duplicates,
+                "error_count": len(result.errors),
+                "errors": reported,
+            }
+        )
+
+
+class StatsApi(APIView):
+    permission_classes = [CanRead]
+
+    @extend_schema(
+        operation_id="email_stats",
+        parameters=[StatsInputSerializer],
+        responses={200: StatsOutputSerializer, **ERRORS},
+        description=(
+            "Needs `read_only`. Recipient status transitions per hour or day (UTC) over a window (default the last "
+            "24 hours; at most 7 days by hour, 90 days by day): every bucket of the window with a count for every "
+            "status. A transition counts in the bucket of the moment the service recorded it (StatusChange.at): a "
+            "recipient delivered at 10:05 counts in `delivered` of the 10:00 bucket; one that was sent, delivered "
+            "and opened counts once in each. A message to three addresses counts three times. `group_id` and `tag` "
+            "keep the transitions of the emails that have them. Bad or unknown parameters: 400 invalid_field naming them."
+        ),
+    )
+    def get(self, request):
+        query = stats_query_validate(request.query_params)
+        with transaction.atomic():
+            index_lookups()
+            counted = transition_counts(
+                start=query["from"], end=query["to"], interval=query["interval"],
+                group_id=query.get("group_id"), tag=query.get("tag"),
+            )
+        body = {
+            "from": counted.start,
+            "to": counted.end,
+            "interval": counted.interval,
+            "buckets": [{"start": start, "counts": counts} for start, counts in counted.buckets],
+            "totals": counted.totals,
+        }
+        return Response(StatsOutputSerializer(body).data)

@@ -60,11 +60,14 @@ class WorkState(models.TextChoices):
     SCHEDULED = "scheduled", "scheduled (due at next_attempt_at = send_at)"
     QUEUED = "queued", "queued (due at next_attempt_at)"
     SENDING = "sending", "claimed by a worker"
+    HELD = "held", "waiting while its sending domain is paused"
     DONE = "done", "nothing left to send"
 
 
 # States in which the engine may claim a message once next_attempt_at has come.
 CLAIMABLE_STATES = (WorkState.SCHEDULED, WorkState.QUEUED)
+# States a caller may still cancel: nothing of the message has been claimed.
+CANCELLABLE_STATES = (WorkState.SCHEDULED, WorkState.QUEUED, WorkState.HELD)
 
 
 class Priority(models.TextChoices):
@@ -124,6 +127,9 @@ class Message(models.Model):
     group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     from_email = models.CharField(max_length=320)
+    sending_domain = models.CharField(
+        max_length=255, blank=True, help_text="The domain of from_email: what the safety breaker pauses"
+    )
     from_name = models.CharField(max_length=200, blank=True)
     reply_to = models.JSONField(default=list, blank=True)
     subject = models.TextField(blank=True)
@@ -134,6 +140,10 @@ class Message(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     template_name = models.CharField(max_length=200, blank=True)
     template_version = models.PositiveIntegerField(null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries",
+        help_text="The email whose soft-bounced recipient this one sends to again",
+    )
     template_data = models.JSONField(null=True, blank=True)
     send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
@@ -157,6 +167,10 @@ class Message(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["status", "created_at"], name="message_status_created"),
+            # GET /emails: one status, or one template, newest first, one index range
+            # deep (tags and metadata have GIN indexes on PostgreSQL: migration 0008).
+            models.Index(fields=["status", "-id"], name="message_status_newest"),
+            models.Index(fields=["template_name", "-id"], name="message_template_newest"),
             # A group's emails, newest first: cursor pages stay one index range deep into any group.
             models.Index(fields=["group", "-id"], name="message_group_newest"),
             models.Index(fields=["-created_at"], name="message_created_desc"),
@@ -168,6 +182,8 @@ class Message(models.Model):
             ),
             # The sweeper's look for claims a dead worker left behind.
             models.Index(fields=["sending_started_at"], condition=models.Q(state="sending"), name="message_sending"),
+            # Holding and releasing a paused domain's waiting emails.
+            models.Index(fields=["sending_domain", "state"], name="message_domain_state"),
         ]
 
     def __str__(self) -> str:
@@ -218,7 +234,8 @@ class Recipient(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["message", "email"], name="recipient_unique_per_message")]
-        indexes = [models.Index(fields=["email"], name="recipient_email")]
+        # An address's messages, newest first (GET /emails?to=), and any lookup by address.
+        indexes = [models.Index(fields=["email", "message"], name="recipient_email_message")]
         ordering = ["id"]
 
     def __str__(self) -> str:
@@ -298,3 +315,59 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.email}: {self.from_status} → {self.to_status}"
+
+
+class SendingPause(models.Model):
+    """Sending stopped for one sending domain, or for the whole account (`domain`
+    = "*"), until an operator resumes it or its cool-down ends (SPEC §6.4).
+
+    Rows are kept as the history of pauses: the active ones have `resumed_at`
+    empty. `figures` holds the rates that tripped the breaker, or the
+    provider's answer.
+    """
+
+    class Cause(models.TextChoices):
+        BREAKER = "breaker", "bounce or complaint rate too high"
+        PROVIDER = "provider", "the provider account stopped sending"
+        QUOTA = "quota", "the provider's daily quota is spent"
+        OPERATOR = "operator", "paused by an operator"
+
+    ACCOUNT = "*"
+
+    domain = models.CharField(max_length=255, help_text='A sending domain, or "*" for the whole account')
+    cause = models.CharField(max_length=16, choices=Cause.choices)
+    reason = models.TextField(blank=True)
+    figures = models.JSONField(default=dict, blank=True)
+    paused_at = models.DateTimeField()
+    until = models.DateTimeField(null=True, blank=True, help_text="Lifts on its own then (quota, cool-down)")
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    resumed_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["domain"], condition=models.Q(resumed_at__isnull=True), name="one_active_pause_per_domain"),
+        ]
+        indexes = [models.Index(fields=["domain", "-paused_at"], name="pause_domain_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.domain} paused ({self.cause}) at {self.paused_at:%Y-%m-%d %H:%M}"
+
+
+class SendingCounts(models.Model):
+    """Recipients handed to the provider, bounced and complained, per sending
+    domain and hour: the rolling 24 h rates of the safety breaker read ~25 rows
+    of this instead of a day of StatusChange rows. Kept by emailsvc.status in
+    the same transaction as the transitions it counts."""
+
+    sending_domain = models.CharField(max_length=255)
+    hour = models.DateTimeField()
+    sent = models.PositiveIntegerField(default=0)
+    bounced = models.PositiveIntegerField(default=0)
+    complained = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["sending_domain", "hour"], name="sending_counts_per_hour")]
+        indexes = [models.Index(fields=["hour"], name="sending_counts_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.sending_domain} {self.hour:%Y-%m-%d %H}:00"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from emailsvc.metrics import rate_limit_wait_observe
 from emailsvc.redisclient import redis_client
 
 if TYPE_CHECKING:
@@ -253,7 +254,9 @@ def rate_limit_reserve(
         client=client,
     )
     reply = reply.decode() if isinstance(reply, bytes) else str(reply)
-    return reply[0] == "G", max(float(reply[1:]), 0.0)
+    granted, wait = reply[0] == "G", max(float(reply[1:]), 0.0)
+    rate_limit_wait_observe(granted=granted, wait=wait)
+    return granted, wait
 
 
 def rate_limit_backlog(*, limit: RateLimit, client: redis.Redis | None = None) -> float:

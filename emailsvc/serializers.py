@@ -15,19 +15,20 @@ import json
 import mimetypes
 import re
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import getaddresses
 
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerializerFieldExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from emailsvc.addresses import InvalidAddress, address_canonical, printable, shown
 from emailsvc.errors import ErrorBodySerializer, validation_failed_from_drf
-from emailsvc.models import Priority, Recipient
+from emailsvc.models import Priority, Recipient, Status, Suppression
 
 # \Z, not $: "$" also matches before a final line break.
 EMAIL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}\Z")
@@ -683,6 +684,10 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     sent_at = serializers.DateTimeField(allow_null=True)
     template = serializers.CharField(source="template_name", help_text="The template it was rendered from, or empty")
     template_version = serializers.IntegerField(allow_null=True, help_text="The exact template version it used")
+    retry_of = serializers.CharField(
+        source="retry_of.email_id", allow_null=True, default=None,
+        help_text="The email whose soft-bounced recipient this one sends to again",
+    )
     recipients = RecipientDetailSerializer(many=True)
 
     def get_fields(self):
@@ -759,3 +764,371 @@ def send_request_validate(data) -> dict:
         return validator.run_validation(data)
     except serializers.ValidationError as error:
         raise validation_failed_from_drf(error.detail) from None
+
+
+class PauseFiguresSerializer(serializers.Serializer):
+    sent = serializers.IntegerField()
+    bounced = serializers.IntegerField()
+    complained = serializers.IntegerField()
+    bounce_rate = serializers.FloatField(allow_null=True)
+    complaint_rate = serializers.FloatField(allow_null=True)
+
+
+class SendingDomainStatusSerializer(serializers.Serializer):
+    domain = serializers.CharField(help_text='A sending domain, or "*" for the whole account')
+    paused = serializers.BooleanField()
+    cause = serializers.CharField(allow_null=True, help_text="breaker, provider, quota or operator")
+    reason = serializers.CharField(allow_blank=True)
+    since = serializers.DateTimeField(allow_null=True)
+    until = serializers.DateTimeField(allow_null=True, help_text="When the pause lifts on its own (quota, cool-down)")
+    figures_at_pause = serializers.DictField(allow_null=True)
+    last_24h = PauseFiguresSerializer()
+
+
+class BreakerThresholdsSerializer(serializers.Serializer):
+    bounce_rate_pause = serializers.FloatField()
+    complaint_rate_pause = serializers.FloatField()
+    min_sent = serializers.IntegerField()
+    auto_resume_hours = serializers.FloatField(allow_null=True)
+
+
+class SendingStatusOutputSerializer(serializers.Serializer):
+    account = SendingDomainStatusSerializer()
+    domains = SendingDomainStatusSerializer(many=True)
+    thresholds = BreakerThresholdsSerializer()
+
+
+class SendingResumeInputSerializer(serializers.Serializer):
+    domain = TextField(
+        required=False, max_length=255, single_line=True, refuse_blank=True,
+        help_text='The domain to resume, "*" for the account; leave out to resume every pause',
+    )
+
+    def validate_domain(self, value):
+        return value if value == "*" else value.strip().lower()
+
+
+class SendingResumeOutputSerializer(serializers.Serializer):
+    resumed = serializers.IntegerField(help_text="How many pauses ended")
+
+
+# --- Suppressions (SPEC §4 /suppressions) -------------------------------------------
+
+# A note may run over lines; other control characters (NUL above all) are refused.
+_NOTE_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*\Z"
+MAX_SUPPRESSION_NOTE = 2000
+
+
+class SuppressionAddressField(TextField):
+    """One bare address (no display name), in its canonical form."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 320)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        try:
+            return address_canonical(value)
+        except InvalidAddress as error:
+            raise serializers.ValidationError(str(error), code="invalid_address") from None
+
+
+class FutureDateTimeField(serializers.DateTimeField):
+    def to_internal_value(self, value):
+        moment = super().to_internal_value(value)
+        if moment <= timezone.now():
+            raise serializers.ValidationError("must be in the future.", code="invalid_field")
+        return moment
+
+
+class SuppressionAddInputSerializer(serializers.Serializer):
+    email = SuppressionAddressField(help_text="The address; any case, an internationalised domain in either form")
+    reason = serializers.ChoiceField(choices=Suppression.Reason.choices, default=Suppression.Reason.MANUAL)
+    note = TextField(
+        required=False, allow_blank=True, default="", max_length=MAX_SUPPRESSION_NOTE,
+        validators=[RegexValidator(_NOTE_PATTERN, message="note may not contain control characters.", code="invalid_field")],
+    )
+    expires_at = FutureDateTimeField(required=False, allow_null=True, default=None, help_text="Lifted by itself then; null: never")
+
+
+class SuppressionOutputSerializer(serializers.Serializer):
+    email = serializers.CharField()
+    reason = serializers.ChoiceField(choices=Suppression.Reason.choices)
+    source = serializers.CharField(help_text="Who or what added it: an API key, an import, an event id, ses-account-list")
+    note = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    active = serializers.SerializerMethodField(help_text="False once expires_at has passed (sends are no longer refused)")
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_active(self, suppression) -> bool:
+        return suppression.expires_at is None or suppression.expires_at > timezone.now()
+
+
+class SuppressionListInputSerializer(serializers.Serializer):
+    """The query of GET /suppressions (also what the schema states)."""
+
+    reason = serializers.ChoiceField(choices=Suppression.Reason.choices, required=False)
+    created_after = serializers.DateTimeField(required=False, help_text="Added at or after this moment")
+    created_before = serializers.DateTimeField(required=False, help_text="Added before this moment")
+    search = TextField(required=False, allow_blank=True, single_line=True, max_length=320, help_text="A part of the address (any case)")
+    prefix = TextField(
+        required=False, allow_blank=True, single_line=True, max_length=320,
+        help_text="The start of the address (any case); an index lookup, fast on any list size",
+    )
+    active = serializers.BooleanField(required=False, help_text="true: leave out expired entries; false: only them")
+    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of a page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Entries a page (default 50)")
+
+
+SuppressionPageOutputSerializer = cursor_page_serializer(SuppressionOutputSerializer, "SuppressionPageOutputSerializer")
+
+
+class SuppressionImportInputSerializer(serializers.Serializer):
+    """The query of POST /suppressions/import."""
+
+    partial = serializers.BooleanField(
+        default=False, help_text="true: import the valid rows and report the bad ones; false (default): any bad row imports nothing"
+    )
+    reason = serializers.ChoiceField(
+        choices=Suppression.Reason.choices, default=Suppression.Reason.MANUAL, help_text="For rows whose reason cell is empty"
+    )
+
+
+class SuppressionImportUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="The CSV file: header row `email[,reason,note,expires_at]`, UTF-8")
+
+
+class SuppressionImportRowErrorSerializer(serializers.Serializer):
+    line = serializers.IntegerField(help_text="Line in the file; the header is line 1")
+    error = serializers.CharField(help_text="invalid_address, missing_fields, invalid_reason, invalid_expires_at, invalid_field")
+    detail = serializers.CharField()
+
+
+class SuppressionImportOutputSerializer(serializers.Serializer):
+    rows = serializers.IntegerField(help_text="Data rows read (blank lines and the header not counted)")
+    imported = serializers.IntegerField(help_text="Addresses suppressed by this import")
+    existing = serializers.IntegerField(help_text="Addresses already suppressed, left as they were")
+    duplicates = serializers.IntegerField(help_text="Rows repeating an address of an earlier row")
+    error_count = serializers.IntegerField(help_text="Bad rows, not imported")
+    errors = SuppressionImportRowErrorSerializer(many=True, help_text="The bad rows (the first 1,000)")
+
+
+class SuppressionImportErrorOutputSerializer(ErrorBodySerializer):
+    """The error body; for import_has_errors also every bad row (nothing was imported)."""
+
+    rows = serializers.IntegerField(required=False, help_text="import_has_errors: data rows read")
+    error_count = serializers.IntegerField(required=False, help_text="import_has_errors: bad rows")
+    errors = SuppressionImportRowErrorSerializer(
+        many=True, required=False, help_text="import_has_errors: the bad rows (the first 1,000)"
+    )
+
+
+# --- Listing emails and counting them (GET /emails, GET /stats) -----------------------------
+
+MAX_METADATA_FILTERS = 10
+_METADATA_PARAM = re.compile(r"metadata\[(.*)\]", re.DOTALL)
+# Datetimes a caller may give: a day short of datetime's own limits, so that
+# windows can be widened to whole hours and days without overflowing.
+_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+class MomentField(serializers.DateTimeField):
+    """An ISO-8601 date-time (UTC when it names no zone), answered in UTC."""
+
+    def to_internal_value(self, value):
+        if isinstance(value, str) and _CONTROL.search(value):
+            raise serializers.ValidationError(f"{self.field_name} may not contain control characters.", code="invalid_field")
+        try:
+            moment = super().to_internal_value(value).astimezone(UTC)
+        except serializers.ValidationError:
+            raise serializers.ValidationError(
+                f"{self.field_name} {shown(str(value))} is not an ISO-8601 date-time, e.g. 2026-12-01T09:00:00Z.",
+                code="invalid_field",
+            ) from None
+        except (OverflowError, ValueError):
+            moment = None
+        if moment is None or not _EARLIEST <= moment <= _LATEST:
+            raise serializers.ValidationError(f"{self.field_name} is out of range.", code="invalid_field")
+        return moment
+
+
+def _filter_text(max_length: int, help_text: str) -> TextField:
+    return TextField(required=False, single_line=True, refuse_blank=True, max_length=max_length, help_text=help_text)
+
+
+class EmailListInputSerializer(serializers.Serializer):
+    """The query of GET /api/v1/emails (besides `metadata[key]`)."""
+
+    status = serializers.ListField(
+        child=serializers.ChoiceField(
+            choices=Status.choices,
+            error_messages={"invalid_choice": f'"{{input}}" is not a status; one of: {", ".join(Status.values)}.'},
+        ),
+        required=False,
+        help_text="Emails in any of these statuses: repeat the parameter or separate them with commas",
+    )
+    group_id = _filter_text(200, "Emails of this group")
+    to = _filter_text(320, "Emails with this recipient (to, cc or bcc), in any case and either form of an IDN domain")
+    tag = _filter_text(MAX_TAG, "Emails with this tag among their tags")
+    template = _filter_text(200, "Emails rendered from the template of this name (any version)")
+    created_after = MomentField(required=False, help_text="Accepted at or after this moment (ISO-8601)")
+    created_before = MomentField(required=False, help_text="Accepted before this moment (ISO-8601)")
+    stats = serializers.BooleanField(
+        required=False, default=False,
+        help_text="true: add `stats`, the emails of the whole filter (every page) counted per status",
+    )
+    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of a page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Emails a page (default 50)")
+
+
+class _MetadataFilterSerializer(serializers.Serializer):
+    key = TextField(max_length=200, single_line=True, refuse_blank=True, noun="A metadata key", trim_whitespace=False)
+    value = TextField(max_length=1000, single_line=True, noun="A metadata value", allow_blank=True, trim_whitespace=False)
+
+
+def _one_value(query, name: str, problems: dict) -> str | None:
+    values = query.getlist(name)
+    if len(values) > 1:
+        problems.setdefault(name, []).append(f"Give {name} once.")
+    return values[-1] if values else None
+
+
+def _error_list(errors) -> list:
+    """A parameter's messages, however nested (a list's items report by index)."""
+    if isinstance(errors, dict):
+        return [message for value in errors.values() for message in _error_list(value)]
+    if isinstance(errors, list):
+        return [message for value in errors for message in _error_list(value)]
+    return [errors]
+
+
+def email_list_query_validate(query) -> dict:
+    """The validated query of GET /api/v1/emails (a QueryDict), or ValidationFailed naming each bad parameter.
+
+    `status` may be repeated or comma-separated; `metadata[key]=value` may be
+    given for up to MAX_METADATA_FILTERS keys; any other parameter is refused.
+    """
+    problems: dict[str, list] = {}
+    data: dict = {}
+    metadata: list[tuple[str, str]] = []
+    for name in query:
+        matched = _METADATA_PARAM.fullmatch(name)
+        if matched:
+            for value in query.getlist(name):
+                item = _MetadataFilterSerializer(data={"key": matched.group(1), "value": value})
+                if item.is_valid():
+                    metadata.append((item.validated_data["key"], item.validated_data["value"]))
+                else:
+                    problems.setdefault(name, []).extend(m for messages in item.errors.values() for m in messages)
+        elif name == "status":
+            data["status"] = [part.strip() for value in query.getlist(name) for part in value.split(",")]
+        elif name in EmailListInputSerializer._declared_fields:
+            data[name] = _one_value(query, name, problems)
+        elif name == "metadata" or name.startswith("metadata["):
+            problems.setdefault(name, []).append("Filter on metadata as metadata[key]=value.")
+        else:
+            problems.setdefault(name, []).append(f"Unknown parameter {shown(name)}.")
+    if len(metadata) > MAX_METADATA_FILTERS:
+        problems.setdefault("metadata", []).append(f"At most {MAX_METADATA_FILTERS} metadata filters are allowed.")
+    serializer = EmailListInputSerializer(data=data)
+    if not serializer.is_valid():
+        for name, errors in serializer.errors.items():
+            problems.setdefault(name, []).extend(_error_list(errors))
+    if problems:
+        raise validation_failed_from_drf(problems)
+    return {**serializer.validated_data, "metadata": metadata}
+
+
+StatusCountsSerializer = type(
+    "StatusCountsSerializer",
+    (serializers.Serializer,),
+    {
+        "__doc__": "A count for every status (0 included).",
+        **{status: serializers.IntegerField(min_value=0) for status in Status.values},
+    },
+)
+
+
+class EmailListPageOutputSerializer(EmailPageOutputSerializer):
+    """One page of GET /api/v1/emails; with `stats=true` also the counts of the whole filter."""
+
+    stats = StatusCountsSerializer(
+        required=False,
+        help_text="stats=true: the emails matching the filter (all pages) per status. Exact when `stats_exact`; "
+        "past 10,000 matching emails (PostgreSQL) an estimate from a sample of the ids the filter can reach",
+    )
+    stats_exact = serializers.BooleanField(required=False, help_text="stats=true: whether `stats` are exact counts")
+
+
+from emailsvc.selectors_list import INTERVALS, bucket_ceil, bucket_floor  # noqa: E402 - the list's own section
+
+
+class StatsInputSerializer(serializers.Serializer):
+    """The query of GET /api/v1/stats."""
+
+    # Buckets a window may span once widened to whole ones: 7 days by hour, 90 by day (+1 partly covered).
+    MAX_BUCKETS = {"hour": 7 * 24 + 1, "day": 90 + 1}
+
+    from_ = MomentField(required=False, help_text="Start of the window (ISO-8601; default `to` − 24 h), rounded down to the interval")
+    to = MomentField(required=False, help_text="End of the window (ISO-8601; default now), rounded up to the interval")
+    interval = serializers.ChoiceField(choices=["hour", "day"], default="hour", help_text="Bucket size (UTC hours or days)")
+    group_id = _filter_text(200, "Only the transitions of this group's emails")
+    tag = _filter_text(MAX_TAG, "Only the transitions of emails with this tag")
+
+    def get_fields(self):
+        return _rename_field(super().get_fields(), "from_", "from")
+
+    def validate(self, attrs):
+        end = attrs.get("to") or timezone.now().astimezone(UTC)
+        start = attrs.get("from") or end - timedelta(hours=24)
+        interval = attrs["interval"]
+        if start >= end:
+            raise serializers.ValidationError({"from": [serializers.ErrorDetail("from must be before to.", code="invalid_field")]})
+        step = INTERVALS[interval]
+        if (bucket_ceil(end, interval) - bucket_floor(start, interval)) / step > self.MAX_BUCKETS[interval]:
+            days = (self.MAX_BUCKETS[interval] - 1) * step.total_seconds() / 86400
+            raise serializers.ValidationError(
+                {"from": [serializers.ErrorDetail(
+                    f"The window is at most {days:g} days with interval={interval}.", code="invalid_field"
+                )]}
+            )
+        return {**attrs, "from": start, "to": end}
+
+
+def stats_query_validate(query) -> dict:
+    """The validated query of GET /api/v1/stats (a QueryDict), or ValidationFailed naming each bad parameter."""
+    problems: dict[str, list] = {}
+    fields = StatsInputSerializer().fields
+    data = {}
+    for name in query:
+        if name in fields:
+            data[name] = _one_value(query, name, problems)
+        else:
+            problems.setdefault(name, []).append(f"Unknown parameter {shown(name)}.")
+    serializer = StatsInputSerializer(data=data)
+    if not problems and not serializer.is_valid():
+        problems.update(serializer.errors)
+    if problems:
+        raise validation_failed_from_drf(problems)
+    return serializer.validated_data
+
+
+class StatsBucketSerializer(serializers.Serializer):
+    start = serializers.DateTimeField(help_text="Start of the bucket (UTC); it ends where the next one starts")
+    counts = StatusCountsSerializer(help_text="Transitions to each status recorded in the bucket")
+
+
+class StatsOutputSerializer(serializers.Serializer):
+    """GET /api/v1/stats: recipient status transitions per bucket."""
+
+    from_ = serializers.DateTimeField(help_text="Start of the window counted (rounded down to the interval)")
+    to = serializers.DateTimeField(help_text="End of the window counted (rounded up to the interval), excluded")
+    interval = serializers.ChoiceField(choices=["hour", "day"])
+    buckets = StatsBucketSerializer(many=True)
+    totals = StatusCountsSerializer(help_text="The buckets added up")
+
+    def get_fields(self):
+        return _rename_field(super().get_fields(), "from_", "from")

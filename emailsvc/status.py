@@ -13,20 +13,24 @@ recipients. PostgreSQL gets `FOR UPDATE`; SQLite serialises writers anyway
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db import connection, transaction
 
+from emailsvc import metrics
 from emailsvc.bulk import index_lookups, rows_update
 from emailsvc.models import (
+    CANCELLABLE_STATES,
     CLAIMABLE_STATES,
     NOT_SENT_STATUSES,
     PENDING_STATUSES,
     PRECEDENCE,
     Message,
     Recipient,
+    SendingCounts,
     Status,
     StatusChange,
     WorkState,
@@ -153,7 +157,9 @@ def changes_apply(
         if changed_rows:
             rows_update(Recipient, changed_rows, at=at)
         if changes:
-            StatusChange.objects.bulk_create(changes)
+            _status_changes_insert(changes)
+            _sending_counts_add(changes, messages)
+            metrics.status_changes_observe(changes)  # counted once this transaction commits
 
         by_message: dict[int, list[str]] = {mid: [] for mid in ids}
         for message_id, _email, status in current.values():
@@ -163,7 +169,7 @@ def changes_apply(
         for message_id in ids:
             if message_id not in messages:
                 continue
-            old_status, old_state = messages[message_id]
+            old_status, old_state, _domain = messages[message_id]
             row = dict(message_fields.get(message_id, {}))
             state = row.get("state", old_state)
             status = displayed_status(by_message[message_id], state)
@@ -178,31 +184,96 @@ def changes_apply(
     return applied
 
 
-def messages_lock(ids: list[int]) -> dict[int, tuple[str, str]]:
-    """Lock the messages (in id order, as every writer does) and read {id: (status, state)}."""
+def _status_changes_insert(changes: list[StatusChange]) -> None:
+    """Append the StatusChange rows: on PostgreSQL one INSERT … SELECT unnest(arrays)
+    (no model instance per row on the way in, the engine's costliest step); else bulk_create."""
+    if connection.vendor != "postgresql":
+        StatusChange.objects.bulk_create(changes)
+        return
+    table = StatusChange._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
+            "SELECT m, r, e, f, t, a, c, d::jsonb FROM unnest("
+            "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[]"
+            ") AS u(m, r, e, f, t, a, c, d)",
+            [
+                [c.message_id for c in changes], [c.recipient_id for c in changes], [c.email for c in changes],
+                [c.from_status for c in changes], [c.to_status for c in changes], [c.at for c in changes],
+                [c.cause for c in changes], [json.dumps(c.detail or {}) for c in changes],
+            ],
+        )
+
+
+# A recipient handed to the provider leaves the pending states for one of these
+# (an event may move it past `sent` before the worker records it): counted once.
+_ACCEPTED = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
+
+
+def _sending_counts_add(changes: list[StatusChange], messages: dict[int, tuple[str, str, str]]) -> None:
+    """Add this transaction's sends, bounces and complaints to the hourly counts
+    per sending domain (one upsert), which the safety breaker reads."""
+    counts: dict[tuple[str, datetime], list[int]] = {}
+    for change in changes:
+        sent = change.from_status in PENDING_STATUSES and change.to_status in _ACCEPTED
+        bounced = change.to_status == Status.BOUNCED
+        complained = change.to_status == Status.COMPLAINED
+        if not (sent or bounced or complained):
+            continue
+        domain = messages[change.message_id][2]
+        row = counts.setdefault((domain, change.at.replace(minute=0, second=0, microsecond=0)), [0, 0, 0])
+        row[0] += sent
+        row[1] += bounced
+        row[2] += complained
+    if not counts:
+        return
+    table = SendingCounts._meta.db_table
+    hour_field = SendingCounts._meta.get_field("hour")
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(counts))
+    params = []
+    for (domain, hour), (sent, bounced, complained) in sorted(counts.items()):  # one lock order
+        params += [domain, hour_field.get_db_prep_save(hour, connection), sent, bounced, complained]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (sending_domain, hour, sent, bounced, complained) VALUES {values} "
+            f"ON CONFLICT (sending_domain, hour) DO UPDATE SET sent = {table}.sent + excluded.sent, "
+            f"bounced = {table}.bounced + excluded.bounced, complained = {table}.complained + excluded.complained",
+            params,
+        )
+
+
+def messages_lock(ids: list[int]) -> dict[int, tuple[str, str, str]]:
+    """Lock the messages (in id order, as every writer does) and read
+    {id: (status, state, sending domain)}."""
     table = Message._meta.db_table
+    columns = "id, status, state, sending_domain"
     if connection.vendor == "postgresql":
-        sql = f"SELECT id, status, state FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
+        sql = f"SELECT {columns} FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
         params: list = [ids]
     else:
-        sql = f"SELECT id, status, state FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
+        sql = f"SELECT {columns} FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
         params = ids
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+        return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
 
 
 # --- The delivery engine's claims ------------------------------------------------
 
 
-def messages_claim(*, priorities: Sequence[str], limit: int, now: datetime) -> list[int]:
+def messages_claim(
+    *, priorities: Sequence[str], limit: int, now: datetime, paused_domains: Sequence[str] = ()
+) -> list[int]:
     """Claim up to `limit` due messages, of the first priority first, then the
     next (oldest due first within each).
 
     One guarded statement on PostgreSQL (`FOR UPDATE SKIP LOCKED`, so workers
     never wait for each other nor claim the same row); SQLite serialises its
     statements. A claimed message is `sending`, its attempt counted, and shows
-    `sending` unless a recipient has already moved on. Commits before any send.
+    `sending` unless a recipient has already moved on. Messages of
+    `paused_domains` are left (they are normally `held`; this also covers one
+    put back by a chunk that ran while its domain was being paused). Commits
+    before any send.
     """
     table = Message._meta.db_table
     now_value = Message._meta.get_field("updated_at").get_db_prep_save(now, connection)
@@ -212,6 +283,9 @@ def messages_claim(*, priorities: Sequence[str], limit: int, now: datetime) -> l
         "attempts = attempts + 1, sending_started_at = %s, updated_at = %s"
     )
     due = f"SELECT id FROM {table} WHERE state IN ('scheduled', 'queued') AND priority = %s AND next_attempt_at <= %s"
+    paused = sorted(paused_domains)
+    if paused:
+        due += " AND sending_domain NOT IN (" + ", ".join(["%s"] * len(paused)) + ")"
     claimed: list[int] = []
     with transaction.atomic(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -220,7 +294,7 @@ def messages_claim(*, priorities: Sequence[str], limit: int, now: datetime) -> l
             for index, priority in enumerate(priorities):
                 remaining = " - ".join(["%s", *[f"(SELECT count(*) FROM p{i})" for i in taken]])
                 ctes.append(f"p{index} AS ({due} ORDER BY next_attempt_at LIMIT ({remaining}) FOR UPDATE SKIP LOCKED)")
-                params += [priority, now_value, limit]
+                params += [priority, now_value, *paused, limit]
                 taken.append(index)
             union = " UNION ALL ".join(f"SELECT id FROM p{i}" for i in taken)
             cursor.execute(
@@ -234,7 +308,7 @@ def messages_claim(*, priorities: Sequence[str], limit: int, now: datetime) -> l
                     break
                 cursor.execute(
                     f"UPDATE {table} SET {set_clause} WHERE id IN ({due} ORDER BY next_attempt_at LIMIT %s) RETURNING id",
-                    [now_value, now_value, priority, now_value, limit - len(claimed)],
+                    [now_value, now_value, priority, now_value, *paused, limit - len(claimed)],
                 )
                 claimed += [row[0] for row in cursor.fetchall()]
     return sorted(claimed)
@@ -248,7 +322,7 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     pending recipients become `cancelled`. False when it was claimed or is done."""
     with transaction.atomic():
         locked = messages_lock([message_id])
-        if message_id not in locked or locked[message_id][1] not in CLAIMABLE_STATES:
+        if message_id not in locked or locked[message_id][1] not in CANCELLABLE_STATES:
             return False
         pending = Recipient.objects.filter(message_id=message_id, status__in=PENDING_STATUSES).values_list("id", flat=True)
         changes_apply(
@@ -260,10 +334,35 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     return True
 
 
-def submission_statuses(*, message: Message, recipients: list[Recipient], suppressed: dict[str, str], scheduled: bool) -> None:
+def domain_hold(*, domain: str, at: datetime) -> int:
+    """A paused domain's waiting messages (scheduled or queued) become `held`:
+    no claim looks at them. How many. Their statuses do not change."""
+    return Message.objects.filter(sending_domain=domain, state__in=CLAIMABLE_STATES).update(
+        state=WorkState.HELD, updated_at=at
+    )
+
+
+def domain_release(*, domain: str | None, at: datetime) -> list[str]:
+    """`held` messages of a resumed domain (all domains when None) are `queued`
+    again, each still due at its own next_attempt_at. Their priorities, one
+    entry per message, so the caller can publish tasks for them."""
+    held = Message.objects.filter(state=WorkState.HELD)
+    if domain is not None:
+        held = held.filter(sending_domain=domain)
+    # Those not due yet are scheduled again, so scheduled_publish gives them their ETA task.
+    held.filter(next_attempt_at__gt=at).update(state=WorkState.SCHEDULED, updated_at=at)
+    priorities = list(held.values_list("priority", flat=True))
+    held.update(state=WorkState.QUEUED, updated_at=at)
+    return priorities
+
+
+def submission_statuses(
+    *, message: Message, recipients: list[Recipient], suppressed: dict[str, str], scheduled: bool, held: bool = False
+) -> None:
     """Set the initial statuses of a message about to be stored (unsaved rows):
     suppressed addresses `suppressed` at once; the rest `scheduled` or `queued`;
-    a message with nothing left to send is `done`."""
+    a message with nothing left to send is `done`; one whose sending domain is
+    paused is `held` until it is resumed."""
     initial = Status.SCHEDULED if scheduled else Status.QUEUED
     for recipient in recipients:
         if recipient.email in suppressed:
@@ -273,6 +372,8 @@ def submission_statuses(*, message: Message, recipients: list[Recipient], suppre
             recipient.status = initial
     if all(r.status == Status.SUPPRESSED for r in recipients):
         message.state = WorkState.DONE
+    elif held:
+        message.state = WorkState.HELD
     else:
         message.state = WorkState.SCHEDULED if scheduled else WorkState.QUEUED
     message.status = displayed_status([r.status for r in recipients], message.state)

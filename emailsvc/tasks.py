@@ -3,7 +3,9 @@
 from celery import shared_task
 from django.db import close_old_connections
 
+from emailsvc import metrics
 from emailsvc.models import Priority
+from emailsvc.services.breaker import breaker_check, provider_probe
 from emailsvc.services.delivery import deliver_due
 from emailsvc.services.queueing import chunk_follow_up
 from emailsvc.services.scheduling import messages_sweep, scheduled_publish
@@ -18,6 +20,7 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     # A task published before chunked delivery carries a message id: any due work will do.
     priority = priority if priority in Priority.values else Priority.LOW
     result = deliver_due(priority=priority)
+    metrics.delivery_chunk_observe(result)
     if result.retry_in is not None:
         raise self.retry(countdown=result.retry_in)
     chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=result.due_later)
@@ -34,3 +37,43 @@ def scheduled_publish_task() -> int:
 def messages_sweep_task() -> dict:
     close_old_connections()
     return vars(messages_sweep())
+
+
+@shared_task(name="emailsvc.breaker_check", ignore_result=True)
+def breaker_check_task() -> list[str]:
+    close_old_connections()
+    return breaker_check().paused
+
+
+@shared_task(name="emailsvc.provider_probe", ignore_result=True)
+def provider_probe_task() -> bool:
+    close_old_connections()
+    return provider_probe()
+
+
+@shared_task(name="emailsvc.ses_suppressions_sync", ignore_result=True)
+def ses_suppressions_sync_task() -> dict:
+    """Pull SES's account-level suppression list (SES_SUPPRESSION_SYNC) and push ours (SES_SUPPRESSION_PUSH)."""
+    from django.conf import settings
+
+    from emailsvc.services.suppressions import ses_suppressions_sync
+
+    close_old_connections()
+    return ses_suppressions_sync(pull=settings.SES_SUPPRESSION_SYNC, push=settings.SES_SUPPRESSION_PUSH)
+
+
+@shared_task(bind=True, name="emailsvc.ses_suppression_delete", max_retries=8, ignore_result=True)
+def ses_suppression_delete_task(self, email: str) -> bool:
+    """Take a lifted address off SES's account-level list; retried while SES is busy or unreachable."""
+    import logging
+
+    from emailsvc.ses_suppressions import SesSuppressionListError
+    from emailsvc.services.suppressions import ses_suppression_forget
+
+    try:
+        return ses_suppression_forget(email=email)
+    except SesSuppressionListError as error:
+        if error.transient or error.status is None:
+            raise self.retry(countdown=min(60 * 2**self.request.retries, 3600)) from None
+        logging.getLogger(__name__).warning("lifted address not taken off SES's suppression list: %s", error)
+        return False

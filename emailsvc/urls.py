@@ -1,10 +1,20 @@
 from django.urls import path
 
-from emailsvc.apis import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailSendApi
+from emailsvc.apis import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi, SendingResumeApi, SendingStatusApi
+from emailsvc.apis import StatsApi
+from emailsvc.apis import SuppressionDetailApi, SuppressionImportApi, SuppressionListApi
+
 
 urlpatterns = [
-    path("emails", EmailSendApi.as_view(), name="emails"),
+    path("emails", EmailsApi.as_view(), name="emails"),
     path("emails/batch", EmailBatchApi.as_view(), name="emails-batch"),
     path("emails/<str:email_id>/cancel", EmailCancelApi.as_view(), name="email-cancel"),
     path("emails/<str:email_id>", EmailDetailApi.as_view(), name="email-detail"),
+    path("stats", StatsApi.as_view(), name="stats"),
+    path("sending-status", SendingStatusApi.as_view(), name="sending-status"),
+    path("sending-status/resume", SendingResumeApi.as_view(), name="sending-resume"),
+    path("suppressions", SuppressionListApi.as_view(), name="suppressions"),
+    path("suppressions/import", SuppressionImportApi.as_view(), name="suppressions-import"),
+    # <path:…>: an address may hold "/" (RFC 5322 allows it before the "@").
+    path("suppressions/<path:email>", SuppressionDetailApi.as_view(), name="suppression-detail"),
 ]

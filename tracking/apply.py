@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -14,6 +15,7 @@ from emailsvc import status
 from emailsvc.bulk import index_lookups, rows_update
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
+from emailsvc.services.submission import message_retry_submit
 from emailsvc.services.suppressions import suppression_add
 from tracking.models import EngagementEvent, EventType
 from tracking.normalize import NormalizedEvent, ses_body_parse
@@ -116,25 +118,70 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
         previous = last_event.get(recipient.pk)
         if previous is None or (event.occurred_at, event.event_id) >= (previous.occurred_at, previous.event_id):
             last_event[recipient.pk] = event
+    retries: set[int] = set()
     if touched:
         rows_update(Recipient, {pk: {name: getattr(r, name) for name in FACT_FIELDS} for pk, r in touched.items()}, at=now)
+        derived = {pk: _status_from_facts(recipient) for pk, recipient in touched.items()}
+        if Status.SOFT_BOUNCED in derived.values():
+            retries = set(
+                Message.objects.filter(pk__in={r.message_id for r in touched.values()}, retry_of__isnull=False)
+                .values_list("pk", flat=True)
+            )
         changes = []
         for pk, recipient in touched.items():
-            derived = _status_from_facts(recipient)
-            if derived is not None:
-                event = last_event[pk]
-                changes.append(
-                    status.RecipientChange(
-                        pk, derived, "event", only_from=None,
-                        detail={"event_type": event.event_type, "event_id": event.event_id},
-                    )
+            if derived[pk] is None:
+                continue
+            event = last_event[pk]
+            fields = {}
+            if derived[pk] == Status.SOFT_BOUNCED and recipient.message_id in retries:
+                # The one re-send a soft bounce earns bounced softly too: it fails, unsuppressed.
+                derived[pk] = Status.FAILED
+                fields = {"failed_reason": f"soft-bounced again: {(recipient.bounce or {}).get('subtype', '')}".strip()}
+            changes.append(
+                status.RecipientChange(
+                    pk, derived[pk], "event", only_from=None, fields=fields,
+                    detail={"event_type": event.event_type, "event_id": event.event_id},
                 )
+            )
         status.changes_apply(message_ids={r.message_id for r in touched.values()}, recipient_changes=changes, at=now)
     _provider_ids_learn(fresh, message_of)
     for key, event in fresh.items():
         if key in inserted:
             _policy_apply(event)
+            if _is_soft_bounce(event):
+                _soft_bounce_apply(event, message_of.get(key) if recipient_of.get(key) else None, retries, now)
     return outcome
+
+
+SOFT_BOUNCE_SUBTYPES = frozenset({"General", "MailboxFull", "MessageTooLarge", "ContentRejected", "AttachmentRejected"})
+
+
+def _is_soft_bounce(event: NormalizedEvent) -> bool:
+    return (
+        event.event_type == EventType.BOUNCE
+        and event.detail.get("bounce_type") == "Transient"
+        and event.detail.get("bounce_subtype") in SOFT_BOUNCE_SUBTYPES
+    )
+
+
+def _soft_bounce_apply(event: NormalizedEvent, message_id: int | None, retries: set[int], now) -> None:
+    """A soft bounce earns its recipient one re-send after SOFT_BOUNCE_RETRY_SECONDS
+    (a new email linked to this one); SOFT_BOUNCE_LIMIT soft bounces of one
+    address within SOFT_BOUNCE_WINDOW_DAYS suppress it (`soft_bounce_limit`)."""
+    if message_id is not None and message_id not in retries:
+        message_retry_submit(
+            message_id=message_id, email=event.recipient, at=now + timedelta(seconds=settings.SOFT_BOUNCE_RETRY_SECONDS)
+        )
+    since = now - timedelta(days=settings.SOFT_BOUNCE_WINDOW_DAYS)
+    count = EngagementEvent.objects.filter(
+        recipient_email=event.recipient, occurred_at__gte=since, event_type=EventType.BOUNCE,
+        detail__bounce_type="Transient",
+    ).count()
+    if count >= settings.SOFT_BOUNCE_LIMIT:
+        suppression_add(
+            email=event.recipient, reason=Suppression.Reason.SOFT_BOUNCE_LIMIT, source=f"ses:bounce:{event.event_id}"[:255],
+            note=f"{count} soft bounces in {settings.SOFT_BOUNCE_WINDOW_DAYS:g} days", keep_existing=True,
+        )
 
 
 def _correlate(events) -> dict[tuple[str, str], int]:

@@ -11,6 +11,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from redis.exceptions import LockNotOwnedError, RedisError
 
 from emailsvc.redisclient import redis_client
+from emailsvc.services.breaker import breaker_check
 from emailsvc.sqs import drain_report_save, events_queue_url, sqs_client
 from tracking.apply import events_apply, events_relink
 from tracking.models import EngagementEvent
@@ -90,6 +91,8 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
         except LockNotOwnedError:
             logger.warning("the drain lock expired during the run")
     result.relinked = events_relink()
+    if result.applied:
+        breaker_check()  # bounces and complaints just counted: do the rates cross a line?
     _status_report(client, queue_url, result)
     logger.info(
         "drain received=%d applied=%d duplicates=%d unmatched=%d malformed=%d failed=%d deleted=%d receives=%d "

@@ -65,6 +65,7 @@ from emailsvc.ratelimit import (
 from emailsvc.redaction import redact_address
 from emailsvc.redisclient import redis_client
 from emailsvc.selectors import suppressed_addresses
+from emailsvc.services import breaker
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +171,12 @@ class ChunkResult:
     deferred: int = 0
     suppressed: int = 0
     released: int = 0
+    internal: int = 0  # of `failed`: our own code failed (a bug), not the provider
     chunk_size: int = 0
     # The limiter is booked further ahead than a worker should wait: nothing
     # was claimed; try again in this many seconds.
     retry_in: float | None = None
+    paused: bool = False  # the whole account is paused: nothing was claimed
     # Messages put back for later, as (priority, seconds from now).
     due_later: list[tuple[str, float]] = field(default_factory=list)
 
@@ -208,15 +211,28 @@ def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
         if _due_exists(priority):
             result.retry_in = backlog - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2
         return result
+    paused = breaker.paused_domains()
+    if breaker.ACCOUNT in paused:
+        result.paused = True  # the tasks published when it is resumed take the work
+        return result
     now = timezone.now()
     with transaction.atomic():  # the claim commits with its rows read, before any send
         index_lookups()
-        claimed = status.messages_claim(priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now)
+        claimed = status.messages_claim(
+            priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now, paused_domains=paused
+        )
         outgoing = _load(claimed) if claimed else {}
     result.claimed = len(claimed)
     if not claimed:
         return result
-    outcomes = _send_all(outgoing, limit=limit)
+    outcomes, context = _send_all(outgoing, limit=limit)
+    if context.account_stop is not None:
+        # Every worker stops claiming; what this chunk did not send waits, unattempted.
+        error = context.account_stop
+        if isinstance(error, AccountStoppedError):
+            breaker.provider_stopped(reason=error.reason)
+        else:
+            breaker.quota_spent(reason=error.reason)
     _record(outgoing, outcomes, result)
     _journal_clear([outgoing[pk].email_id for pk in outcomes])
     logger.info(
@@ -283,11 +299,12 @@ class _ChunkContext:
     limit: RateLimit
     deadline: float
     # Set when the provider says the whole account cannot send (paused, daily
-    # quota): the rest of the chunk is put back without trying.
-    stopped_for: float | None = None
+    # quota): the rest of the chunk is put back without trying, and the account
+    # is paused for every worker.
+    account_stop: DeliveryError | None = None
 
 
-def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> dict[int, SendOutcome]:
+def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> tuple[dict[int, SendOutcome], _ChunkContext]:
     context = _ChunkContext(limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS)
     outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
@@ -296,15 +313,27 @@ def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> dict[int, S
     elif sendable:
         for message, outcome in zip(sendable, _send_pool().map(lambda m: _send_slot(m, context), sendable)):
             outcomes[message.pk] = outcome
-    return outcomes
+    return outcomes, context
 
 
 def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
-    """Send one message and journal the answer before taking the next one."""
-    if context.stopped_for is not None:
-        return SendOutcome(released_for=context.stopped_for, reason="the provider account is not sending")
+    """Send one message and journal the answer before taking the next one.
+
+    The email is built before its tokens are booked, so that between the
+    booked moment and the send only the provider call remains: sends then
+    reach the provider as evenly spaced as the limiter books them."""
+    if context.account_stop is not None:
+        return SendOutcome(released_for=0.0, reason=f"sending paused: {context.account_stop.reason}")
     if time.monotonic() > context.deadline:
         return SendOutcome(released_for=0.0, reason="the chunk ran out of time")
+    try:
+        email = providers.build_email(message, message.recipients, message.attachments)
+    except Exception as error:  # building the message failed: our bug, not the provider's
+        failure = providers.classify(error)
+        logger.error("delivery failed on our side email_id=%s: %s", message.email_id, failure.reason, exc_info=error)
+        outcome = _outcome_of_error(message, failure, context)
+        _journal_write(message, outcome)
+        return outcome
     try:
         granted, wait = rate_limit_reserve(
             limit=context.limit, tokens=len(message.recipients), max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS
@@ -316,24 +345,19 @@ def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
         return SendOutcome(released_for=wait, reason="waiting for the send rate limit")
     if wait:
         time.sleep(wait)
-    outcome = _send_one(message, context)
+    outcome = _send_one(message, email, context)
     _journal_write(message, outcome)
     return outcome
 
 
-def _send_one(message: Outgoing, context: _ChunkContext) -> SendOutcome:
+def _send_one(message: Outgoing, email, context: _ChunkContext) -> SendOutcome:
     recipients = message.recipients
     try:
-        email = providers.build_email(message, recipients, message.attachments)
         answer = providers.provider_send(message.provider, email)
     except DeliveryError as error:
         if isinstance(error, InternalDeliveryError):
             logger.error("delivery failed on our side email_id=%s: %s", message.email_id, error.reason, exc_info=error)
         return _outcome_of_error(message, error, context)
-    except Exception as error:  # building the message failed: our bug, not the provider's
-        failure = providers.classify(error)
-        logger.error("delivery failed on our side email_id=%s: %s", message.email_id, failure.reason, exc_info=error)
-        return _outcome_of_error(message, failure, context)
     outcome = SendOutcome(provider_message_id=answer.provider_message_id, sent_at=timezone.now())
     for recipient in recipients:
         refusal = answer.refused.get(recipient.email)
@@ -350,14 +374,11 @@ def _send_one(message: Outgoing, context: _ChunkContext) -> SendOutcome:
 
 def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkContext) -> SendOutcome:
     ids = [recipient.id for recipient in message.recipients]
-    if isinstance(error, AccountStoppedError):
-        logger.error("ALERT provider account stopped sending: %s", error.reason)
-        context.stopped_for = settings.DELIVERY_RETRY_MAX_SECONDS
-        return SendOutcome(released_for=context.stopped_for, reason=error.reason)
-    if isinstance(error, TransientDeliveryError) and error.wait_seconds:
-        # The account's daily quota: every message of the chunk waits for it.
-        context.stopped_for = error.wait_seconds
-        return SendOutcome(released_for=error.wait_seconds, reason=error.reason)
+    if isinstance(error, AccountStoppedError) or (isinstance(error, TransientDeliveryError) and error.wait_seconds):
+        # The account, not this message: paused or its daily quota spent. The
+        # message waits unattempted (the pause holds every worker back).
+        context.account_stop = error
+        return SendOutcome(released_for=0.0, reason=error.reason)
     if isinstance(error, TransientDeliveryError):
         return SendOutcome(deferred=dict.fromkeys(ids, error.reason), reason=error.reason)
     return SendOutcome(failed=dict.fromkeys(ids, error.reason), reason=error.reason)
@@ -470,6 +491,7 @@ def _message_fields(
             for rid, reason in failed.items()
         ]
         result.failed += len(failed)
+        result.internal += sum(1 for reason in failed.values() if reason.startswith("internal error"))
         for reason in set(failed.values()):
             logger.warning("delivery failed email_id=%s: %s", message.email_id, redact_address(reason))
     if deferred:

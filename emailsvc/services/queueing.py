@@ -105,3 +105,18 @@ def retries_enqueue(*, due_later: list[tuple[str, float]]) -> int:
         tasks = min(math.ceil(len(delays) / size), settings.DELIVERY_PARALLEL_CHUNKS)
         published += delivery_enqueue(priority=priority, tasks=tasks, countdown=max(delays) + 0.05)
     return published
+
+
+def due_work_enqueue() -> int:
+    """Publish tasks for every priority with due work (after the account was
+    resumed: every task meanwhile found sending paused and claimed nothing)."""
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from emailsvc.models import CLAIMABLE_STATES, Message
+
+    due = dict(
+        Message.objects.filter(state__in=CLAIMABLE_STATES, next_attempt_at__lte=timezone.now())
+        .values("priority").annotate(n=Count("pk")).values_list("priority", "n").order_by()
+    )
+    return deliveries_enqueue(priorities=[p for p, n in due.items() for _ in range(min(n, 100_000))])

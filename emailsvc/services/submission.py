@@ -23,8 +23,9 @@ from emailsvc.models import (
     WorkState,
 )
 from emailsvc.policy import check_sender_policy
-from emailsvc.selectors import suppressed_addresses
+from emailsvc.selectors import one_or_none, suppressed_addresses
 from emailsvc.serializers import parse_address
+from emailsvc.services.breaker import paused_domains
 from emailsvc.services.queueing import deliveries_enqueue
 from templates_app.errors import TemplateNotFound
 from templates_app.models import TemplateVersion
@@ -151,6 +152,7 @@ def _submission_build(
     scheduled = send_at is not None and send_at > now
     message = Message(
         from_email=from_email,
+        sending_domain=from_email.rpartition("@")[2],
         from_name=from_name,
         # Shown as given (a non-ASCII name stays readable); encoded when sent.
         reply_to=[str(Address(display_name=name, addr_spec=address)) for name, address in reply_to],
@@ -193,10 +195,14 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
     if group_ids:
         Group.objects.bulk_create([Group(id=group_id) for group_id in group_ids], ignore_conflicts=True)
     suppressed = suppressed_addresses(addresses=list({r.email for s in submissions for r in s.recipients}))
+    paused = paused_domains(now=now)
     for submission in submissions:
         message = submission.message
         scheduled = message.send_at is not None and message.send_at > now
-        status.submission_statuses(message=message, recipients=submission.recipients, suppressed=suppressed, scheduled=scheduled)
+        status.submission_statuses(
+            message=message, recipients=submission.recipients, suppressed=suppressed, scheduled=scheduled,
+            held=message.sending_domain in paused,  # accepted, and waits for its domain to be resumed
+        )
         if message.state == WorkState.QUEUED:
             message.queued_at = now
     Message.objects.bulk_create([s.message for s in submissions])
@@ -324,3 +330,33 @@ def _check_size(message: Message, recipients: list[Recipient], attachments: list
         raise PayloadTooLarge(
             f"The encoded message is {size:,} bytes; at most {settings.MAX_MESSAGE_BYTES:,} are allowed."
         )
+
+
+def message_retry_submit(*, message_id: int, email: str, at: datetime) -> Message | None:
+    """Send one recipient of a message again at `at`, as a new email linked to
+    it (`retry_of`): what a soft bounce earns once (SPEC §6.4).
+
+    The copy keeps the original's content, sender, group, tags, metadata,
+    template record and attachments, and goes to that address only. Returns
+    None — and sends nothing — when the message is itself such a retry, or
+    already has one for that address. Runs in the caller's transaction.
+    """
+    original = one_or_none(Message.objects.filter(pk=message_id))
+    recipient = one_or_none(Recipient.objects.filter(message_id=message_id, email=email))
+    if original is None or recipient is None or original.retry_of_id is not None:
+        return None
+    if Message.objects.filter(retry_of_id=message_id, recipients__email=email).exists():
+        return None
+    copied = [
+        "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
+        "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "provider",
+    ]
+    message = Message(**{name: getattr(original, name) for name in copied}, send_at=at, next_attempt_at=at, retry_of=original)
+    copy = Recipient(email=recipient.email, name=recipient.name, role=recipient.role, group_id=original.group_id)
+    attachments = [
+        Attachment(filename=a.filename, content_type=a.content_type, content=a.content, size=a.size)
+        for a in Attachment.objects.filter(message_id=message_id)
+    ]
+    _submissions_store([_Submission(message=message, recipients=[copy], attachments=attachments)], now=timezone.now())
+    logger.info("soft bounce: email_id=%s is sent again as %s at %s", original.email_id, message.email_id, at.isoformat())
+    return message
