@@ -1,16 +1,16 @@
-"""`--profile`: run one path of the service under pyinstrument and write the
-profile to benchmarks/results/profile-<target>.{html,txt}.
+"""`--profile`: run one path of the service under a profiler and write the
+profile to benchmarks/results/profile-<target>.*.
 
 Targets (each a smaller load than the figure it explains):
-- deliver: the default, the slowest path per email in our runs (figure 3: about
-           20 ms of CPU per email, against ~7 ms to accept one): a real
-           `celery -A config worker --pool solo` under pyinstrument, delivering
-           a backlog to the SMTP sink; the solo pool runs tasks in the worker's
-           main thread, so one profile holds Celery's own work and the task's;
-- drain:   `events_drain` in this process over SNS-wrapped SES events on moto's
-           SQS (figure 5);
-- accept:  POST /api/v1/emails through Django's test client in this process
-           (figure 1, without gunicorn's own small share).
+- deliver:     the default: figure 3's setup (`celery worker --concurrency 2`,
+               limiter off, a backlog, the SMTP sink) under py-spy, every
+               process and thread (the send slots are threads);
+- deliver-ses: the same through the SES stand-in (30 ms answers, no moto);
+- drain:       `events_drain` in this process over SNS-wrapped SES events on
+               moto's SQS (figure 5), under pyinstrument;
+- accept:      POST /api/v1/emails through Django's test client in this
+               process (figure 1, without gunicorn's own small share), under
+               pyinstrument.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.context import Bench
@@ -80,37 +81,186 @@ def profile_accept(bench: Bench, results_dir: Path) -> None:
     _write(profiler.last_session, results_dir, "accept")
 
 
-def profile_deliver(bench: Bench, results_dir: Path) -> None:
+# What a stack's frames say about where a sample's time went, first match wins
+# (checked from the innermost frame outwards).
+_AREAS = [
+    ("PostgreSQL client (psycopg)", ("psycopg/",)),
+    ("Django ORM / SQL compiler", ("django/db/",)),
+    ("Redis client (limiter, journal, broker)", ("redis/",)),
+    ("SMTP session (smtplib, socket)", ("smtplib.py", "ssl.py", "socket.py")),
+    ("boto3 / botocore / urllib3 (SES call)", ("botocore/", "boto3/", "urllib3/")),
+    ("MIME build (email package, Django mail, anymail)", ("email/", "django/core/mail", "anymail/")),
+    ("JSON", ("json/",)),
+    ("Celery / kombu / billiard (task machinery)", ("celery/", "kombu/", "billiard/", "vine/", "amqp/")),
+    ("thread pool hand-off", ("concurrent/futures", "threading.py", "queue.py")),
+    ("logging", ("logging/",)),
+    ("service code (emailsvc)", ("emailsvc/",)),
+]
+
+
+STARTUP = ("<frozen importlib", "django/__init__.py", "autodiscover", "process_initializer")
+STARTUP_AREA = "start-up (imports, forking the pool)"
+
+
+def _startup(stack: str) -> bool:
+    # A pool process's every stack descends from the parent's
+    # _create_worker_process (it forked there): only the parent's own part is start-up.
+    return (any(marker in stack for marker in STARTUP)
+            or ("_create_worker_process" in stack and "BaseProcess._bootstrap" not in stack))
+
+
+def _area(stack: str) -> str:
+    if _startup(stack):
+        return STARTUP_AREA
+    frames = stack.split(";")
+    for frame in reversed(frames):
+        for name, needles in _AREAS:
+            if any(needle in frame for needle in needles):
+                return name
+    return "other (interpreter)"
+
+
+def _step(stack: str) -> str:
+    """The innermost service frame of a stack (what the service was doing), or
+    what ran outside the service's code."""
+    if _startup(stack):
+        return STARTUP_AREA
+    for frame in reversed(stack.split(";")):
+        if "emailsvc/" in frame or "tracking/" in frame:
+            return frame
+    if "celery/" in stack or "kombu/" in stack or "billiard/" in stack:
+        return "Celery / kombu outside the task (consumer, events, acks)"
+    return "other (interpreter, idle loops)"
+
+
+@dataclass
+class Profile:
+    text: str
+    samples: int  # after start-up
+    areas: dict[str, float]  # share of the samples after start-up, by library area
+    steps: dict[str, float]  # the same by innermost service frame
+
+    def top(self, which: str = "areas", count: int = 6) -> str:
+        shares = getattr(self, which)
+        return ", ".join(f"{name.split(' (')[0] if which == 'areas' else name} {100 * share:.0f} %"
+                         for name, share in sorted(shares.items(), key=lambda item: -item[1])[:count])
+
+
+def summarize_collapsed(path: Path, title: str) -> Profile:
+    """A report of py-spy's raw (collapsed) stacks: samples by library area, by
+    service step, the service's frames inclusive, and the functions with the
+    most samples of their own."""
+    areas: dict[str, int] = {}
+    steps: dict[str, int] = {}
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines() if path.exists() else []:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        areas[_area(stack)] = areas.get(_area(stack), 0) + samples
+        steps[_step(stack)] = steps.get(_step(stack), 0) + samples
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + samples
+        for frame in set(frames):
+            if "emailsvc/" in frame or "celery/app/trace" in frame:
+                inclusive[frame] = inclusive.get(frame, 0) + samples
+    if not total:
+        return Profile(text=f"{title}\n\nno samples\n", samples=0, areas={}, steps={})
+    startup = areas.pop(STARTUP_AREA, 0)
+    steps.pop(STARTUP_AREA, None)
+    running = max(1, total - startup)
+
+    def table(counts: dict[str, int], limit: int, base: int) -> list[str]:
+        return [f"{100 * n / base:6.1f} %  {n:7d}  {name}"
+                for name, n in sorted(counts.items(), key=lambda item: -item[1])[:limit]]
+
+    lines = [title, "", f"{total} samples of the thread holding the GIL (py-spy --gil; every process); "
+             f"{startup} in start-up (imports, forking the pool), left out below; shares of the other {running}", "",
+             "By library area (innermost recognised frame):", *table(areas, 20, running), "",
+             "By service step (innermost emailsvc frame):", *table(steps, 25, running), "",
+             "Service and task frames, inclusive (time in them and everything they call; start-up included):",
+             *table(inclusive, 30, total), "",
+             "Functions with the most samples of their own (top 40; start-up included):", *table(own, 40, total), ""]
+    return Profile(text="\n".join(lines), samples=running,
+                   areas={k: v / running for k, v in areas.items()}, steps={k: v / running for k, v in steps.items()})
+
+
+def profile_deliver(bench: Bench, results_dir: Path, *, ses: bool = False, count: int | None = None,
+                    endpoints=None, quiet: bool = False) -> Profile | None:
+    """The delivery figure's setup (`celery worker --concurrency 2`, limiter off,
+    the SMTP sink — or with `ses`, the SES stand-in answering in 30 ms — a
+    backlog queued first) under py-spy, which samples every process and thread
+    (the send slots are threads: a profiler of the main thread alone would miss
+    them). Writes profile-<target>.txt (summary) and
+    profile-<target>.collapsed.txt (the stacks; speedscope.app opens them)."""
+    import shutil
+
     stack = bench.stack
-    count = 300 if bench.params.quick else 1000
+    target = "deliver-ses" if ses else "deliver"
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        if quiet:
+            return None
+        raise SystemExit("py-spy is not installed: pip install -r benchmarks/requirements.txt "
+                         "(`make bench-profile` does it)")
+    count = count or (2000 if bench.params.quick else 6000)
     group = f"bench-profile-{int(time.time())}"
+    bench.retire_due()
     stack.flush_tasks()
-    bench.submit(count, group=group, provider="smtp")
-    session = results_dir / "run.tmp" / "deliver.pyisession"
-    env = {"EMAIL_PROVIDER": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(bench.start_sink()),
-           "SEND_RATE_PER_SECOND": "0"}
+    own_endpoints = ses and endpoints is None
+    if ses:
+        from benchmarks.ses import Endpoints
+
+        endpoints = endpoints or Endpoints(bench)
+        env = {"EMAIL_PROVIDER": "ses", "SEND_RATE_PER_SECOND": "0", "AWS_ENDPOINT_URL": endpoints.moto,
+               "AWS_ENDPOINT_URL_SESV2": endpoints.standin_url}
+    else:
+        env = {"EMAIL_PROVIDER": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(bench.start_sink()),
+               "SEND_RATE_PER_SECOND": "0"}
+    bench.submit(count, group=group, provider="ses" if ses else "smtp")
+    raw = results_dir / f"profile-{target}.collapsed.txt"
+    started = time.monotonic()
     worker = stack.spawn(
         "profiled-worker",
-        [sys.executable, "-m", "pyinstrument", "--interval", "0.001", "-r", "session", "-o", str(session),
-         "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--queues", ALL_QUEUES, "--loglevel", "INFO",
+        [spy, "record", "--subprocesses", "--gil", "--rate", "250", "--format", "raw", "--nolineno",
+         "--output", str(raw), "--", sys.executable, "-m", "celery", "-A", "config", "worker", "--queues", ALL_QUEUES,
+         "--concurrency", str(bench.params.worker_concurrency), "--loglevel", "INFO",
          "--hostname", "bench-profile@%h"],
         stack.env(**env),
     )
     try:
         sent = bench.wait_group_sent(group, count, timeout=120 + count / 5)
-        print(f"  {sent}/{count} delivered by the profiled worker", flush=True)
-        # SIGINT: pyinstrument sees the program end and writes its session.
+        seconds = time.monotonic() - started
+        if not quiet:
+            print(f"  {sent}/{count} delivered by the profiled worker in {seconds:.1f} s (start-up included)",
+                  flush=True)
+        # SIGINT to py-spy: it stops the worker and writes what it sampled.
         worker.process.send_signal(signal.SIGINT)
         worker.process.wait(timeout=60)
     finally:
         stack.stop(worker)
         stack.flush_tasks()
-    from pyinstrument.session import Session
+        if own_endpoints:
+            endpoints.close()
+    provider = "the SES stand-in (30 ms, no moto)" if ses else bench.sink_label
+    title = (f"profile {target}: {sent} emails, `celery worker --concurrency {bench.params.worker_concurrency}` "
+             f"under py-spy (250 Hz, samples of the thread holding the GIL: Python CPU time), {provider}, "
+             "limiter off; start-up included")
+    profile = summarize_collapsed(raw, title)
+    text = results_dir / f"profile-{target}.txt"
+    text.write_text(profile.text)
+    if not quiet:
+        print(profile.text)
+        print(f"written: {text} and {raw}")
+    return profile
 
-    _write(Session.load(str(session)), results_dir, "deliver")
 
-
-TARGETS = {"drain": profile_drain, "deliver": profile_deliver, "accept": profile_accept}
+TARGETS = {"drain": profile_drain, "deliver": profile_deliver, "accept": profile_accept,
+           "deliver-ses": lambda bench, results_dir: profile_deliver(bench, results_dir, ses=True)}
 
 
 def run(bench: Bench, target: str, results_dir: Path) -> None:

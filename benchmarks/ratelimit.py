@@ -3,8 +3,10 @@
 Four `celery worker` processes share one backlog and deliver to the SMTP sink,
 which records when each message arrived: that is what a provider counts. The
 reference row runs the same load with our limiter off and Celery's own per-task
-`rate_limit` set to the same figure (benchmarks/reference_celery.py): Celery's
-bucket lives in each worker process, so four workers may send four times as much.
+`rate_limit` set to the same figure (benchmarks/reference_celery.py), with one
+email per task (DELIVERY_CHUNK_SIZE=1: Celery limits tasks, and a chunk task
+carries up to 100 emails): Celery's bucket lives in each worker process, so
+four workers may send four times as much.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ SETTLE_SECONDS = 1.5
 
 def measure(bench: Bench, *, rate: int, reference: bool) -> None:
     params, stack = bench.params, bench.stack
-    workers, seconds = params.rate_workers, params.rate_seconds
+    workers = params.rate_workers
+    seconds = params.reference_seconds if reference else params.seconds_at(rate)
     # Enough backlog that the workers never run dry: Celery's per-worker bucket
     # may let every worker send at the full rate; and no more than the
     # machine can deliver (measured in figure 3), or seeding takes longer than the run.
@@ -33,9 +36,10 @@ def measure(bench: Bench, *, rate: int, reference: bool) -> None:
     group = f"bench-rate-{rate}-{'celery' if reference else 'ours'}-{int(time.time())}"
     env = {"EMAIL_PROVIDER": "smtp", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(bench.start_sink())}
     if reference:
-        env.update(SEND_RATE_PER_SECOND="0", BENCH_CELERY_RATE_LIMIT=f"{rate}/s")
+        env.update(SEND_RATE_PER_SECOND="0", BENCH_CELERY_RATE_LIMIT=f"{rate}/s", DELIVERY_CHUNK_SIZE="1")
     else:
         env.update(SEND_RATE_PER_SECOND=str(rate))
+    bench.retire_due()
     stack.flush_tasks()
     bench.submit(count, group=group, provider="smtp")
     services = stack.start_workers(
@@ -53,30 +57,44 @@ def measure(bench: Bench, *, rate: int, reference: bool) -> None:
         stack.flush_tasks()
     achieved = len(arrivals) / seconds
     peak = most_in_window(arrivals, 1.0)
+    # The same window on the workers' clock: Message.sent_at, taken when the
+    # sink answered. Both clocks see a send a few ms after the limiter booked
+    # it, each with its own jitter (thread scheduling, the sink reader's wake-ups).
+    sent = sorted(row["sent_at"].timestamp() for row in bench.group_times(group)
+                  if row["sent_at"] and start <= row["sent_at"].timestamp() < end)
+    sent_peak = most_in_window(sent, 1.0)
     per_second = [0] * int(seconds)  # arrivals in each whole second of the window, for latest.json
     for at in arrivals:
         per_second[min(int(at - start), len(per_second) - 1)] += 1
-    limiter = (f"our limiter off; Celery `rate_limit={rate}/s` on emailsvc.deliver (reference)" if reference
-               else f"SEND_RATE_PER_SECOND={rate}, burst 1")
+    limiter = (f"our limiter off; Celery `rate_limit={rate}/s` on emailsvc.deliver, one email per task "
+               "(DELIVERY_CHUNK_SIZE=1) (reference)" if reference else f"SEND_RATE_PER_SECOND={rate}, burst 1")
     notes = []
     if reference:
         notes.append("Celery's limit is per worker process: together up to about "
                      f"{workers} × {rate} = {workers * rate}/s")
     else:
-        notes.append(f"the limiter allows at most {rate + 1} in any second (rate + burst)")
+        notes.append(f"the limiter allows at most {rate + 1} in any second (rate + burst); counted at the sink "
+                     f"(arrival times); on the workers' clock (Message.sent_at): {len(sent) / seconds:,.1f}/s, "
+                     f"most in any 1 s {sent_peak}")
+        notes.append("issue 13's target: achieved / configured within 1 %, no 1-s window above rate + burst")
+        notes.append(f"backlog {count:,} emails, more than the window can send")
+        notes.append("where the time goes: waiting for the limiter by design — each send slot books its tokens "
+                     "in Redis (one script call) and sleeps until its moment, then builds and sends")
+        notes.append(bench.used_note())
         if bench.delivery_ceiling and rate > 0.8 * bench.delivery_ceiling:
             notes.append(f"near/above what the machine delivers unlimited (~{fmt(bench.delivery_ceiling)}/s, "
                          "figure 3): CPU, not the limiter, may set the pace")
     bench.rows.append(Row(
         figure="4 rate-limit precision" + (" (reference)" if reference else ""),
         setup=(f"{workers} × `celery worker --concurrency {params.worker_concurrency}` "
-               f"({workers * params.worker_concurrency} pool processes); SMTP sink; {limiter}; "
-               f"{seconds:.0f} s measured"),
-        result=(f"{fmt(achieved)}/s achieved = {achieved / rate:.2f} × configured; "
-                f"most in any 1 s: {peak}"),
+               f"({workers} worker processes, {workers * params.worker_concurrency} pool processes); {bench.sink_label}; "
+               f"{limiter}; {seconds:.0f} s measured"),
+        result=(f"{fmt(achieved)}/s achieved = {achieved / rate:.3f} × configured; "
+                f"most in any 1 s: {peak}" + ("" if reference else f" (limit {rate + 1})")),
         values={"rate": rate, "reference": reference, "workers": workers, "concurrency": params.worker_concurrency,
                 "seconds": seconds, "arrivals": len(arrivals), "achieved_per_second": round(achieved, 2),
-                "ratio": round(achieved / rate, 3), "max_in_any_1s": peak, "backlog": count,
+                "ratio": round(achieved / rate, 4), "max_in_any_1s": peak, "backlog": count,
+                "sent_at_count": len(sent), "sent_at_max_in_any_1s": sent_peak,
                 "per_second": per_second},
         notes="; ".join(notes),
     ))

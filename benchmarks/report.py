@@ -33,7 +33,9 @@ def markdown(header: dict, rows: list[Row]) -> str:
         f"- database: {header['database']}; Redis: {header['redis']}",
         f"- code: {header['commit']}",
         f"- load average (1 min) before / after: {header['load_before']} / {header['load_after']}"
-        " — other work on the machine skews every figure",
+        " — other work on the machine skews every figure"
+        + (f"; at the end of each figure: {', '.join(f'{k} {v}' for k, v in header['phase_load'].items())}"
+           if header.get("phase_load") else ""),
         "",
         "Speed is reported, never asserted. See benchmarks/README.md for what each row measures.",
         "",
@@ -43,6 +45,8 @@ def markdown(header: dict, rows: list[Row]) -> str:
     for row in rows:
         cells = [row.figure, row.setup, row.result, row.notes]
         lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
+    if header.get("before_after"):
+        lines += ["", "## Before → after", "", *header["before_after"]]
     if header.get("failures"):
         lines += ["", "Failed phases:", ""] + [f"- {name}: {error}" for name, error in header["failures"].items()]
     return "\n".join(lines) + "\n"

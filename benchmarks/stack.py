@@ -1,12 +1,15 @@
 """The processes a bench run needs, started the way production starts them, and
 always stopped again (Ctrl-C included).
 
-- Database: PostgreSQL when DATABASE_URL points at one, in a dedicated database
-  (`emailsvc_bench`, created fresh and dropped at the end, so a user's data is
-  never touched); otherwise a fresh SQLite file in the run's work directory.
-- Redis: REDIS_URL's server when set, but database 15 of it (the bench deletes
-  task queues between phases); otherwise the embedded redis-server.
-  The broker is always that Redis: deleting its queue keys is how a phase starts clean.
+- Database: PostgreSQL when DATABASE_URL points at one, in a database of this
+  run's own (BENCH_DATABASE_NAME, default `emailsvc_bench_<pid>_<random>`),
+  created fresh and dropped at the end, so a user's data and another bench's
+  are never touched; otherwise a fresh SQLite file in the run's work directory.
+- Redis: BENCH_REDIS_URL when set; else REDIS_URL's server, in a database number
+  this run claims (the highest empty one; the bench deletes task queues between
+  phases and empties that database at the end); otherwise the embedded
+  redis-server. The broker is always that Redis: deleting its queue keys is how
+  a phase starts clean.
 - web: `gunicorn config.wsgi --workers N --access-logfile -`, as in the Procfile.
 - worker: `celery -A config worker --queues ... --concurrency C --loglevel INFO`, as in the Procfile.
 
@@ -20,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,8 +45,62 @@ ALL_QUEUES = "emails.high,emails.normal,emails.low,events"
 # that already declared its queues then silently drops what it publishes.)
 TASK_KEYS = ("emails.high", "emails.normal", "emails.low", "events", "unacked", "unacked_index", "unacked_mutex")
 RATE_LIMIT_KEY = "emailsvc:ratelimit:send"
-BENCH_PG_DATABASE = "emailsvc_bench"
-BENCH_REDIS_DB = 15
+# A Redis database a bench uses holds this key (its owner, expiring) while the
+# bench runs, and this one (no expiry) until the bench has emptied it again: a
+# database with the marker and no claim is what a killed bench left behind.
+REDIS_CLAIM_KEY = "emailsvc:bench:claim"
+REDIS_MARKER_KEY = "emailsvc:bench:database"
+REDIS_CLAIM_SECONDS = 12 * 3600
+
+
+def bench_database_name() -> str:
+    """BENCH_DATABASE_NAME, or a name no other run on this server uses."""
+    return os.environ.get("BENCH_DATABASE_NAME") or f"emailsvc_bench_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+def _redis_databases(client) -> int:
+    import redis
+
+    try:
+        return int(client.config_get("databases").get("databases", 16))
+    except redis.exceptions.ResponseError:  # CONFIG disabled (managed Redis): Redis's default
+        return 16
+
+
+def claim_redis_database(url: str, *, owner: str) -> str | None:
+    """The URL of a database on `url`'s server that this run now owns, or None.
+
+    Tries the highest database number first (never 0, every client's default).
+    A database is taken only if it is empty or left by a killed bench; the
+    claim is one SET NX, so two benches starting together never share one.
+    """
+    import redis
+
+    parts = urlsplit(url)
+    probe = redis.Redis.from_url(url, socket_timeout=10)
+    try:
+        count = _redis_databases(probe)
+    finally:
+        probe.close()
+    for number in range(count - 1, 0, -1):
+        candidate = urlunsplit(parts._replace(path=f"/{number}"))
+        client = redis.Redis.from_url(candidate, socket_timeout=10)
+        try:
+            if client.dbsize() and not client.exists(REDIS_MARKER_KEY):
+                continue  # someone else's data
+            if not client.set(REDIS_CLAIM_KEY, owner, nx=True, ex=REDIS_CLAIM_SECONDS):
+                continue  # another bench runs on it
+            if client.dbsize() > 1 and not client.exists(REDIS_MARKER_KEY):
+                client.delete(REDIS_CLAIM_KEY)  # data arrived meanwhile: not ours
+                continue
+            # Ours: empty, or a killed bench's leftovers. Start clean, atomically.
+            with client.pipeline(transaction=True) as pipe:
+                pipe.flushdb().set(REDIS_CLAIM_KEY, owner, ex=REDIS_CLAIM_SECONDS).set(REDIS_MARKER_KEY, owner)
+                pipe.execute()
+            return candidate
+        finally:
+            client.close()
+    return None
 
 _PR_SET_PDEATHSIG = 1
 
@@ -115,6 +174,9 @@ class Stack:
     services: list[Service] = field(default_factory=list)
     _plain: list[subprocess.Popen] = field(default_factory=list)  # redis, moto (devservices.stop)
     _pg_admin: dict | None = None
+    database_name: str = ""
+    _redis_owner: str = ""  # set when the Redis database is an external one this run holds
+    _redis_claimed: bool = False  # the database was claimed by this run: emptied at the end
     # Peak RSS seen per process role: role -> (KiB, where).
     memory: dict[str, tuple[int, str]] = field(default_factory=dict)
     _counter: int = 0
@@ -139,13 +201,24 @@ class Stack:
                 "password": config.get("PASSWORD") or None, "host": config.get("HOST") or None,
                 "port": config.get("PORT") or None,
             }
+            from psycopg import sql
+
+            name = bench_database_name()
             with psycopg.connect(**self._pg_admin, autocommit=True) as connection:
-                connection.execute(f'DROP DATABASE IF EXISTS "{BENCH_PG_DATABASE}" WITH (FORCE)')
-                connection.execute(f'CREATE DATABASE "{BENCH_PG_DATABASE}"')
+                try:
+                    # Never dropped first: an existing database of that name is
+                    # another run's (or a killed run's), not this one's to take.
+                    connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                except psycopg.errors.DuplicateDatabase:
+                    raise SystemExit(
+                        f"database {name!r} already exists on that server (another bench running, or left by one "
+                        "that was killed): drop it, or set BENCH_DATABASE_NAME to another name"
+                    ) from None
+                self.database_name = name
                 version = connection.info.parameter_status("server_version") or ""
             parts = urlsplit(url)
-            self.database_url = urlunsplit(parts._replace(path=f"/{BENCH_PG_DATABASE}"))
-            self.database_label = f"PostgreSQL {version.split()[0] if version else ''} ({BENCH_PG_DATABASE} on {parts.hostname}:{parts.port or 5432})"
+            self.database_url = urlunsplit(parts._replace(path=f"/{name}"))
+            self.database_label = f"PostgreSQL {version.split()[0] if version else ''} ({name} on {parts.hostname}:{parts.port or 5432})"
         else:
             if url and not url.startswith("sqlite"):
                 raise SystemExit(f"DATABASE_URL: only PostgreSQL or the SQLite default can be benchmarked, not {url.split(':')[0]}")
@@ -156,11 +229,33 @@ class Stack:
             self.database_label = "SQLite (fresh file, WAL)"
 
     def _start_redis(self) -> None:
-        url = os.environ.get("REDIS_URL", "")
-        if url:
-            parts = urlsplit(url)
-            self.redis_url = urlunsplit(parts._replace(path=f"/{BENCH_REDIS_DB}"))
-            self.redis_label = f"Redis {parts.hostname}:{parts.port or 6379} db {BENCH_REDIS_DB}"
+        explicit, server = os.environ.get("BENCH_REDIS_URL", ""), os.environ.get("REDIS_URL", "")
+        owner = f"{socket.gethostname()}:{os.getpid()}"
+        if explicit:
+            import redis
+
+            client = redis.Redis.from_url(explicit, socket_timeout=10)
+            try:
+                if not client.set(REDIS_CLAIM_KEY, owner, nx=True, ex=REDIS_CLAIM_SECONDS):
+                    other = (client.get(REDIS_CLAIM_KEY) or b"?").decode()
+                    raise SystemExit(
+                        f"BENCH_REDIS_URL={explicit}: another bench ({other}) is using that database; "
+                        f"set BENCH_REDIS_URL to another one (or delete the key {REDIS_CLAIM_KEY} if that bench is gone)"
+                    )
+            finally:
+                client.close()
+            self.redis_url, self._redis_owner = explicit, owner
+        elif server:
+            self.redis_url = claim_redis_database(server, owner=owner) or ""
+            if not self.redis_url:
+                raise SystemExit(
+                    f"REDIS_URL={server}: no empty Redis database left on that server for the bench; "
+                    "set BENCH_REDIS_URL=redis://host:port/N to one it may use (its task queues are deleted)"
+                )
+            self._redis_owner, self._redis_claimed = owner, True
+        if self.redis_url:
+            parts = urlsplit(self.redis_url)
+            self.redis_label = f"Redis {parts.hostname}:{parts.port or 6379} db {parts.path.strip('/') or 0}"
         else:
             process, self.redis_url = start_redis(directory=str(self.work_dir))
             self._plain.append(process)
@@ -180,12 +275,32 @@ class Stack:
         for process in reversed(self._plain):
             stop(process)
         self._plain.clear()
-        if self._pg_admin is not None:
+        if self._pg_admin is not None and self.database_name:
             import psycopg
+            from psycopg import sql
 
             with contextlib.suppress(Exception):
                 with psycopg.connect(**self._pg_admin, autocommit=True) as connection:
-                    connection.execute(f'DROP DATABASE IF EXISTS "{BENCH_PG_DATABASE}" WITH (FORCE)')
+                    connection.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database_name))
+                    )
+        if self._redis_owner:
+            with contextlib.suppress(Exception):
+                self._release_redis()
+
+    def _release_redis(self) -> None:
+        """Give the external Redis database back: emptied if this run claimed it
+        (everything in it is the run's), else its task queues and the claim deleted."""
+        client = self.redis()
+        try:
+            if (client.get(REDIS_CLAIM_KEY) or b"").decode() != self._redis_owner:
+                return  # the claim expired and another run took the database
+            if self._redis_claimed:
+                client.flushdb()
+            else:
+                client.delete(*TASK_KEYS, RATE_LIMIT_KEY, REDIS_CLAIM_KEY)
+        finally:
+            client.close()
 
     # --- environment ---------------------------------------------------------------
 
