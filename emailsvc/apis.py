@@ -5,13 +5,13 @@ from django.db import connection
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import parsers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc import metrics
 from emailsvc.auth import CanRead, CanSend, FullAccess
+from emailsvc.pagination import NewestFirstPagination
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body
 from emailsvc.selectors import message_get, message_list_queryset
 from emailsvc.serializers import (
@@ -45,7 +45,6 @@ from emailsvc.serializers import (
 )
 from emailsvc.suppression_csv import csv_text, suppression_rows_read
 from django.db import transaction
-from rest_framework.exceptions import NotFound as DrfNotFound
 
 from emailsvc.bulk import index_lookups
 from emailsvc.selectors_list import (
@@ -95,33 +94,6 @@ EMAIL_LIST_METADATA = OpenApiParameter(
     explode=True,
     description="`metadata[key]=value`: emails whose metadata holds the string `value` at the top-level `key` (up to 10 keys)",
 )
-
-
-class _EmailPages(CursorPagination):
-    # By id, which is unique and follows acceptance: the cursor is one value, so a
-    # page deep into a million emails is an index range, and emails accepted
-    # meanwhile never shift the pages after it.
-    ordering = ("-id",)
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
-
-    def decode_cursor(self, request):
-        try:
-            cursor = super().decode_cursor(request)
-        except DrfNotFound:
-            cursor = None
-            valid = False
-        else:
-            # DRF checks the cursor's shape, not that its position is an id.
-            position = cursor.position if cursor else None
-            valid = position is None or (position.isascii() and position.isdigit() and int(position) < 2**63)
-        if not valid:
-            raise ValidationFailed(
-                "The cursor is not valid: follow `next` or `previous` as given.",
-                fields={"cursor": ["Not a cursor of this list."]},
-            )
-        return cursor
 
 
 def _send_output(message) -> dict:
@@ -180,7 +152,7 @@ class EmailsApi(APIView):
             created_before=query.get("created_before"),
             metadata=tuple(query["metadata"]),
         )
-        paginator = _EmailPages()
+        paginator = NewestFirstPagination()
         cursor = paginator.decode_cursor(request)
         with transaction.atomic():  # the page, its recipients and the counts: one snapshot, bounded lookups by key
             index_lookups()
@@ -440,23 +412,6 @@ class _ReadsAndWrites(APIView):
         return [CanRead() if self.request.method in ("GET", "HEAD", "OPTIONS") else FullAccess()]
 
 
-class _NewestFirst(CursorPagination):
-    # By id: the cursor is one value, so a page deep into a long list is an
-    # index range, and entries added meanwhile never shift the pages after it.
-    ordering = ("-id",)
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
-
-    def decode_cursor(self, request):
-        cursor = super().decode_cursor(request)
-        # DRF checks the cursor's shape, not that its position is an id.
-        if cursor is not None and cursor.position is not None:
-            if not (cursor.position.isascii() and cursor.position.isdigit() and int(cursor.position) < 2**63):
-                raise NotFound("The cursor is not valid: follow `next` or `previous` as given.")
-        return cursor
-
-
 def _validated(serializer_class, data) -> dict:
     serializer = serializer_class(data=data)
     serializer.is_valid(raise_exception=True)
@@ -482,7 +437,7 @@ class SuppressionListApi(_ReadsAndWrites):
     def get(self, request):
         query = _validated(SuppressionListInputSerializer, request.query_params.dict())
         filters = {name: value for name, value in query.items() if name not in ("cursor", "limit")}
-        paginator = _NewestFirst()
+        paginator = NewestFirstPagination()
         page = paginator.paginate_queryset(suppressions_list(**filters), request, view=self)
         return paginator.get_paginated_response(SuppressionOutputSerializer(page, many=True).data)
 

@@ -9,10 +9,11 @@ count the sequential scans PostgreSQL really did on the big tables
 import json
 
 import pytest
-from django.db import connection, models
+from django.db import connection
 
 from emailsvc.models import Message, Recipient, StatusChange
 from tests.conftest import deliver_now
+from tests.tables import rows_fill
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.apply import events_apply
 from tracking.models import EngagementEvent
@@ -24,44 +25,16 @@ ROWS = 100_000
 BIG_TABLES = [Message._meta.db_table, Recipient._meta.db_table, StatusChange._meta.db_table, EngagementEvent._meta.db_table]
 
 
-def _fill(model: type[models.Model], count: int, values: dict[str, str]) -> None:
-    """INSERT `count` rows in one statement; `values` are SQL expressions of `g`
-    (1..count) by field name, the rest get a type's neutral value."""
-    columns, expressions = [], []
-    for field in model._meta.concrete_fields:
-        if field.primary_key:
-            continue
-        columns.append(field.column)
-        if field.name in values:
-            expressions.append(values[field.name])
-        elif field.null:
-            expressions.append("NULL")
-        elif isinstance(field, models.JSONField):
-            expressions.append("'[]'::jsonb" if field.default is list else "'{}'::jsonb")
-        elif isinstance(field, models.DateTimeField):
-            expressions.append("now() - interval '30 days'")
-        elif isinstance(field, models.IntegerField | models.PositiveIntegerField | models.PositiveSmallIntegerField):
-            expressions.append("0")
-        else:
-            expressions.append("''")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
-            f"SELECT {', '.join(expressions)} FROM generate_series(1, %s) AS g",
-            [count],
-        )
-
-
 @pytest.fixture(params=["stale statistics", "no statistics"])
 def used_tables(request):
     if connection.vendor != "postgresql":
         pytest.skip("query plans are PostgreSQL's")
-    _fill(Message, ROWS, {
+    rows_fill(Message, ROWS, {
         "email_id": "'old-' || g", "from_email": "'noreply@example.com'", "subject": "'Old news'",
         "text": "'Hello'", "priority": "'normal'", "provider": "'ses'",
         "status": "'queued'", "state": "'queued'", "next_attempt_at": "now() - interval '30 days'",
     })
-    _fill(Recipient, ROWS, {
+    rows_fill(Recipient, ROWS, {
         "message": f"(SELECT min(id) FROM {Message._meta.db_table}) + g - 1",
         "email": "'reader' || g || '@example.org'", "role": "'to'", "status": "'queued'",
     })
@@ -77,13 +50,13 @@ def used_tables(request):
             "provider_message_id = 'pm-' || substr(email_id, 5)"
         )
         cursor.execute(f"UPDATE {Recipient._meta.db_table} SET status = 'delivered', delivered_at = now()")
-    _fill(StatusChange, ROWS, {
+    rows_fill(StatusChange, ROWS, {
         "message": f"(SELECT min(id) FROM {Message._meta.db_table}) + g - 1",
         "recipient": f"(SELECT min(id) FROM {Recipient._meta.db_table}) + g - 1",
         "email": "'reader' || g || '@example.org'", "from_status": "'sent'", "to_status": "'delivered'",
         "at": "now()", "cause": "'event'",
     })
-    _fill(EngagementEvent, ROWS, {
+    rows_fill(EngagementEvent, ROWS, {
         "event_id": "'ev-' || g", "recipient_email": "'reader' || g || '@example.org'", "event_type": "'delivery'",
         "provider_message_id": "'pm-' || g", "message": f"(SELECT min(id) FROM {Message._meta.db_table}) + g - 1",
         "occurred_at": "now()", "received_at": "now()", "source": "'sqs'", "raw": "'{}'::jsonb",

@@ -12,10 +12,10 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from emailsvc.pagination import NewestFirstPagination
 from emailsvc.auth import CanRead, FullAccess
 from emailsvc.bulk import index_lookups
 from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
@@ -55,16 +55,6 @@ READ_ERRORS = {
     403: OpenApiResponse(ErrorBodySerializer, description="API key permission too low"),
     404: OpenApiResponse(ErrorBodySerializer, description="not_found"),
 }
-
-
-class NewestFirstPagination(CursorPagination):
-    # By id, which is unique and follows acceptance: the cursor is one value, so
-    # a page deep into a million emails is an index range, never an OFFSET over
-    # emails accepted in the same instant.
-    ordering = ("-id",)
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
 
 
 class GroupEmailsApi(APIView):

@@ -37,39 +37,12 @@ def _create_database(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{SCRATCH}"))
 
 
+from tests.tables import rows_fill  # noqa: E402
+
+
 def _drop_database(url: str) -> None:
     with _admin_connection(url) as connection:
         connection.execute(f'DROP DATABASE IF EXISTS "{SCRATCH}" WITH (FORCE)')
-
-
-def _fill(model, count: int, values: dict[str, str], *, series: str = "g") -> None:
-    """INSERT `count` rows in one statement; `values` are SQL expressions of g (1..count)."""
-    from django.db import connection, models
-
-    columns, expressions = [], []
-    for field in model._meta.concrete_fields:
-        if field.primary_key and field.name not in values:
-            continue
-        columns.append(field.column)
-        if field.name in values:
-            expressions.append(values[field.name])
-        elif field.null:
-            expressions.append("NULL")
-        elif isinstance(field, models.JSONField):
-            expressions.append("'[]'::jsonb" if field.default is list else "'{}'::jsonb")
-        elif isinstance(field, models.DateTimeField):
-            expressions.append("now()")
-        elif isinstance(field, models.BooleanField):
-            expressions.append("false")
-        elif isinstance(field, models.IntegerField | models.PositiveIntegerField | models.PositiveSmallIntegerField):
-            expressions.append("0")
-        else:
-            expressions.append("''")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
-            f"SELECT {', '.join(expressions)} FROM generate_series(1, {int(count)}) AS {series}"
-        )  # no parameters: the expressions use % (modulo)
 
 
 def fill(messages: int) -> dict:
@@ -82,13 +55,13 @@ def fill(messages: int) -> dict:
     started = time.monotonic()
     template_create(name="welcome", data={"subject": "Welcome {{ name }}", "text": "Hi {{ name }}"})
     Group.objects.bulk_create([Group(id=f"campaign-{n}") for n in range(100)])
-    _fill(ApiKey, 50, {"name": "'key ' || g", "prefix": "'pk' || g", "secret_hash": "md5(g::text)", "permission": "'sending'"})
+    rows_fill(ApiKey, 50, {"name": "'key ' || g", "prefix": "'pk' || g", "secret_hash": "md5(g::text)", "permission": "'sending'"})
     created = f"now() - (({messages} - g) * interval '2 seconds')"
     status = (
         "CASE WHEN g % 1000 = 0 THEN 'complained' WHEN g % 50 = 0 THEN 'bounced' WHEN g % 97 = 0 THEN 'queued' "
         "WHEN g % 7 = 0 THEN 'opened' ELSE 'delivered' END"
     )
-    _fill(Message, messages, {
+    rows_fill(Message, messages, {
         "email_id": "'m-' || g", "group": "CASE WHEN g % 10 = 0 THEN 'campaign-' || (g % 100) END",
         "from_email": "'noreply@example.com'", "sending_domain": "'example.com'", "subject": "'Subject ' || (g % 1000)",
         "html": "'<p>Hello</p>'", "text": "'Hello'",
@@ -105,7 +78,7 @@ def fill(messages: int) -> dict:
         cursor.execute(f"SELECT min(id) FROM {Message._meta.db_table}")
         first_message = cursor.fetchone()[0]
     address = "CASE WHEN g % 200 = 0 THEN 'heavy@example.com' ELSE 'reader' || (g % 333333) || '@example.org' END"
-    _fill(Recipient, messages, {
+    rows_fill(Recipient, messages, {
         "message": f"{first_message} + g - 1", "email": address, "role": "'to'", "status": status,
         "group": "CASE WHEN g % 10 = 0 THEN 'campaign-' || (g % 100) END",
         "sent_at": f"{created} + interval '1 second'", "delivered_at": f"{created} + interval '2 seconds'",
@@ -127,7 +100,7 @@ def fill(messages: int) -> dict:
         f"WHEN {m} % 1000 = 0 AND {k} = 2 THEN '{{\"feedback_type\": \"abuse\"}}'::jsonb ELSE '{{}}'::jsonb END"
     )
     event_at = f"now() - (({messages} - {m}) * interval '2 seconds') + ({k} + 1) * interval '1 second'"
-    _fill(EngagementEvent, messages * 3, {
+    rows_fill(EngagementEvent, messages * 3, {
         "event_id": "'ev-' || e", "recipient_email": event_address, "event_type": event_type,
         "provider_message_id": f"'pm-' || {m}", "message": f"{first_message} + {m} - 1",
         "recipient": f"{first_recipient} + {m} - 1", "occurred_at": event_at, "received_at": event_at,
@@ -135,19 +108,19 @@ def fill(messages: int) -> dict:
     }, series="e")
     # Two transitions per message: queued → sent, sent → its status.
     m2 = "((c - 1) / 2 + 1)"
-    _fill(StatusChange, messages * 2, {
+    rows_fill(StatusChange, messages * 2, {
         "message": f"{first_message} + {m2} - 1", "recipient": f"{first_recipient} + {m2} - 1",
         "email": address.replace("g %", f"{m2} %"),
         "from_status": "CASE WHEN (c - 1) % 2 = 0 THEN 'queued' ELSE 'sent' END",
         "to_status": f"CASE WHEN (c - 1) % 2 = 0 THEN 'sent' ELSE ({status.replace('g %', f'{m2} %')}) END",
         "at": f"now() - (({messages} - {m2}) * interval '2 seconds')", "cause": "'event'",
     }, series="c")
-    _fill(Suppression, 100_000, {
+    rows_fill(Suppression, 100_000, {
         "email": "'supp' || g || '@example.org'", "reason": "'hard_bounce'", "source": "'ses:bounce:ev-' || (g * 150 - 1)",
         "created_at": "now() - (g * interval '10 seconds')",
     })
     Suppression.objects.create(email="reader50@example.org", reason="hard_bounce", source="ses:bounce:ev-149")
-    _fill(SendingPause, 200, {
+    rows_fill(SendingPause, 200, {
         "domain": "'d' || g || '.example.com'", "cause": "'breaker'", "reason": "'bounce rate'",
         "paused_at": "now() - (g * interval '1 hour')", "resumed_at": "now() - (g * interval '1 hour') + interval '10 minutes'",
         "resumed_by": "'admin:ops'",

@@ -255,10 +255,10 @@ def test_a_bad_filter_is_400(reader, query):
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "cD1hYmM=", "cD05OTk5OTk5OTk5OTk5OTk5OTk5OTk5OQ=="])
-def test_an_invalid_cursor_is_404(reader, cursor):  # "p=abc", "p=9999999999999999999999"
+def test_an_invalid_cursor_is_400_naming_it(reader, cursor):  # "p=abc", "p=9999999999999999999999"
     response = reader.get(SUPPRESSIONS, {"cursor": cursor})
-    assert response.status_code == 404
-    assert response.json()["error"] == "not_found"
+    assert response.status_code == 400
+    assert (response.json()["error"], list(response.json()["fields"])) == ("invalid_field", ["cursor"])
 
 
 # --- what a suppression does to a send ---------------------------------------------------
