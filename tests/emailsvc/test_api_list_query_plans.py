@@ -15,7 +15,8 @@ from django.utils import timezone
 
 from emailsvc import selectors_list
 from emailsvc.models import ApiKey, Group, Message, Recipient, StatusChange
-from tests.test_query_plans import BIG_TABLES, _fill
+from tests.tables import rows_fill
+from tests.test_query_plans import BIG_TABLES
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ def listed_tables(request):
         pytest.skip("query plans are PostgreSQL's")
     Group.objects.bulk_create([Group(id="big"), *(Group(id=f"g-{n}") for n in range(97))])
     # Accepted over 30 days, in id order; everything as it was when just queued.
-    _fill(Message, ROWS, {
+    rows_fill(Message, ROWS, {
         "email_id": "'old-' || g", "from_email": "'noreply@example.com'", "subject": "'Old news'",
         "text": "repeat('Hello there. ', 20)", "priority": "'normal'", "provider": "'ses'",
         "status": "'queued'", "state": "'queued'", "next_attempt_at": "now() - interval '30 days'",
@@ -48,11 +49,11 @@ def listed_tables(request):
         "created_at": f"now() - interval '30 days' + g * interval '1 second' * (2592000.0 / {ROWS})",
     })
     first = f"(SELECT min(id) FROM {M})"
-    _fill(Recipient, ROWS, {
+    rows_fill(Recipient, ROWS, {
         "message": f"{first} + g - 1", "email": "'user' || mod(g, 30000) || '@example.org'", "role": "'to'",
         "status": "'queued'",
     })
-    _fill(Recipient, ROWS // 10, {
+    rows_fill(Recipient, ROWS // 10, {
         "message": f"{first} + g * 10 - 1", "email": "'ops@example.com'", "role": "'cc'", "status": "'queued'",
     })
     with connection.cursor() as cursor:
@@ -69,7 +70,7 @@ def listed_tables(request):
             f"template_name = CASE WHEN {g} % 1000 = 999 THEN 'legacy' WHEN {g} % 20 < 10 THEN 'receipt' ELSE '' END"
         )
         cursor.execute(f"UPDATE {R} SET status = 'delivered', delivered_at = now()")
-    _fill(StatusChange, ROWS, {
+    rows_fill(StatusChange, ROWS, {
         "message": f"{first} + g - 1", "recipient": f"(SELECT min(id) FROM {R}) + g - 1",
         "email": "'user' || mod(g, 30000) || '@example.org'", "from_status": "'sent'", "to_status": "'delivered'",
         "at": f"now() - interval '30 days' + g * interval '1 second' * (2592000.0 / {ROWS})", "cause": "'event'",
