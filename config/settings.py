@@ -132,6 +132,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # compiling one with LLVM (which a stale row estimate can trigger) costs
     # tens of milliseconds, far more than running it.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
+    # Parameters travel apart from the statement (no client-side quoting of the
+    # hundred-element arrays the engine's set-based statements carry).
+    DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", env.bool("DATABASE_SERVER_SIDE_BINDING", default=True))
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
