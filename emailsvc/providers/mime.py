@@ -6,7 +6,9 @@
 
 import json
 import re
+from email.generator import BytesGenerator
 from email.header import Header
+from io import BytesIO
 from email.utils import formataddr, make_msgid
 from urllib.parse import quote
 
@@ -44,7 +46,57 @@ class OutboundEmail(AnymailMessage):
         if self.service_metadata:
             mime["X-Metadata"] = json.dumps(self.service_metadata, separators=(",", ":"))
         _encode_unfoldable_headers(mime)
+        # Every provider serializes the message through `as_bytes` (smtplib's
+        # DATA, SES's raw MIME): give this one the faster, identical generator.
+        mime.as_bytes = lambda unixfrom=False, linesep="\n": mime_bytes(mime, unixfrom=unixfrom, linesep=linesep)
         return mime
+
+
+class _Generator(BytesGenerator):
+    """The email package's bytes generator, output byte for byte the same,
+    without its two costly spots (about half of an email's CPU in a worker):
+
+    - a header that already fits on one line and holds only printable ASCII is
+      written as `Name: value`, which is what compat32's folding (a `Header`
+      object per header, split and re-joined) produces for it;
+    - a multipart boundary is checked against the parts with a substring test
+      rather than a regular expression compiled for every message (a boundary
+      found anywhere, not only at a line start, is replaced: stricter, same
+      guarantee)."""
+
+    def _write_headers(self, msg):
+        fold, limit, linesep = self.policy.fold_binary, self.policy.max_line_length, self._NL
+        write = self._fp.write
+        for name, value in msg.raw_items():
+            if (
+                limit
+                and type(value) is str
+                and len(name) + len(value) + 2 <= limit
+                and value.isascii()
+                and value.isprintable()
+                and value == value.strip()
+            ):
+                write(f"{name}: {value}{linesep}".encode("ascii"))
+            else:
+                write(fold(name, value))
+        self.write(linesep)
+
+    @classmethod
+    def _make_boundary(cls, text=None):
+        boundary = super()._make_boundary()
+        if text is None:
+            return boundary
+        candidate, counter = boundary, 0
+        while b"--" + candidate.encode("ascii") in text:
+            candidate, counter = f"{boundary}.{counter}", counter + 1
+        return candidate
+
+
+def mime_bytes(mime, *, unixfrom: bool = False, linesep: str = "\n") -> bytes:
+    """`mime` serialized exactly as Django's `as_bytes` would (no `From ` mangling)."""
+    buffer = BytesIO()
+    _Generator(buffer, mangle_from_=False).flatten(mime, unixfrom=unixfrom, linesep=linesep)
+    return buffer.getvalue()
 
 
 def _encode_unfoldable_headers(mime) -> None:
