@@ -35,6 +35,8 @@ class OutboundEmail(AnymailMessage):
     # The (address, role) pairs this email is addressed to, and its tracking id:
     # what the sandbox's event simulator needs to know.
     recipient_roles: list[tuple[str, str]]
+    envelope_from: str
+    envelope_recipients: list[str]
     tracking_id: str
     service_tags: list[str]
     service_metadata: dict
@@ -136,6 +138,9 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     email.service_tags = list(message.tags)
     email.service_metadata = dict(message.metadata)
     email.recipient_roles = [(recipient.email, recipient.role) for recipient in recipients]
+    # The SMTP envelope: the bare ASCII addresses (no display name to encode and parse again).
+    email.envelope_from = address_key(message.from_email)
+    email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
     email.tracking_id = headers[TRACKING_HEADER]
     if message.html and message.text:
         email.attach_alternative(message.html, "text/html")

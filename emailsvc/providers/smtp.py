@@ -27,9 +27,12 @@ class _RecipientAwareSmtpBackend(DjangoSmtpBackend):
     def _send(self, email_message):
         if not email_message.recipients():
             return False
-        encoding = email_message.encoding or settings.DEFAULT_CHARSET
-        from_email = sanitize_address(email_message.from_email, encoding)
-        recipients = [sanitize_address(address, encoding) for address in email_message.recipients()]
+        if isinstance(email_message, OutboundEmail):  # its envelope is ready: bare ASCII addresses
+            from_email, recipients = email_message.envelope_from, email_message.envelope_recipients
+        else:
+            encoding = email_message.encoding or settings.DEFAULT_CHARSET
+            from_email = sanitize_address(email_message.from_email, encoding)
+            recipients = [sanitize_address(address, encoding) for address in email_message.recipients()]
         message = email_message.message()
         # Raises SMTPRecipientsRefused when every recipient is refused, and the
         # other SMTP errors for the whole message; returns the partly refused ones.
