@@ -9,14 +9,15 @@ from datetime import timezone as dt_timezone
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count
 from django.utils import timezone
 
 from emailsvc import status
 from emailsvc.bulk import index_lookups, rows_update
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
-from emailsvc.services.submission import message_retry_submit
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.services.submission import message_retries_submit
+from emailsvc.services.suppressions import SuppressionRequest, suppressions_ensure
 from tracking.models import EngagementEvent, EventType
 from tracking.normalize import NormalizedEvent, ses_body_parse
 
@@ -123,10 +124,13 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
         rows_update(Recipient, {pk: {name: getattr(r, name) for name in FACT_FIELDS} for pk, r in touched.items()}, at=now)
         derived = {pk: _status_from_facts(recipient) for pk, recipient in touched.items()}
         if Status.SOFT_BOUNCED in derived.values():
-            retries = set(
-                Message.objects.filter(pk__in={r.message_id for r in touched.values()}, retry_of__isnull=False)
-                .values_list("pk", flat=True)
-            )
+            retries = {
+                pk
+                for pk, retry_of in Message.objects.filter(pk__in={r.message_id for r in touched.values()}).values_list(
+                    "pk", "retry_of_id"
+                )
+                if retry_of is not None  # checked here, not in SQL: the lookup stays on the primary key
+            }
         changes = []
         for pk, recipient in touched.items():
             if derived[pk] is None:
@@ -145,11 +149,11 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
             )
         status.changes_apply(message_ids={r.message_id for r in touched.values()}, recipient_changes=changes, at=now)
     _provider_ids_learn(fresh, message_of)
-    for key, event in fresh.items():
-        if key in inserted:
-            _policy_apply(event)
-            if _is_soft_bounce(event):
-                _soft_bounce_apply(event, message_of.get(key) if recipient_of.get(key) else None, retries, now)
+    applied = [(key, event) for key, event in fresh.items() if key in inserted]
+    suppressions = [request for _, event in applied if (request := _policy_request(event)) is not None]
+    soft = [(event, message_of.get(key) if recipient_of.get(key) else None) for key, event in applied if _is_soft_bounce(event)]
+    suppressions += _soft_bounces_apply(soft, retries, now)
+    suppressions_ensure(requests=suppressions)
     return outcome
 
 
@@ -164,24 +168,36 @@ def _is_soft_bounce(event: NormalizedEvent) -> bool:
     )
 
 
-def _soft_bounce_apply(event: NormalizedEvent, message_id: int | None, retries: set[int], now) -> None:
-    """A soft bounce earns its recipient one re-send after SOFT_BOUNCE_RETRY_SECONDS
-    (a new email linked to this one); SOFT_BOUNCE_LIMIT soft bounces of one
-    address within SOFT_BOUNCE_WINDOW_DAYS suppress it (`soft_bounce_limit`)."""
-    if message_id is not None and message_id not in retries:
-        message_retry_submit(
-            message_id=message_id, email=event.recipient, at=now + timedelta(seconds=settings.SOFT_BOUNCE_RETRY_SECONDS)
-        )
+def _soft_bounces_apply(
+    soft: list[tuple[NormalizedEvent, int | None]], retries: set[int], now
+) -> list[SuppressionRequest]:
+    """Each soft bounce earns its recipient one re-send after
+    SOFT_BOUNCE_RETRY_SECONDS (a new email linked to this one); an address
+    with SOFT_BOUNCE_LIMIT soft bounces within SOFT_BOUNCE_WINDOW_DAYS is to be
+    suppressed (`soft_bounce_limit`): the requests for that are returned. A
+    batch's soft bounces together: one retry store, one count query."""
+    if not soft:
+        return []
+    message_retries_submit(
+        retries=[(message_id, event.recipient) for event, message_id in soft if message_id is not None and message_id not in retries],
+        at=now + timedelta(seconds=settings.SOFT_BOUNCE_RETRY_SECONDS),
+    )
     since = now - timedelta(days=settings.SOFT_BOUNCE_WINDOW_DAYS)
-    count = EngagementEvent.objects.filter(
-        recipient_email=event.recipient, occurred_at__gte=since, event_type=EventType.BOUNCE,
-        detail__bounce_type="Transient",
-    ).count()
-    if count >= settings.SOFT_BOUNCE_LIMIT:
-        suppression_add(
-            email=event.recipient, reason=Suppression.Reason.SOFT_BOUNCE_LIMIT, source=f"ses:bounce:{event.event_id}"[:255],
-            note=f"{count} soft bounces in {settings.SOFT_BOUNCE_WINDOW_DAYS:g} days", keep_existing=True,
+    last = {event.recipient: event for event, _ in soft if event.recipient}  # the latest of the batch names the cause
+    counts = dict(
+        EngagementEvent.objects.filter(
+            recipient_email__in=list(last), occurred_at__gte=since, event_type=EventType.BOUNCE,
+            detail__bounce_type="Transient",
+        ).order_by().values("recipient_email").annotate(count=Count("id")).values_list("recipient_email", "count")
+    )
+    return [
+        SuppressionRequest(
+            email=address, reason=Suppression.Reason.SOFT_BOUNCE_LIMIT, source=f"ses:bounce:{event.event_id}",
+            note=f"{counts[address]} soft bounces in {settings.SOFT_BOUNCE_WINDOW_DAYS:g} days",
         )
+        for address, event in last.items()
+        if counts.get(address, 0) >= settings.SOFT_BOUNCE_LIMIT
+    ]
 
 
 def _correlate(events) -> dict[tuple[str, str], int]:
@@ -236,8 +252,10 @@ def _provider_ids_learn(fresh, message_of) -> None:
     of a dead worker then knows the provider accepted the message."""
     learned = {message_of[key]: e.provider_message_id for key, e in fresh.items() if key in message_of and e.provider_message_id}
     if learned:
-        missing = Message.objects.filter(pk__in=learned, provider_message_id="").values_list("pk", flat=True)
-        for pk in missing:
+        # By key only, the rest checked here: `provider_message_id = ''` would
+        # lead the planner to that index, where every unsent message sits.
+        stored = Message.objects.filter(pk__in=learned).values_list("pk", "provider_message_id")
+        for pk in [pk for pk, provider_message_id in stored if not provider_message_id]:
             Message.objects.filter(pk=pk, provider_message_id="").update(provider_message_id=learned[pk])
 
 
@@ -366,10 +384,10 @@ def _status_from_facts(recipient: Recipient) -> str | None:
     return None
 
 
-def _policy_apply(event: NormalizedEvent) -> None:
+def _policy_request(event: NormalizedEvent) -> SuppressionRequest | None:
     """Hard bounces, complaints and unsubscribe-all suppress the address (SPEC §6.4)."""
     if not event.recipient:
-        return
+        return None
     source = f"ses:{event.event_type}:{event.event_id}"
     if event.event_type == EventType.BOUNCE and event.detail.get("bounce_type") == "Permanent":
         reason, note = Suppression.Reason.HARD_BOUNCE, f"{event.detail.get('bounce_subtype', '')} {event.detail.get('diagnostic', '')}"
@@ -378,8 +396,8 @@ def _policy_apply(event: NormalizedEvent) -> None:
     elif event.event_type == EventType.SUBSCRIPTION and event.detail.get("unsubscribe_all"):
         reason, note = Suppression.Reason.UNSUBSCRIBE, event.detail.get("contact_list", "")
     else:
-        return
-    suppression_add(email=event.recipient, reason=reason, source=source[:255], note=note.strip(), keep_existing=True)
+        return None
+    return SuppressionRequest(email=event.recipient, reason=reason, source=source[:255], note=note.strip())
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:

@@ -23,7 +23,7 @@ from emailsvc.models import (
     WorkState,
 )
 from emailsvc.policy import check_sender_policy
-from emailsvc.selectors import one_or_none, suppressed_addresses
+from emailsvc.selectors import suppressed_addresses
 from emailsvc.serializers import parse_address
 from emailsvc.services.breaker import paused_domains
 from emailsvc.services.queueing import deliveries_enqueue
@@ -341,22 +341,56 @@ def message_retry_submit(*, message_id: int, email: str, at: datetime) -> Messag
     None — and sends nothing — when the message is itself such a retry, or
     already has one for that address. Runs in the caller's transaction.
     """
-    original = one_or_none(Message.objects.filter(pk=message_id))
-    recipient = one_or_none(Recipient.objects.filter(message_id=message_id, email=email))
-    if original is None or recipient is None or original.retry_of_id is not None:
-        return None
-    if Message.objects.filter(retry_of_id=message_id, recipients__email=email).exists():
-        return None
-    copied = [
-        "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
-        "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "provider",
-    ]
-    message = Message(**{name: getattr(original, name) for name in copied}, send_at=at, next_attempt_at=at, retry_of=original)
-    copy = Recipient(email=recipient.email, name=recipient.name, role=recipient.role, group_id=original.group_id)
-    attachments = [
-        Attachment(filename=a.filename, content_type=a.content_type, content=a.content, size=a.size)
-        for a in Attachment.objects.filter(message_id=message_id)
-    ]
-    _submissions_store([_Submission(message=message, recipients=[copy], attachments=attachments)], now=timezone.now())
-    logger.info("soft bounce: email_id=%s is sent again as %s at %s", original.email_id, message.email_id, at.isoformat())
-    return message
+    return message_retries_submit(retries=[(message_id, email)], at=at).get((message_id, email))
+
+
+_RETRY_COPIED = [
+    "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
+    "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "provider",
+]
+
+
+def message_retries_submit(*, retries: list[tuple[int, str]], at: datetime) -> dict[tuple[int, str], Message]:
+    """`message_retry_submit` for many (message id, recipient address) pairs at
+    once, set-based (the event drain applies a receive batch's soft bounces
+    together): five queries and one bulk store whatever their number. Returns
+    the new messages by pair; a pair that earns none is left out."""
+    pairs = list(dict.fromkeys(retries))
+    if not pairs:
+        return {}
+    message_ids = {message_id for message_id, _ in pairs}
+    emails = {email for _, email in pairs}
+    # By key only (a retry is not retried again: checked here, so the lookup stays on the primary key).
+    originals = {m.pk: m for m in Message.objects.filter(pk__in=message_ids) if m.retry_of_id is None}
+    recipients = {
+        (r.message_id, r.email): r
+        for r in Recipient.objects.filter(message_id__in=originals, email__in=emails).only("message_id", "email", "name", "role")
+    }
+    done = set(
+        Recipient.objects.filter(message__retry_of_id__in=originals, email__in=emails).values_list("message__retry_of_id", "email")
+    )
+    attachments: dict[int, list[Attachment]] = {}
+    for attachment in Attachment.objects.filter(message_id__in=originals).order_by("id"):
+        attachments.setdefault(attachment.message_id, []).append(attachment)
+    submissions, created = [], {}
+    for pair in pairs:
+        original, recipient = originals.get(pair[0]), recipients.get(pair)
+        if original is None or recipient is None or pair in done:
+            continue
+        message = Message(
+            **{name: getattr(original, name) for name in _RETRY_COPIED}, send_at=at, next_attempt_at=at, retry_of=original
+        )
+        copy = Recipient(email=recipient.email, name=recipient.name, role=recipient.role, group_id=original.group_id)
+        copies = [
+            Attachment(filename=a.filename, content_type=a.content_type, content=a.content, size=a.size)
+            for a in attachments.get(original.pk, [])
+        ]
+        submissions.append(_Submission(message=message, recipients=[copy], attachments=copies))
+        created[pair] = message
+    if submissions:
+        _submissions_store(submissions, now=timezone.now())
+    for (message_id, _), message in created.items():
+        logger.info(
+            "soft bounce: email_id=%s is sent again as %s at %s", originals[message_id].email_id, message.email_id, at.isoformat()
+        )
+    return created

@@ -128,6 +128,34 @@ class _Entry:
     reason: str
     note: str = ""
     expires_at: datetime | None = None
+    source: str = ""  # this entry's own; else the call's
+
+
+@dataclass(frozen=True)
+class SuppressionRequest:
+    """One address an event asks to suppress (suppressions_ensure)."""
+
+    email: str
+    reason: str
+    source: str = ""
+    note: str = ""
+
+
+def suppressions_ensure(*, requests: list[SuppressionRequest]) -> int:
+    """`suppression_ensure` for many addresses at once, set-based, in the
+    caller's transaction (the event drain's path): an address with an active
+    entry — in whichever form it was stored — keeps it exactly as it is; the
+    others are suppressed (an expired entry is replaced). The first request of
+    an address wins. Returns how many entries were created."""
+    entries: dict[str, _Entry] = {}
+    for request in requests:
+        address = address_key(request.email)
+        entries.setdefault(address, _Entry(address, request.reason, request.note, source=request.source[:255]))
+    if not entries:
+        return 0
+    with transaction.atomic():
+        added, _ = _suppressions_insert(list(entries.values()), source="")
+    return added
 
 
 def _suppressions_insert(entries: list[_Entry], *, source: str) -> tuple[int, int]:
@@ -144,7 +172,7 @@ def _suppressions_insert(entries: list[_Entry], *, source: str) -> tuple[int, in
         Suppression.objects.filter(email__in=forms).exclude(_active(now)).delete()
         present = {address_key(email) for email in Suppression.objects.filter(email__in=forms).values_list("email", flat=True)}
         new = [
-            Suppression(email=e.email, reason=e.reason, source=source, note=e.note, expires_at=e.expires_at)
+            Suppression(email=e.email, reason=e.reason, source=e.source or source, note=e.note, expires_at=e.expires_at)
             for e in batch
             if e.email not in present
         ]
