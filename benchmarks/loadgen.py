@@ -42,6 +42,7 @@ class Load:
         self.lock = threading.Lock()
         self.latencies: list[float] = []
         self.ok = self.emails = self.requests = 0
+        self.sent_total = 0  # emails in every request, warm-up included (what the server's CPU was spent on)
         self.errors: dict[str, int] = {}
 
     def body(self, counted: bool) -> tuple[bytes, int]:
@@ -68,6 +69,8 @@ class Load:
             status, payload = type(error).__name__, b""
             connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
         elapsed = time.perf_counter() - started
+        with self.lock:
+            self.sent_total += emails
         if not counted:
             return connection
         accepted = 0
@@ -138,6 +141,7 @@ class Load:
             "requests": self.requests,
             "ok": self.ok,
             "emails": self.emails,
+            "emails_total": self.sent_total,
             "errors": self.errors,
             "elapsed": round(elapsed, 3),
             "requests_per_second": round(self.ok / elapsed, 1) if elapsed > 0 else None,
