@@ -21,6 +21,7 @@ from emailsvc.ratelimit import (
     RateLimit,
     rate_limit_acquire,
     rate_limit_from_settings,
+    rate_limit_reserve,
     rate_limit_try,
 )
 from emailsvc.redisclient import redis_client
@@ -128,6 +129,78 @@ def test_grants_across_processes_never_exceed_rate_times_window_plus_burst(clien
     for t, _ in grants:
         inside = sum(1 for before, after in grants if before >= t and after <= t + 1.0)
         assert inside <= rate + burst, f"{inside} grants within 1 s from {t}"
+
+
+# The delivery engine's path: each send slot books the earliest moment the
+# bucket allows (rate_limit_reserve) and sleeps until then. The booked moment
+# on the server clock lies between the readings before and after the call,
+# plus the wait the limiter returned.
+RESERVE_CHILD = r"""
+import json, sys, time
+import redis
+from emailsvc.ratelimit import RateLimit, rate_limit_reserve
+
+url, key, rate, burst = sys.argv[1:5]
+client = redis.Redis.from_url(url)
+limit = RateLimit(per_second=float(rate), burst=int(burst), key=key)
+
+def server_time():
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1e6
+
+server_time()
+print("ready", flush=True)
+start, end = map(float, sys.stdin.readline().split())
+now = server_time()
+while now < start:
+    time.sleep(min(0.005, start - now))
+    now = server_time()
+booked, refused = [], 0
+while now < end:
+    granted, wait = rate_limit_reserve(limit=limit, max_wait=0.5, client=client)
+    after = server_time()
+    if granted:
+        booked.append([now + wait, after + wait])
+        time.sleep(wait)  # a send slot sends at its moment, then books again
+    else:
+        refused += 1
+        time.sleep(min(wait, 0.05))
+    now = server_time()
+print(json.dumps({"booked": booked, "refused": refused}), flush=True)
+"""
+
+
+def test_booked_moments_across_processes_never_exceed_rate_times_window_plus_burst(client, key):
+    rate, burst, window, processes = 40.0, 1, 3.0, 4
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", RESERVE_CHILD, django_settings.REDIS_URL, key, str(rate), str(burst)],
+            cwd=BASE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        for child in children:
+            assert child.stdout.readline().strip() == "ready"
+        start = server_time(client) + 0.2
+        for child in children:
+            child.stdin.write(f"{start!r} {start + window!r}\n")
+            child.stdin.flush()
+        outputs = [child.communicate(timeout=60)[0] for child in children]
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert [child.returncode for child in children] == [0] * processes
+
+    booked = sorted(tuple(moment) for output in outputs for moment in json.loads(output)["booked"])
+    last = max(late for _, late in booked)
+    assert len(booked) <= burst + rate * (last - start) + 1
+    assert len(booked) >= 0.9 * rate * window  # the limit is really used
+    for t, _ in booked:
+        inside = sum(1 for early, late in booked if early >= t and late <= t + 1.0)
+        assert inside <= rate + burst, f"{inside} booked within 1 s from {t}"
 
 
 # --- multi-token requests ---------------------------------------------------
