@@ -55,10 +55,10 @@ def server_time(client: redis.Redis) -> float:
 # rate_limit_try in a tight loop until the server clock passes `end`. For each
 # grant it records the server time read just before the call and just after
 # it: the grant happened (on the server clock) between the two.
-CHILD = r"""
+CHILD_START = r"""
 import json, sys, time
 import redis
-from emailsvc.ratelimit import RateLimit, rate_limit_try
+from emailsvc.ratelimit import RateLimit, rate_limit_reserve, rate_limit_try
 
 url, key, rate, burst = sys.argv[1:5]
 client = redis.Redis.from_url(url)
@@ -75,6 +75,8 @@ now = server_time()
 while now < start:
     time.sleep(min(0.005, start - now))
     now = server_time()
+"""
+CHILD = CHILD_START + r"""
 grants, tries = [], 0
 while now < end:
     wait = rate_limit_try(limit=limit, client=client)
@@ -87,11 +89,12 @@ print(json.dumps({"grants": grants, "tries": tries}), flush=True)
 """
 
 
-def test_grants_across_processes_never_exceed_rate_times_window_plus_burst(client, key):
-    rate, burst, window, processes = 20.0, 5, 3.0, 4
+def run_children(client, script: str, *, key: str, rate: float, burst: int, processes: int, window: float):
+    """Start `processes` copies of `script` on one bucket, let them run from a
+    common start on the Redis clock for `window` seconds; (start, their JSON reports)."""
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, django_settings.REDIS_URL, key, str(rate), str(burst)],
+            [sys.executable, "-c", script, django_settings.REDIS_URL, key, str(rate), str(burst)],
             cwd=BASE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         for _ in range(processes)
@@ -110,8 +113,12 @@ def test_grants_across_processes_never_exceed_rate_times_window_plus_burst(clien
                 child.kill()
                 child.wait()
     assert [child.returncode for child in children] == [0] * processes
+    return start, [json.loads(output) for output in outputs]
 
-    reports = [json.loads(output) for output in outputs]
+
+def test_grants_across_processes_never_exceed_rate_times_window_plus_burst(client, key):
+    rate, burst, window, processes = 20.0, 5, 3.0, 4
+    start, reports = run_children(client, CHILD, key=key, rate=rate, burst=burst, processes=processes, window=window)
     grants = sorted((before, after) for report in reports for before, after in report["grants"])
     assert all(report["tries"] > 0 for report in reports)
     # Every process really competed: far more tries than grants.
@@ -135,26 +142,7 @@ def test_grants_across_processes_never_exceed_rate_times_window_plus_burst(clien
 # bucket allows (rate_limit_reserve) and sleeps until then. The booked moment
 # on the server clock lies between the readings before and after the call,
 # plus the wait the limiter returned.
-RESERVE_CHILD = r"""
-import json, sys, time
-import redis
-from emailsvc.ratelimit import RateLimit, rate_limit_reserve
-
-url, key, rate, burst = sys.argv[1:5]
-client = redis.Redis.from_url(url)
-limit = RateLimit(per_second=float(rate), burst=int(burst), key=key)
-
-def server_time():
-    seconds, microseconds = client.time()
-    return seconds + microseconds / 1e6
-
-server_time()
-print("ready", flush=True)
-start, end = map(float, sys.stdin.readline().split())
-now = server_time()
-while now < start:
-    time.sleep(min(0.005, start - now))
-    now = server_time()
+RESERVE_CHILD = CHILD_START + r"""
 booked, refused = [], 0
 while now < end:
     granted, wait = rate_limit_reserve(limit=limit, max_wait=0.5, client=client)
@@ -172,29 +160,8 @@ print(json.dumps({"booked": booked, "refused": refused}), flush=True)
 
 def test_booked_moments_across_processes_never_exceed_rate_times_window_plus_burst(client, key):
     rate, burst, window, processes = 40.0, 1, 3.0, 4
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", RESERVE_CHILD, django_settings.REDIS_URL, key, str(rate), str(burst)],
-            cwd=BASE_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        for _ in range(processes)
-    ]
-    try:
-        for child in children:
-            assert child.stdout.readline().strip() == "ready"
-        start = server_time(client) + 0.2
-        for child in children:
-            child.stdin.write(f"{start!r} {start + window!r}\n")
-            child.stdin.flush()
-        outputs = [child.communicate(timeout=60)[0] for child in children]
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-    assert [child.returncode for child in children] == [0] * processes
-
-    booked = sorted(tuple(moment) for output in outputs for moment in json.loads(output)["booked"])
+    start, reports = run_children(client, RESERVE_CHILD, key=key, rate=rate, burst=burst, processes=processes, window=window)
+    booked = sorted(tuple(moment) for report in reports for moment in report["booked"])
     last = max(late for _, late in booked)
     assert len(booked) <= burst + rate * (last - start) + 1
     assert len(booked) >= 0.9 * rate * window  # the limit is really used
