@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from django.db import connection
+from django.db import OperationalError, connection, transaction
 from django.db.models import BooleanField, Case, Count, Q, QuerySet, Value, When
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTransform
@@ -66,6 +66,10 @@ STATS_SAMPLE_RUN = 50
 # The matches are counted exactly when the sample estimates at most this many
 # (the sample errs; past this, more than STATS_EXACT_LIMIT is certain enough).
 STATS_EXACT_TRY = 3 * STATS_EXACT_LIMIT
+# An exact count that takes longer than this (its matches scattered over a big
+# table) is stopped by PostgreSQL and estimated instead: a page with its stats
+# stays fast whatever the filter.
+STATS_EXACT_MILLISECONDS = 150
 
 
 @dataclass(frozen=True)
@@ -200,16 +204,19 @@ def planner_settings(**values: str) -> Iterator[None]:
     if connection.vendor != "postgresql" or not connection.in_atomic_block or not values:
         yield
         return
-    names = list(values)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(names)), names)
-        before = dict(zip(names, cursor.fetchone(), strict=True))
+        before = _settings_read(cursor, list(values))
         _settings_apply(cursor, values)
     try:
         yield
     finally:
         with connection.cursor() as cursor:
             _settings_apply(cursor, before)
+
+
+def _settings_read(cursor, names: list[str]) -> dict[str, str]:
+    cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(names)), names)
+    return dict(zip(names, cursor.fetchone(), strict=True))
 
 
 def _settings_apply(cursor, values: dict[str, str]) -> None:
@@ -329,9 +336,8 @@ def message_status_counts(*, rows: QuerySet[Message], filters: EmailFilters, bou
     probed = min(PROBE_ROWS, high - low)
     promised = _matches(rows, Q(id__lt=high, id__gte=high - probed)) * (high - low) / probed
     if promised <= STATS_EXACT_TRY:
-        with planner_settings(**(GATHERED if filters.unordered else {})):
-            statuses = list(rows.order_by().values_list("status", flat=True)[: STATS_EXACT_LIMIT + 1])
-        if len(statuses) <= STATS_EXACT_LIMIT:
+        statuses = statuses_read(rows, unordered=filters.unordered)
+        if statuses is not None and len(statuses) <= STATS_EXACT_LIMIT:
             counts.update(Counter(statuses))
             return StatusCounts(counts=counts, exact=True)
     sample = _sample_ids(low, high)
@@ -341,6 +347,28 @@ def message_status_counts(*, rows: QuerySet[Message], filters: EmailFilters, bou
         for status, number in sampled:
             counts[status] = round(number * scale)
     return StatusCounts(counts=counts, exact=len(sample) == high - low)
+
+
+def statuses_read(rows: QuerySet[Message], *, unordered: bool = False) -> list[str] | None:
+    """The statuses of up to STATS_EXACT_LIMIT + 1 of `rows` (PostgreSQL), or None
+    when reading them takes longer than STATS_EXACT_MILLISECONDS: PostgreSQL
+    stops the statement (statement_timeout) and the savepoint around it takes
+    back the failed statement and the settings, so the caller's transaction
+    goes on."""
+    values = {"statement_timeout": f"{STATS_EXACT_MILLISECONDS}ms", **(GATHERED if unordered else {})}
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                before = _settings_read(cursor, list(values))
+                _settings_apply(cursor, values)
+            statuses = list(rows.order_by().values_list("status", flat=True)[: STATS_EXACT_LIMIT + 1])
+            with connection.cursor() as cursor:
+                _settings_apply(cursor, before)
+            return statuses
+    except OperationalError as error:
+        if type(error.__cause__).__name__ == "QueryCanceled":  # psycopg.errors.QueryCanceled: the time was up
+            return None
+        raise
 
 
 def _sample_ids(low: int, high: int) -> list[int]:

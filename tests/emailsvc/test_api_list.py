@@ -245,6 +245,28 @@ def test_stats_past_the_exact_limit_are_an_estimate_and_say_so(api, make_client,
     assert small["stats"]["scheduled"] == 20 or not small["stats_exact"]
 
 
+def test_an_exact_count_that_takes_too_long_is_given_up_and_the_request_goes_on(api, monkeypatch):
+    """On a big table a filter's matches can lie scattered: reading them to count
+    them exactly is stopped after STATS_EXACT_MILLISECONDS, the caller's
+    transaction stays usable and keeps no lowered timeout (the API then
+    estimates)."""
+    from django.db import connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite counts every match; only PostgreSQL stops a statement that runs too long")
+    for n in range(3):
+        send(api, f"user{n}@example.com")
+    monkeypatch.setattr(selectors_list, "STATS_EXACT_MILLISECONDS", 50)
+    slow = Message.objects.extra(where=["pg_sleep(0.2) IS NOT NULL"])  # 0.2 s a row
+
+    with transaction.atomic():
+        assert selectors_list.statuses_read(slow) is None
+        assert selectors_list.statuses_read(Message.objects.all()) == ["queued"] * 3
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout')")
+            assert cursor.fetchone()[0] == "0"
+
+
 BAD = [
     ("status=nope", "status"),
     ("status=sent,", "status"),
