@@ -29,10 +29,8 @@ HEAVY = "heavy@example.com"  # one address in every 200 emails
 
 def fill(count: int) -> float:
     """Add `count` emails (with recipients and status changes); seconds taken."""
-    from django.db import connection
-
-    from emailsvc.models import Group, Message, Recipient, StatusChange
-    from tests.tables import rows_fill
+    from emailsvc.models import Group, Message, Recipient
+    from tests.tables import rows_fill_first_id, status_changes_fill
 
     started = time.monotonic()
     Group.objects.get_or_create(id=GROUP)
@@ -42,7 +40,7 @@ def fill(count: int) -> float:
         "WHEN g % 7 = 0 THEN 'opened' ELSE 'delivered' END"
     )
     address = f"CASE WHEN g % 200 = 0 THEN '{HEAVY}' ELSE 'reader' || (g % 333333) || '@example.org' END"
-    rows_fill(Message, count, {
+    first_message = rows_fill_first_id(Message, count, {
         "email_id": f"'reads-' || g || '-{int(started)}'", "group": f"'{GROUP}'",
         "from_email": "'noreply@example.com'", "sending_domain": "'example.com'", "subject": "'Subject ' || (g % 1000)",
         "html": "'<p>Hello</p>'", "text": "'Hello'", "tags": "jsonb_build_array('t' || (g % 10))",
@@ -51,27 +49,16 @@ def fill(count: int) -> float:
         "attempts": "1", "created_at": created, "queued_at": created, "next_attempt_at": created,
         "sent_at": f"{created} + interval '1 second'", "updated_at": created,
     })
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT max(id) - {count} + 1 FROM {Message._meta.db_table}")
-        first_message = cursor.fetchone()[0]
-    rows_fill(Recipient, count, {
+    first_recipient = rows_fill_first_id(Recipient, count, {
         "message": f"{first_message} + g - 1", "email": address, "role": "'to'", "status": status,
         "group": f"'{GROUP}'", "sent_at": f"{created} + interval '1 second'",
         "delivered_at": f"CASE WHEN ({status}) IN ('delivered', 'opened', 'complained') THEN {created} + interval '2 seconds' END",
         "updated_at": created,
     })
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT max(id) - {count} + 1 FROM {Recipient._meta.db_table}")
-        first_recipient = cursor.fetchone()[0]
-    m = "((c - 1) / 2 + 1)"
-    rows_fill(StatusChange, count * 2, {
-        "message": f"{first_message} + {m} - 1", "recipient": f"{first_recipient} + {m} - 1",
-        "email": address.replace("g %", f"{m} %"),
-        "from_status": "CASE WHEN (c - 1) % 2 = 0 THEN 'queued' ELSE 'sent' END",
-        "to_status": f"CASE WHEN (c - 1) % 2 = 0 THEN 'sent' ELSE ({status.replace('g %', f'{m} %')}) END",
-        "at": f"now() - (({count} - {m}) * interval '2.592 seconds') + ((c - 1) % 2) * interval '2 seconds'",
-        "cause": "'event'",
-    }, series="c")
+    status_changes_fill(
+        count, first_message=first_message, first_recipient=first_recipient, address=address, status=status,
+        at=created,
+    )
     return time.monotonic() - started
 
 

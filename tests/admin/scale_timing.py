@@ -37,7 +37,7 @@ def _create_database(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{SCRATCH}"))
 
 
-from tests.tables import rows_fill  # noqa: E402
+from tests.tables import rows_fill, rows_fill_first_id, status_changes_fill  # noqa: E402
 
 
 def _drop_database(url: str) -> None:
@@ -46,9 +46,7 @@ def _drop_database(url: str) -> None:
 
 
 def fill(messages: int) -> dict:
-    from django.db import connection
-
-    from emailsvc.models import ApiKey, Group, Message, Recipient, SendingPause, StatusChange, Suppression
+    from emailsvc.models import ApiKey, Group, Message, Recipient, SendingPause, Suppression
     from templates_app.services import template_create
     from tracking.models import EngagementEvent
 
@@ -61,7 +59,7 @@ def fill(messages: int) -> dict:
         "CASE WHEN g % 1000 = 0 THEN 'complained' WHEN g % 50 = 0 THEN 'bounced' WHEN g % 97 = 0 THEN 'queued' "
         "WHEN g % 7 = 0 THEN 'opened' ELSE 'delivered' END"
     )
-    rows_fill(Message, messages, {
+    first_message = rows_fill_first_id(Message, messages, {
         "email_id": "'m-' || g", "group": "CASE WHEN g % 10 = 0 THEN 'campaign-' || (g % 100) END",
         "from_email": "'noreply@example.com'", "sending_domain": "'example.com'", "subject": "'Subject ' || (g % 1000)",
         "html": "'<p>Hello</p>'", "text": "'Hello'",
@@ -74,18 +72,12 @@ def fill(messages: int) -> dict:
         "sent_at": f"CASE WHEN ({status}) = 'queued' THEN NULL ELSE {created} + interval '1 second' END",
         "updated_at": created,
     })
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT min(id) FROM {Message._meta.db_table}")
-        first_message = cursor.fetchone()[0]
     address = "CASE WHEN g % 200 = 0 THEN 'heavy@example.com' ELSE 'reader' || (g % 333333) || '@example.org' END"
-    rows_fill(Recipient, messages, {
+    first_recipient = rows_fill_first_id(Recipient, messages, {
         "message": f"{first_message} + g - 1", "email": address, "role": "'to'", "status": status,
         "group": "CASE WHEN g % 10 = 0 THEN 'campaign-' || (g % 100) END",
         "sent_at": f"{created} + interval '1 second'", "delivered_at": f"{created} + interval '2 seconds'",
     })
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT min(id) FROM {Recipient._meta.db_table}")
-        first_recipient = cursor.fetchone()[0]
     # Three events per message: send, delivery (or a bounce), open (or a complaint).
     m = "((e - 1) / 3 + 1)"
     k = "((e - 1) % 3)"
@@ -107,14 +99,10 @@ def fill(messages: int) -> dict:
         "source": "'sqs'", "detail": detail, "raw": "'{}'::jsonb",
     }, series="e")
     # Two transitions per message: queued → sent, sent → its status.
-    m2 = "((c - 1) / 2 + 1)"
-    rows_fill(StatusChange, messages * 2, {
-        "message": f"{first_message} + {m2} - 1", "recipient": f"{first_recipient} + {m2} - 1",
-        "email": address.replace("g %", f"{m2} %"),
-        "from_status": "CASE WHEN (c - 1) % 2 = 0 THEN 'queued' ELSE 'sent' END",
-        "to_status": f"CASE WHEN (c - 1) % 2 = 0 THEN 'sent' ELSE ({status.replace('g %', f'{m2} %')}) END",
-        "at": f"now() - (({messages} - {m2}) * interval '2 seconds')", "cause": "'event'",
-    }, series="c")
+    status_changes_fill(
+        messages, first_message=first_message, first_recipient=first_recipient, address=address, status=status,
+        at=created,
+    )
     rows_fill(Suppression, 100_000, {
         "email": "'supp' || g || '@example.org'", "reason": "'hard_bounce'", "source": "'ses:bounce:ev-' || (g * 150 - 1)",
         "created_at": "now() - (g * interval '10 seconds')",
