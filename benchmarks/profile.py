@@ -7,7 +7,8 @@ Targets (each a smaller load than the figure it explains):
                process and thread (the send slots are threads);
 - deliver-ses: the same through the SES stand-in (30 ms answers, no moto);
 - drain:       `events_drain` in this process over SNS-wrapped SES events on
-               moto's SQS (figure 5), under pyinstrument;
+               moto's SQS (figure 5), under pyinstrument; then the same
+               messages again (profile-drain-replay: nothing to apply);
 - accept:      POST /api/v1/emails through Django's test client in this
                process (figure 1, without gunicorn's own small share), under
                pyinstrument.
@@ -56,10 +57,48 @@ def _write(session, results_dir: Path, target: str) -> None:
 def profile_drain(bench: Bench, results_dir: Path) -> None:
     from benchmarks import drain
 
+    from django.db import connection
+
     profiler = _profiler()
     prepared = drain.prepare(bench, 300 if bench.params.quick else 1000)
-    drain.drain_all(prepared, profiler=profiler)  # profiles the draining, not the putting
+    statements = _StatementClock()
+    with connection.execute_wrapper(statements):
+        drain.drain_all(prepared, profiler=profiler)  # profiles the draining, not the putting
     _write(profiler.last_session, results_dir, "drain")
+    _statements_write(statements, results_dir, "drain", len(prepared.bodies))
+    replay = _profiler()
+    drain.drain_all(prepared, profiler=replay)  # the same messages again: nothing to apply
+    _write(replay.last_session, results_dir, "drain-replay")
+
+
+class _StatementClock:
+    """Wall time per kind of SQL statement (its first words), for Django's execute_wrapper."""
+
+    def __init__(self):
+        self.kinds: dict[str, list[float]] = {}
+
+    def __call__(self, execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            kind = " ".join(sql.split()[:8])[:90]
+            entry = self.kinds.setdefault(kind, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started
+
+
+def _statements_write(clock: _StatementClock, results_dir: Path, target: str, events: int) -> None:
+    """profile-<target>-sql.txt: statements by total time (the profiler's own
+    cost is not in these: they are the database's answer times)."""
+    total = sum(seconds for _, seconds in clock.kinds.values())
+    lines = [f"SQL statements while draining {events} events: {total * 1000:.0f} ms in all, "
+             f"{total * 1000 / max(1, events):.3f} ms per event", "", "   ms  count  statement"]
+    for kind, (count, seconds) in sorted(clock.kinds.items(), key=lambda item: -item[1][1]):
+        lines.append(f"{seconds * 1000:6.0f} {count:6d}  {kind}")
+    text = "\n".join(lines) + "\n"
+    (results_dir / f"profile-{target}-sql.txt").write_text(text)
+    print(text)
 
 
 def profile_accept(bench: Bench, results_dir: Path) -> None:

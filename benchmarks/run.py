@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
-    stack = Stack(work_dir=WORK_DIR)
+    stack = Stack(work_dir=WORK_DIR, keep_database=args.keep)
     started, clock = datetime.now(timezone.utc), time.monotonic()
     load_before = os.getloadavg()[0]
     failures: dict[str, str] = {}

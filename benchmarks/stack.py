@@ -175,6 +175,7 @@ class Stack:
     _plain: list[subprocess.Popen] = field(default_factory=list)  # redis, moto (devservices.stop)
     _pg_admin: dict | None = None
     database_name: str = ""
+    keep_database: bool = False  # --keep: left on the server for a look afterwards (its name is printed)
     _redis_owner: str = ""  # set when the Redis database is an external one this run holds
     _redis_claimed: bool = False  # the database was claimed by this run: emptied at the end
     # Peak RSS seen per process role: role -> (KiB, where).
@@ -275,7 +276,9 @@ class Stack:
         for process in reversed(self._plain):
             stop(process)
         self._plain.clear()
-        if self._pg_admin is not None and self.database_name:
+        if self._pg_admin is not None and self.database_name and self.keep_database:
+            print(f"kept: database {self.database_name!r} (drop it when done)", flush=True)
+        elif self._pg_admin is not None and self.database_name:
             import psycopg
             from psycopg import sql
 

@@ -51,9 +51,9 @@ from emailsvc.selectors_list import (
     BY_ID,
     GATHERED,
     EmailFilters,
-    among,
     created_id_bounds,
     message_status_counts,
+    messages_among,
     messages_filtered,
     page_window,
     planner_settings,
@@ -177,7 +177,10 @@ class EmailsApi(APIView):
         )
         if window is not None:
             with planner_settings(**BY_ID):
-                found = paginator.paginate_queryset(among(rows, window.matches).values("id"), self.request, view=self)
+                # The window's matches passed every filter: looked up by key alone.
+                found = paginator.paginate_queryset(
+                    messages_among(window.matches).values("id"), self.request, view=self
+                )
             if window.complete or (paginator.has_previous if reverse else paginator.has_next):
                 return [row["id"] for row in found]
         with planner_settings(**(GATHERED if window is not None else {})):

@@ -1,6 +1,7 @@
 """Applying provider events: record each once, fold it into the recipient's facts,
 derive the status through emailsvc.status, apply the suppression policy (SPEC §6.3, §6.4)."""
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,22 @@ def events_apply(*, events: Sequence[NormalizedEvent], source: str) -> list[Appl
         results.append(AppliedEvent(outcome=outcome.get(key, "duplicate") if key not in reported else "duplicate"))
         reported.add(key)
     return results
+
+
+def events_stored(event_ids: set[str]) -> dict[str, int]:
+    """How many per-recipient events are stored under each of these event ids
+    (an id with none is left out). The events of one provider event are stored
+    together, in one transaction, so an id found here was applied whole: what
+    carries it again is a replay, and need not even be read."""
+    if not event_ids:
+        return {}
+    with transaction.atomic():
+        index_lookups()
+        return dict(
+            EngagementEvent.objects.filter(event_id__in=event_ids).order_by().values_list("event_id").annotate(
+                stored=Count("*")
+            )
+        )
 
 
 def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> dict[tuple[str, str], str]:
@@ -232,11 +249,15 @@ def _events_insert(fresh, message_of, recipient_of, source: str, now) -> set[tup
         recipient = recipient_of.get(key)
         values = [
             event.event_id, event.recipient, event.event_type, event.provider_message_id, message_of.get(key),
-            recipient.pk if recipient is not None else None, event.occurred_at, now, source, event.detail, event.raw,
+            recipient.pk if recipient is not None else None, event.occurred_at, now, source, event.detail,
         ]
-        rows.append([f.get_db_prep_save(v, connection) for f, v in zip(fields, values)])
+        row = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]
+        # The raw event as the JSON text it came in (parsed once, by the database).
+        row.append(event.raw_text or json.dumps(event.raw))
+        rows.append(row)
     columns = ", ".join(f.column for f in fields)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
+    as_json = "%s::jsonb" if connection.vendor == "postgresql" else "%s"
+    placeholders = ", ".join(["(" + ", ".join(["%s"] * (len(fields) - 1) + [as_json]) + ")"] * len(rows))
     sql = (
         f"INSERT INTO {meta.db_table} ({columns}) VALUES {placeholders} "
         "ON CONFLICT (event_id, recipient_email) DO NOTHING RETURNING event_id, recipient_email"
@@ -267,11 +288,13 @@ def events_relink(*, limit: int = 1000) -> int:
     day are looked at; one indexed query finds none, which is nearly always.
     """
     since = timezone.now() - ORPHAN_RELINK_WINDOW
-    orphans = list(
-        EngagementEvent.objects.filter(message__isnull=True, received_at__gte=since)
-        .exclude(provider_message_id="")
-        .values_list("pk", "provider_message_id")[:limit]
-    )
+    with transaction.atomic():
+        index_lookups()  # event_orphan_received: the recent orphans only, whatever the statistics say
+        orphans = list(
+            EngagementEvent.objects.filter(message__isnull=True, received_at__gte=since)
+            .exclude(provider_message_id="")  # `<>`: no index answers it, so it cannot lead the planner astray
+            .values_list("pk", "provider_message_id")[:limit]
+        )
     if not orphans:
         return 0
     messages = dict(

@@ -13,9 +13,9 @@ from redis.exceptions import LockNotOwnedError, RedisError
 from emailsvc.redisclient import redis_client
 from emailsvc.services.breaker import breaker_check
 from emailsvc.sqs import drain_report_save, events_queue_url, sqs_client
-from tracking.apply import events_apply, events_relink
+from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
-from tracking.normalize import MalformedEvent, ses_body_parse
+from tracking.normalize import MalformedEvent, envelope_event_id, envelope_read, ses_envelope_parse
 
 logger = logging.getLogger(__name__)
 
@@ -183,20 +183,34 @@ def _apply_batch(messages: list[dict], result: DrainResult) -> tuple[list[dict],
     A message that is not a readable SES event is left for the DLQ. If the
     batch as a whole fails, each message is applied on its own, so one that
     cannot be applied never holds up the others."""
-    parsed: list[tuple[dict, list]] = []
+    envelopes: list[tuple[dict, dict]] = []
     for sqs_message in messages:
         try:
-            events = ses_body_parse(sqs_message["Body"])
+            envelopes.append((sqs_message, envelope_read(sqs_message["Body"])))
         except MalformedEvent as error:
-            result.malformed += 1
-            logger.error(
-                "malformed SES event left for the DLQ sqs_message_id=%s receive_count=%s: %s",
-                sqs_message.get("MessageId"), _receive_count(sqs_message), error,
-            )
+            _malformed(sqs_message, error, result)
+    # Replays (SNS delivers at least once; a drain may die before its deletes)
+    # are known by their SNS MessageId alone: one query, and they are not read further.
+    try:
+        stored = events_stored({event_id for _, envelope in envelopes if (event_id := envelope_event_id(envelope))})
+    except (OperationalError, InterfaceError) as error:
+        result.errors.append(f"{type(error).__name__}: {error}")
+        logger.error("drain stopped: database unavailable: %s", error)
+        return [], True
+    replayed: list[dict] = []
+    parsed: list[tuple[dict, list]] = []
+    for sqs_message, envelope in envelopes:
+        event_id = envelope_event_id(envelope)
+        if event_id in stored:
+            result.duplicates += stored[event_id]
+            replayed.append(sqs_message)
             continue
-        parsed.append((sqs_message, events))
+        try:
+            parsed.append((sqs_message, ses_envelope_parse(envelope)))
+        except MalformedEvent as error:
+            _malformed(sqs_message, error, result)
     if not parsed:
-        return [], False
+        return replayed, False
     result.batches += 1
     try:
         with transaction.atomic():
@@ -209,13 +223,20 @@ def _apply_batch(messages: list[dict], result: DrainResult) -> tuple[list[dict],
         return [], True
     except Exception:  # something in the batch cannot be applied: find it, apply the rest
         logger.warning("a batch of %d SQS messages failed to apply; applying them one by one", len(parsed), exc_info=True)
-        return _apply_one_by_one(parsed, result)
+        return _apply_one_by_one(parsed, result, replayed)
     _count(outcomes, result)
-    return [sqs_message for sqs_message, _ in parsed], False
+    return replayed + [sqs_message for sqs_message, _ in parsed], False
 
 
-def _apply_one_by_one(parsed, result: DrainResult) -> tuple[list[dict], bool]:
-    committed = []
+def _malformed(sqs_message: dict, error: MalformedEvent, result: DrainResult) -> None:
+    result.malformed += 1
+    logger.error(
+        "malformed SES event left for the DLQ sqs_message_id=%s receive_count=%s: %s",
+        sqs_message.get("MessageId"), _receive_count(sqs_message), error,
+    )
+
+
+def _apply_one_by_one(parsed, result: DrainResult, committed: list[dict]) -> tuple[list[dict], bool]:
     for sqs_message, events in parsed:
         try:
             with transaction.atomic():

@@ -61,6 +61,9 @@ class NormalizedEvent:
     occurred_at: datetime
     detail: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    # `raw` as the JSON text it was read from, when there is one: stored as it
+    # came (the database reads it once) instead of written out again.
+    raw_text: str = field(default="", repr=False, compare=False)
 
     @property
     def email_id(self) -> str:
@@ -73,9 +76,28 @@ def ses_body_parse(body: str | bytes | dict) -> list[NormalizedEvent]:
 
     Raises MalformedEvent for anything that cannot be read as an SES event.
     """
+    return ses_envelope_parse(envelope_read(body))
+
+
+def envelope_read(body: str | bytes | dict) -> dict:
+    """The JSON object of an SQS/SNS body (not yet read as an event)."""
     envelope = _json(body)
     if not isinstance(envelope, dict):
         raise MalformedEvent("the body is not a JSON object")
+    return envelope
+
+
+def envelope_event_id(envelope: dict) -> str:
+    """The SNS MessageId of a Notification envelope: the id its events are
+    stored under. "" for anything else (a bare SES event's id is a digest of it)."""
+    if envelope.get("Type") == "Notification" and isinstance(envelope.get("Message"), str):
+        event_id = envelope.get("MessageId")
+        return event_id if isinstance(event_id, str) else ""
+    return ""
+
+
+def ses_envelope_parse(envelope: dict) -> list[NormalizedEvent]:
+    """`ses_body_parse` of a body already read by `envelope_read`."""
     if envelope.get("Type") == "Notification" and "Message" in envelope:
         message = envelope["Message"]
         if not isinstance(message, str):
@@ -85,16 +107,20 @@ def ses_body_parse(body: str | bytes | dict) -> list[NormalizedEvent]:
         ses_event = _json(message)
         sns_message = envelope
         event_id = envelope.get("MessageId") or ""
+        raw_text = message
     elif envelope.get("Type") in ("SubscriptionConfirmation", "UnsubscribeConfirmation"):
         return []
     else:  # SNS raw message delivery: the bare SES event
-        ses_event, sns_message, event_id = envelope, {}, ""
-    return ses_event_normalize(ses_event, sns_message=sns_message, event_id=event_id)
+        ses_event, sns_message, event_id, raw_text = envelope, {}, "", ""
+    return ses_event_normalize(ses_event, sns_message=sns_message, event_id=event_id, raw_text=raw_text)
 
 
-def ses_event_normalize(ses_event: dict, *, sns_message: dict | None = None, event_id: str = "") -> list[NormalizedEvent]:
-    """Per-recipient events of one SES event. Without an SNS MessageId the id is
-    a digest of the event, so the same bare event replayed is still one event."""
+def ses_event_normalize(
+    ses_event: dict, *, sns_message: dict | None = None, event_id: str = "", raw_text: str = ""
+) -> list[NormalizedEvent]:
+    """Per-recipient events of one SES event (`raw_text`: the JSON it was read
+    from, if any). Without an SNS MessageId the id is a digest of the event, so
+    the same bare event replayed is still one event."""
     if not isinstance(ses_event, dict):
         raise MalformedEvent("the SES event is not a JSON object")
     if ses_event.get("notificationType") == "AmazonSnsSubscriptionSucceeded":
@@ -128,6 +154,7 @@ def ses_event_normalize(ses_event: dict, *, sns_message: dict | None = None, eve
         "tracking_id": _header(mail, TRACKING_HEADER),
         "occurred_at": occurred_at,
         "raw": ses_event,
+        "raw_text": raw_text,
     }
     per_recipient = _per_recipient_detail(ses_type, event_object)
     events = []

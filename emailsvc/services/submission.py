@@ -220,9 +220,15 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
     # Scheduled messages due soon get their task now, with that ETA; later ones
     # get it from scheduled_publish (beat) once they come within the horizon.
     horizon = now + timedelta(seconds=settings.SCHEDULED_HORIZON_SECONDS)
-    soon = [s.message for s in submissions if s.message.state == WorkState.SCHEDULED and s.message.send_at <= horizon]
-    for message in soon:
-        transaction.on_commit(lambda message=message: deliveries_enqueue(priorities=[message.priority], eta=message.send_at))
+    # Messages due at the same moment (a batch's send_at, a drain batch's soft-bounce
+    # re-sends) share their tasks: one per chunk, not one per message.
+    soon: dict[datetime, list[str]] = {}
+    for submission in submissions:
+        message = submission.message
+        if message.state == WorkState.SCHEDULED and message.send_at <= horizon:
+            soon.setdefault(message.send_at, []).append(message.priority)
+    for send_at, priorities in soon.items():
+        transaction.on_commit(lambda send_at=send_at, priorities=priorities: deliveries_enqueue(priorities=priorities, eta=send_at))
 
 
 def _unstorable() -> ValidationFailed:

@@ -1,5 +1,7 @@
 """SES events on moto's SQS (real HTTP) → the drain task → stored facts and API answers."""
 
+import json
+
 import pytest
 
 from emailsvc.models import Message, Recipient, Suppression
@@ -349,6 +351,25 @@ def test_replayed_and_reordered_events_give_identical_facts(api, events_queue):
     third = drain()
     assert third["applied"] == 0 and third["duplicates"] == 13
     assert _facts(shuffled) == expected
+
+
+def test_a_replay_is_known_by_its_sns_message_id_and_not_read_again(api, events_queue):
+    """SNS delivers at least once: a notification whose MessageId is stored was
+    applied whole, so its copy is acknowledged without being read again."""
+    message = sent_message(api, ["one@example.com", "two@example.com"])
+    delivery = event(message, "Delivery")
+    events_queue.put(delivery)
+    assert drain()["applied"] == 2
+
+    copy = dict(delivery, Message="{}")  # what it says is not looked at again
+    events_queue.put(copy, delivery)
+    replay = drain()
+
+    assert (replay["applied"], replay["duplicates"], replay["malformed"], replay["deleted"]) == (0, 4, 0, 2)
+    assert events_queue.depth() == 0
+    assert EngagementEvent.objects.count() == 2
+    stored = EngagementEvent.objects.filter(recipient_email="one@example.com").get()
+    assert stored.raw == json.loads(delivery["Message"])  # the SES event, stored as it came
 
 
 def test_unreachable_queue_is_reported_not_raised(settings, events_queue):
