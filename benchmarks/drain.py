@@ -37,7 +37,9 @@ class SqsClock:
         self.seconds = 0.0
         self.calls = 0
         events = boto3._get_default_session().events  # noqa: SLF001 - the session every boto3.client() uses
-        events.register("before-call.sqs", self._before, unique_id="bench-sqs-before")
+        # From the call's first event (its parameters, before botocore builds,
+        # signs and sends the request) to its last (the answer parsed).
+        events.register("provide-client-params.sqs", self._before, unique_id="bench-sqs-before")
         events.register("after-call.sqs", self._after, unique_id="bench-sqs-after")
         try:
             from emailsvc.sqs import sqs_clients_forget

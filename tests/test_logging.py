@@ -74,6 +74,14 @@ def test_worker_log_lines_are_json_and_never_show_the_address(tmp_path_factory):
         )
         assert status == 202, body
         assert wait_for_status(body["email_id"]).status == "sent", stack.logs()
+        # Two in one chunk: sent from the worker's send slots (threads), not the task's own thread.
+        status, batch = stack.post(
+            "/api/v1/emails/batch",
+            {"emails": [{"to": [f"Jane Doe <{ADDRESS}>"], "subject": "Hello", "text": "Hi"}] * 2}, key=key,
+        )
+        assert status == 200 and len(batch["data"]) == 2, batch
+        for item in batch["data"]:
+            assert wait_for_status(item["email_id"]).status == "sent", stack.logs()
         # The task's own lines, then Celery's, are written once it returns.
         assert wait_until(lambda: "emailsvc.deliver" in worker.log() and "succeeded" in worker.log(), timeout=20)
         log = worker.log()
@@ -89,6 +97,9 @@ def test_worker_log_lines_are_json_and_never_show_the_address(tmp_path_factory):
     deliver = [line for line in lines if line.get("task_name") == "emailsvc.deliver"]
     assert deliver and all(line["task_id"] for line in deliver)
     assert {"django.db.backends", "emailsvc.services.delivery"} <= {line["logger"] for line in deliver}
+    # The send slots' lines too (the console provider logs each send).
+    sends = [line for line in lines if line["logger"] == "emailsvc.providers.console"]
+    assert len(sends) == 3 and all(line.get("task_id") and line.get("task_name") == "emailsvc.deliver" for line in sends)
     assert any(line["logger"] == "celery.app.trace" and "succeeded" in line["message"] for line in lines)
     # What is not JSON is Celery's start-up banner, printed (not logged) before the worker runs.
     ready = next(i for i, line in enumerate(log.splitlines()) if line.startswith("{") and "ready." in line)

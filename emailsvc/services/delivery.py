@@ -23,6 +23,7 @@ those messages are sent again — the one window for a duplicate.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import math
@@ -311,7 +312,10 @@ def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> tuple[dict[
     if len(sendable) == 1:  # a single email: no hop through the pool
         outcomes[sendable[0].pk] = _send_slot(sendable[0], context)
     elif sendable:
-        for message, outcome in zip(sendable, _send_pool().map(lambda m: _send_slot(m, context), sendable)):
+        # Each send runs in a copy of this thread's context: its log lines carry the task's id.
+        slots = [(contextvars.copy_context(), message) for message in sendable]
+        sent = _send_pool().map(lambda slot: slot[0].run(_send_slot, slot[1], context), slots)
+        for message, outcome in zip(sendable, sent):
             outcomes[message.pk] = outcome
     return outcomes, context
 
