@@ -4,7 +4,7 @@ import logging
 import uuid
 
 from emailsvc.providers.base import ProviderBackend, SendResult
-from emailsvc.providers.mime import OutboundEmail
+from emailsvc.providers.mime import OutboundEmail, wire_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -13,7 +13,7 @@ class ConsoleBackend(ProviderBackend):
     name = "console"
 
     def send(self, email: OutboundEmail) -> SendResult:
-        email.message()  # build it as a real send would, so a message that cannot be built fails here too
+        wire_bytes(email)  # build it as a real send would, so a message that cannot be built fails here too
         logger.info(
             "console delivery (not sent) message_id=%s recipients=%d subject_chars=%d",
             email.extra_headers.get("Message-ID", ""), len(email.recipients()), len(email.subject or ""),

@@ -16,7 +16,7 @@ from django.core.mail.message import sanitize_address
 
 from emailsvc.providers.base import ProviderBackend, SendResult
 from emailsvc.providers.errors import smtp_reply_error
-from emailsvc.providers.mime import OutboundEmail
+from emailsvc.providers.mime import OutboundEmail, wire_bytes
 
 # A session used within this many seconds is taken as alive; an older one is
 # asked (NOOP) first, since servers close idle sessions.
@@ -29,14 +29,15 @@ class _RecipientAwareSmtpBackend(DjangoSmtpBackend):
             return False
         if isinstance(email_message, OutboundEmail):  # its envelope is ready: bare ASCII addresses
             from_email, recipients = email_message.envelope_from, email_message.envelope_recipients
+            data = wire_bytes(email_message, linesep="\r\n")
         else:
             encoding = email_message.encoding or settings.DEFAULT_CHARSET
             from_email = sanitize_address(email_message.from_email, encoding)
             recipients = [sanitize_address(address, encoding) for address in email_message.recipients()]
-        message = email_message.message()
+            data = email_message.message().as_bytes(linesep="\r\n")
         # Raises SMTPRecipientsRefused when every recipient is refused, and the
         # other SMTP errors for the whole message; returns the partly refused ones.
-        email_message.smtp_refused = self.connection.sendmail(from_email, recipients, message.as_bytes(linesep="\r\n"))
+        email_message.smtp_refused = self.connection.sendmail(from_email, recipients, data)
         return True
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from emailsvc.providers.mime import build_email, mime_bytes
+from emailsvc.providers.mime import _plain_bytes, build_email, mime_bytes, wire_bytes
 
 HTML = "<p>Hello <b>there</b></p>" * 20
 TEXT = "Hello there,\n\nThis is the text part.\n" * 10
@@ -105,3 +105,111 @@ def test_any_header_value_is_written_as_compat32_folds_it(name, value):
     mime[name] = value
     expected = b"".join(compat32.clone(linesep="\r\n").fold_binary(h, v) for h, v in mime.raw_items()) + b"\r\n"
     assert mime_bytes(mime, linesep="\r\n") == expected
+
+
+# --- The plain email written without the email package's objects -------------------------
+
+
+@pytest.fixture
+def fixed_date(monkeypatch):
+    """The Date header of both ways from the same clock reading."""
+    import django.core.mail.message
+
+    import emailsvc.providers.mime
+
+    def date(localtime=False):
+        return "Tue, 01 Dec 2026 20:00:00 -0000"
+
+    monkeypatch.setattr(django.core.mail.message, "formatdate", date)
+    monkeypatch.setattr(emailsvc.providers.mime, "formatdate", date)
+
+
+def _wire_both_ways(email, linesep="\r\n"):
+    """(the email package's bytes, wire_bytes) with the same random boundary."""
+    mime = email.message()
+    random.seed(11)
+    reference = type(mime).as_bytes(mime, linesep=linesep)
+    random.seed(11)
+    return reference, wire_bytes(email, linesep=linesep)
+
+
+PLAIN = {"text and html", "text only", "html only", "long subject that folds", "spaces at the edges and runs of spaces",
+         "encoded-word look-alike", "reply-to list", "empty subject"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=list(CASES))
+def test_wire_bytes_are_the_email_packages_bytes(case, settings, fixed_date):
+    settings.SES_CONFIGURATION_SET = "emailsvc"
+    recipients = _to("customer@example.com") + _to("u@example.org", name="Una Kaya")
+    email = build_email(_message(**CASES[case]), recipients, [])
+    for linesep in ("\r\n", "\n"):
+        reference, wire = _wire_both_ways(email, linesep)
+        assert wire == reference
+    # The usual shapes are written directly; the others (non-ASCII headers, a
+    # header too long to fold) go the email package's way.
+    assert (_plain_bytes(email, "\r\n") is not None) == (case in PLAIN)
+
+
+def test_attachments_go_the_email_packages_way(fixed_date):
+    email = build_email(_message(), _to("customer@example.com"), [_attachment("a.txt", b"hello\n", "text/plain")])
+    assert _plain_bytes(email, "\r\n") is None
+    reference, wire = _wire_both_ways(email)
+    assert wire == reference
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(alphabet=st.sampled_from(list(" \t=?:;,\"'<>@.-_azAZ09é\n")), max_size=150),
+    text=st.text(alphabet=st.sampled_from(list(" \t\r\n.-azAZ09é€—")), max_size=300) | st.just("x" * 1200),
+    html=st.text(alphabet=st.sampled_from(list(" <>/\r\np.azé")), max_size=200),
+    name=st.text(alphabet=st.sampled_from(list(" ,.\"'azAZé")), max_size=30),
+    header=st.text(alphabet=st.sampled_from(list(" \t:;azAZ09é")), max_size=100),
+    tags=st.lists(st.text(alphabet=st.sampled_from(list(" -azé")), max_size=20), max_size=3),
+)
+def test_any_plain_email_is_written_as_the_email_package_writes_it(subject, text, html, name, header, tags):
+    """Whatever the subject, bodies, display name, custom header and tags — those
+    the direct path takes and those it hands back — the bytes are the same, or
+    both ways refuse the email alike."""
+    import django.core.mail.message
+
+    import emailsvc.providers.mime
+
+    def date(localtime=False):
+        return "Tue, 01 Dec 2026 20:00:00 -0000"
+
+    before = django.core.mail.message.formatdate, emailsvc.providers.mime.formatdate
+    django.core.mail.message.formatdate = emailsvc.providers.mime.formatdate = date
+    try:
+        message = _message(subject=subject, text=text, html=html, from_name=name, headers={"X-Custom": header}, tags=tags)
+        email = build_email(message, _to("customer@example.com", name=name), [])
+        try:
+            reference = _wire_both_ways(email)
+        except ValueError as error:  # a newline in a header: refused by Django (BadHeaderError)
+            with pytest.raises(type(error)):
+                wire_bytes(email)
+        else:
+            assert reference[1] == reference[0]
+    finally:
+        django.core.mail.message.formatdate, emailsvc.providers.mime.formatdate = before
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(value=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=70))
+def test_a_short_ascii_subject_is_what_header_encodes_it_to(value):
+    from email.header import Header
+
+    from emailsvc.providers.mime import _subject_encoded
+
+    assert _subject_encoded(value) == Header(value).encode()
+
+
+@pytest.mark.parametrize("suffix", ["", ".0", ".7", ".12", ".123"])
+@pytest.mark.parametrize("linesep", ["\r\n", "\n"])
+def test_the_multipart_content_type_folds_as_compat32_folds_it(suffix, linesep):
+    from emailsvc.providers.mime import _Generator, _multipart_content_type
+
+    policy = compat32.clone(linesep=linesep)
+    for _ in range(50):
+        boundary = _Generator._make_boundary() + suffix
+        value = f'multipart/alternative; boundary="{boundary}"'
+        assert _multipart_content_type(boundary, policy) == policy.fold_binary("Content-Type", value)
