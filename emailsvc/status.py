@@ -108,6 +108,8 @@ def changes_apply(
     message_ids: Iterable[int],
     recipient_changes: Sequence[RecipientChange] = (),
     message_fields: dict[int, dict] | None = None,
+    recipient_fields: dict[int, dict] | None = None,
+    locked: dict[int, tuple[str, str, str]] | None = None,
     at: datetime,
 ) -> Applied:
     """Apply recipient transitions and message updates for `message_ids`, set-based.
@@ -118,6 +120,11 @@ def changes_apply(
     transaction (the caller's, if any): locks the messages, reads their
     recipients, writes the changed recipients, the StatusChange rows and the
     messages — five statements whatever the number of rows.
+
+    `recipient_fields` maps a recipient id to other Recipient columns to write
+    in the same statement (an event's facts), status change or not; a change's
+    own `fields` come after them. `locked`: what `messages_lock` returned for
+    these messages earlier in this transaction (they are not locked again).
     """
     message_fields = message_fields or {}
     ids = sorted(set(message_ids) | set(message_fields))
@@ -125,12 +132,14 @@ def changes_apply(
         return Applied()
     with transaction.atomic():
         index_lookups()
-        messages = messages_lock(ids)
+        messages = locked if locked is not None and locked.keys() >= set(ids) else messages_lock(ids)
         recipients = list(
             Recipient.objects.filter(message_id__in=ids).order_by("id").values_list("id", "message_id", "email", "status")
         )
         current = {rid: (mid, email, status) for rid, mid, email, status in recipients}
-        changed_rows: dict[int, dict] = {}
+        changed_rows: dict[int, dict] = {
+            rid: dict(fields) for rid, fields in (recipient_fields or {}).items() if rid in current and fields
+        }
         changes: list[StatusChange] = []
         for change in recipient_changes:
             if change.recipient_id not in current:
