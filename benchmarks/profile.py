@@ -98,6 +98,8 @@ class _CProfile:
         stats.sort_stats("tottime").print_stats(30)
         text.write("\nBy time including what it calls:\n")
         stats.sort_stats("cumulative").print_stats(40)
+        text.write("\nThe service's own functions and its Redis, Celery and database clients, by time including what they call:\n")
+        stats.sort_stats("cumulative").print_stats(r"(tracking|emailsvc|redis|kombu|celery|psycopg)/", 40)
         path.write_text(text.getvalue())
         print(text.getvalue())
 
