@@ -124,7 +124,11 @@ class Message(models.Model):
     """One submitted email. Its status summarises its recipients' statuses."""
 
     email_id = models.CharField(max_length=200, unique=True, default=new_email_id, help_text="Public id")
-    group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="messages")
+    # Looked up through message_group_newest (group, -id): no index of its own,
+    # one less for every write of this much-updated table to maintain.
+    group = models.ForeignKey(
+        Group, null=True, blank=True, on_delete=models.PROTECT, related_name="messages", db_index=False
+    )
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     from_email = models.CharField(max_length=320)
     sending_domain = models.CharField(
@@ -209,7 +213,8 @@ class Recipient(models.Model):
         CC = "cc"
         BCC = "bcc"
 
-    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients")
+    # Looked up through recipient_unique_per_message (message, email).
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="recipients", db_index=False)
     # The message's group, kept here too: a group's analytics then read one
     # index of this table instead of joining a million messages.
     group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")

@@ -110,6 +110,7 @@ def changes_apply(
     message_fields: dict[int, dict] | None = None,
     recipient_fields: dict[int, dict] | None = None,
     locked: dict[int, tuple[str, str, str]] | None = None,
+    recipients_read: Iterable[tuple[int, int, str, str]] | None = None,
     at: datetime,
 ) -> Applied:
     """Apply recipient transitions and message updates for `message_ids`, set-based.
@@ -125,6 +126,8 @@ def changes_apply(
     in the same statement (an event's facts), status change or not; a change's
     own `fields` come after them. `locked`: what `messages_lock` returned for
     these messages earlier in this transaction (they are not locked again).
+    `recipients_read`: (id, message id, address, status) of every recipient of
+    these messages, read after that lock in this transaction (not read again).
     """
     message_fields = message_fields or {}
     ids = sorted(set(message_ids) | set(message_fields))
@@ -133,9 +136,13 @@ def changes_apply(
     with transaction.atomic():
         index_lookups()
         messages = locked if locked is not None and locked.keys() >= set(ids) else messages_lock(ids)
-        recipients = list(
-            Recipient.objects.filter(message_id__in=ids).order_by("id").values_list("id", "message_id", "email", "status")
-        )
+        if locked is not None and recipients_read is not None:
+            wanted = set(ids)
+            recipients = sorted(row for row in recipients_read if row[1] in wanted)
+        else:
+            recipients = list(
+                Recipient.objects.filter(message_id__in=ids).order_by("id").values_list("id", "message_id", "email", "status")
+            )
         current = {rid: (mid, email, status) for rid, mid, email, status in recipients}
         changed_rows: dict[int, dict] = {
             rid: dict(fields) for rid, fields in (recipient_fields or {}).items() if rid in current and fields
@@ -194,23 +201,24 @@ def changes_apply(
 
 
 def _status_changes_insert(changes: list[StatusChange]) -> None:
-    """Append the StatusChange rows: on PostgreSQL one INSERT … SELECT unnest(arrays)
-    (no model instance per row on the way in, the engine's costliest step); else bulk_create."""
+    """Append the StatusChange rows: on PostgreSQL one INSERT … SELECT from one JSON
+    document (no model instance per row on the way in, no array adapted element
+    by element); else bulk_create."""
     if connection.vendor != "postgresql":
         StatusChange.objects.bulk_create(changes)
         return
     table = StatusChange._meta.db_table
+    rows = [
+        {"m": c.message_id, "r": c.recipient_id, "e": c.email, "f": c.from_status, "t": c.to_status,
+         "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}}
+        for c in changes
+    ]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
-            "SELECT m, r, e, f, t, a, c, d::jsonb FROM unnest("
-            "%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[]"
-            ") AS u(m, r, e, f, t, a, c, d)",
-            [
-                [c.message_id for c in changes], [c.recipient_id for c in changes], [c.email for c in changes],
-                [c.from_status for c in changes], [c.to_status for c in changes], [c.at for c in changes],
-                [c.cause for c in changes], [json.dumps(c.detail or {}) for c in changes],
-            ],
+            "SELECT m, r, e, f, t, a, c, d FROM json_to_recordset(%s::json) "
+            "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb)",
+            [json.dumps(rows)],
         )
 
 

@@ -48,7 +48,7 @@ def event_apply(*, event: NormalizedEvent, source: str) -> AppliedEvent:
     return events_apply(events=[event], source=source)[0]
 
 
-def events_apply(*, events: Sequence[NormalizedEvent], source: str) -> list[AppliedEvent]:
+def events_apply(*, events: Sequence[NormalizedEvent], source: str, replays_checked: bool = False) -> list[AppliedEvent]:
     """Record a batch of normalized events once each and fold them into the facts
     they report, set-based, in one transaction (the caller's, if any).
 
@@ -62,6 +62,10 @@ def events_apply(*, events: Sequence[NormalizedEvent], source: str) -> list[Appl
     existing suppression is kept as it is). Unknown messages are stored with no
     message and counted `unmatched`, never raised. Returns one outcome per
     event, in order. About a dozen statements whatever the batch size.
+
+    `replays_checked`: the caller has just left out the events already stored
+    (the drain, by `events_stored`), so the look-up for replays is skipped; a
+    replay that gets through anyway is still stored once and counted a duplicate.
     """
     keys = [(event.event_id, event.recipient) for event in events]
     first: dict[tuple[str, str], NormalizedEvent] = {}
@@ -70,12 +74,14 @@ def events_apply(*, events: Sequence[NormalizedEvent], source: str) -> list[Appl
     outcome: dict[tuple[str, str], str] = {}
     with transaction.atomic():
         index_lookups()
-        # A replay is answered by one indexed lookup, before any lock is taken.
-        seen = set(
-            EngagementEvent.objects.filter(event_id__in={event_id for event_id, _ in first}).values_list(
-                "event_id", "recipient_email"
+        seen = set()
+        if not replays_checked:
+            # A replay is answered by one indexed lookup, before any lock is taken.
+            seen = set(
+                EngagementEvent.objects.filter(event_id__in={event_id for event_id, _ in first}).values_list(
+                    "event_id", "recipient_email"
+                )
             )
-        )
         fresh = {key: event for key, event in first.items() if key not in seen}
         if fresh:
             outcome = _fresh_apply(fresh, source)
@@ -94,13 +100,23 @@ def events_stored(event_ids: set[str]) -> dict[str, int]:
     carries it again is a replay, and need not even be read."""
     if not event_ids:
         return {}
-    with transaction.atomic():
-        index_lookups()
-        return dict(
-            EngagementEvent.objects.filter(event_id__in=event_ids).order_by().values_list("event_id").annotate(
-                stored=Count("*")
+    if connection.vendor == "postgresql":
+        # One statement, no transaction: a count per id, each an equality
+        # probe of event_unique_per_recipient (no plan reads the whole table
+        # for one key, whatever the statistics say).
+        table = EngagementEvent._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT u.e, (SELECT count(*) FROM {table} t WHERE t.event_id = u.e) "
+                "FROM unnest(%s::text[]) AS u(e)",
+                [sorted(event_ids)],
             )
+            return {event_id: count for event_id, count in cursor.fetchall() if count}
+    return dict(
+        EngagementEvent.objects.filter(event_id__in=event_ids).order_by().values_list("event_id").annotate(
+            stored=Count("*")
         )
+    )
 
 
 def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> dict[tuple[str, str], str]:
@@ -111,7 +127,9 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
     locked = status.messages_lock(message_ids)
     recipients = {
         (r.message_id, r.email): r
-        for r in Recipient.objects.filter(message_id__in=message_ids).only("id", "message_id", "email", *FACT_FIELDS)
+        for r in Recipient.objects.filter(message_id__in=message_ids).only(
+            "id", "message_id", "email", "status", *FACT_FIELDS
+        )
     }
     recipient_of = {
         key: recipients.get((message_of[key], event.recipient))
@@ -167,7 +185,8 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
         # The facts and the status changes: one UPDATE of the recipients.
         status.changes_apply(
             message_ids={r.message_id for r in touched.values()}, recipient_changes=changes, recipient_fields=facts,
-            locked=locked, at=now,
+            locked=locked, recipients_read=[(r.pk, r.message_id, r.email, r.status) for r in recipients.values()],
+            at=now,
         )
     _provider_ids_learn(fresh, message_of)
     applied = [(key, event) for key, event in fresh.items() if key in inserted]
@@ -243,37 +262,33 @@ def _correlate(events) -> dict[tuple[str, str], int]:
 def _events_insert(fresh, message_of, recipient_of, source: str, now) -> set[tuple[str, str]]:
     """INSERT the events, skipping any another applier stored meanwhile; the keys inserted.
 
-    On PostgreSQL one short statement whatever the batch: the columns as
-    arrays, the JSON (each event's detail and its raw text as SES published
-    it) as one JSON array that the database reads once — no statement of a
-    thousand placeholders to parse on both sides, no JSON written out again."""
+    On PostgreSQL one short statement whatever the batch: the rows as one
+    JSON document the database reads once into typed columns
+    (json_to_recordset) — no statement of a thousand placeholders to parse on
+    both sides, no array adapted element by element, no JSON written out again."""
     if connection.vendor != "postgresql":
         return _events_insert_rows(fresh, message_of, recipient_of, source, now)
-    keys = list(fresh)
-    events = [fresh[key] for key in keys]
-    recipients = [recipient_of.get(key) for key in keys]
-    documents = ",".join(
-        f'{{"d":{json.dumps(event.detail)},"w":{event.raw_text or json.dumps(event.raw)}}}' for event in events
-    )
+    rows = []
+    for key, event in fresh.items():
+        recipient = recipient_of.get(key)
+        # Each event's detail and raw text go in as JSON already (the raw text
+        # as SES published it: no JSON written out again).
+        rows.append(
+            f'{{"e":{json.dumps(event.event_id)},"r":{json.dumps(event.recipient)},"t":{json.dumps(event.event_type)},'
+            f'"p":{json.dumps(event.provider_message_id)},"m":{json.dumps(message_of.get(key))},'
+            f'"c":{json.dumps(recipient.pk if recipient is not None else None)},'
+            f'"o":"{event.occurred_at.isoformat()}","d":{json.dumps(event.detail)},"w":{event.raw_text or json.dumps(event.raw)}}}'
+        )
     table = EngagementEvent._meta.db_table
     sql = (
         f"INSERT INTO {table} (event_id, recipient_email, event_type, provider_message_id, message_id, recipient_id, "
         "occurred_at, received_at, source, detail, raw) "
-        "SELECT u.e, u.r, u.t, u.p, u.m, u.c, u.o, %s, %s, j.value -> 'd', j.value -> 'w' "
-        "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[]) "
-        "WITH ORDINALITY AS u(e, r, t, p, m, c, o, n) "
-        "JOIN jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS j(value, n) USING (n) "
+        "SELECT j.e, j.r, j.t, j.p, j.m, j.c, j.o, %s, %s, j.d, j.w "
+        "FROM json_to_recordset(%s::json) AS j(e text, r text, t text, p text, m bigint, c bigint, o timestamptz, d jsonb, w jsonb) "
         "ON CONFLICT (event_id, recipient_email) DO NOTHING RETURNING event_id, recipient_email"
     )
-    params = [
-        now, source,
-        [event.event_id for event in events], [event.recipient for event in events],
-        [event.event_type for event in events], [event.provider_message_id for event in events],
-        [message_of.get(key) for key in keys], [r.pk if r is not None else None for r in recipients],
-        [event.occurred_at for event in events], f"[{documents}]",
-    ]
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql, [now, source, f"[{','.join(rows)}]"])
         return {(event_id, recipient) for event_id, recipient in cursor.fetchall()}
 
 
@@ -329,11 +344,14 @@ def events_relink(*, limit: int = 1000) -> int:
     since = timezone.now() - ORPHAN_RELINK_WINDOW
     with transaction.atomic():
         index_lookups()  # event_orphan_received: the recent orphans only, whatever the statistics say
-        orphans = list(
-            EngagementEvent.objects.filter(message__isnull=True, received_at__gte=since)
-            .exclude(provider_message_id="")  # `<>`: no index answers it, so it cannot lead the planner astray
-            .values_list("pk", "provider_message_id")[:limit]
-        )
+        with connection.cursor() as cursor:  # after every drain run: no ORM compile for what is nearly always nothing
+            cursor.execute(
+                f"SELECT id, provider_message_id FROM {EngagementEvent._meta.db_table} "
+                # `<>`: no index answers it, so it cannot lead the planner astray
+                "WHERE message_id IS NULL AND received_at >= %s AND provider_message_id <> '' LIMIT %s",
+                [EngagementEvent._meta.get_field("received_at").get_db_prep_value(since, connection), limit],
+            )
+            orphans = cursor.fetchall()
     if not orphans:
         return 0
     messages = dict(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError
 from redis.exceptions import LockNotOwnedError, RedisError
 
 from emailsvc.redisclient import redis_client
@@ -212,9 +212,10 @@ def _apply_batch(messages: list[dict], result: DrainResult) -> tuple[list[dict],
     if not parsed:
         return replayed, False
     result.batches += 1
-    try:
-        with transaction.atomic():
-            outcomes = events_apply(events=[e for _, events in parsed for e in events], source=EngagementEvent.Source.SQS)
+    try:  # one transaction (events_apply's own)
+        outcomes = events_apply(
+            events=[e for _, events in parsed for e in events], source=EngagementEvent.Source.SQS, replays_checked=True
+        )
     except (OperationalError, InterfaceError) as error:
         # The database is unavailable, not the messages at fault: stop this run;
         # unapplied messages come back after their visibility timeout.
@@ -239,8 +240,7 @@ def _malformed(sqs_message: dict, error: MalformedEvent, result: DrainResult) ->
 def _apply_one_by_one(parsed, result: DrainResult, committed: list[dict]) -> tuple[list[dict], bool]:
     for sqs_message, events in parsed:
         try:
-            with transaction.atomic():
-                outcomes = events_apply(events=events, source=EngagementEvent.Source.SQS)
+            outcomes = events_apply(events=events, source=EngagementEvent.Source.SQS, replays_checked=True)
         except (OperationalError, InterfaceError) as error:
             result.errors.append(f"{type(error).__name__}: {error}")
             logger.error("drain stopped: database unavailable: %s", error)
