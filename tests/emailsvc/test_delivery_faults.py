@@ -431,7 +431,8 @@ def test_redis_restart_between_accept_and_delivery(smtp_stack, mail, key):
 
 def test_rate_limit_holds_across_worker_processes(smtp_stack, mail, key):
     rate = {"SEND_RATE_PER_SECOND": "5", "SEND_RATE_BURST": "1"}
-    workers = [smtp_stack.start_worker(env=rate), smtp_stack.start_worker(env=rate)]
+    # One task slot each: a worker busy with a chunk cannot also hold the next.
+    workers = [smtp_stack.start_worker(env=rate, concurrency=1), smtp_stack.start_worker(env=rate, concurrency=1)]
     run = unique("rate")
     emails = [
         {"to": f"reader{i}@example.org", "subject": f"{run} #{i}", "text": "Hello.", "email_id": f"{run}-{i:02d}"}
@@ -439,6 +440,11 @@ def test_rate_limit_holds_across_worker_processes(smtp_stack, mail, key):
     ]
     status, answer = smtp_stack.post("/api/v1/emails/batch", {"emails": emails}, key)
     assert status == 200 and len(answer["data"]) == 20 and answer["errors"] == [], answer
+    # This stack's web runs without the limiter, so it published one task for
+    # the batch (a chunk of 100); a second puts two chunks in flight, one per
+    # worker, each chain going on with its own follow-up: both processes send
+    # at once and must share the limit.
+    smtp_stack.publish("emailsvc.deliver", args=["normal"], queue="emails.normal")
 
     arrivals = mail.wait_for(run, count=20, timeout=60)
     assert len(arrivals) == 20, smtp_stack.logs()
