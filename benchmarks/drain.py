@@ -8,7 +8,8 @@ are then put on the queue again: a replay must apply nothing.
 
 moto's ReceiveMessage costs about 1 ms per message *on the queue* (it scans
 them all), so a deep queue would measure moto, not the drain: the events go on
-the queue SLICE at a time, each slice drained before the next is put (real SQS
+the queue one apply batch at a time (SES_EVENTS_APPLY_BATCH, what a drain
+gathers from a backlog), each slice drained before the next is put (real SQS
 answers in about the same time whatever the depth). The time the drain spends
 waiting for moto's SQS is also measured (botocore call events) and reported, so
 the drain's own rate can be read without it.
@@ -24,7 +25,12 @@ from dataclasses import dataclass
 from benchmarks.context import Bench
 from benchmarks.report import Row, fmt
 
-SLICE = 100  # events on the queue at once
+
+def _slice() -> int:
+    """Events on the queue at once: one full apply batch, as a backlog gives a drain."""
+    from django.conf import settings
+
+    return settings.SES_EVENTS_APPLY_BATCH
 
 
 class SqsClock:
@@ -152,9 +158,10 @@ def drain_all(prepared: Prepared, clock: SqsClock | None = None, *, profiler=Non
 
     total, seconds, sqs_seconds = DrainResult(), 0.0, 0.0
     deadline = time.monotonic() + 900
-    for start in range(0, len(prepared.bodies), SLICE):
-        expected = len(prepared.bodies[start:start + SLICE])
-        put(prepared, prepared.bodies[start:start + SLICE])
+    size = _slice()
+    for start in range(0, len(prepared.bodies), size):
+        expected = len(prepared.bodies[start:start + size])
+        put(prepared, prepared.bodies[start:start + size])
         received = 0
         sqs_before = clock.seconds if clock else 0.0
         started = time.perf_counter()
@@ -180,7 +187,7 @@ def run(bench: Bench) -> None:
     bodies, mix = prepared.bodies, prepared.mix
     clock = SqsClock()
     setup = (f"`events_drain` in this process (as the drain task runs it); moto SQS on loopback, "
-             f"{SLICE} events on the queue at a time; {len(bodies)} SNS-wrapped events "
+             f"{_slice()} events on the queue at a time (SES_EVENTS_APPLY_BATCH); {len(bodies)} SNS-wrapped events "
              f"({', '.join(f'{v} {k}' for k, v in mix.items())}) for {prepared.emails} sent emails")
 
     first, seconds, sqs = drain_all(prepared, clock)

@@ -125,7 +125,8 @@ def changes_apply(
     `recipient_fields` maps a recipient id to other Recipient columns to write
     in the same statement (an event's facts), status change or not; a change's
     own `fields` come after them. `locked`: what `messages_lock` returned for
-    these messages earlier in this transaction (they are not locked again).
+    these messages earlier in this transaction (they are not locked again, and
+    no savepoint is taken: a failure here fails that transaction as a whole).
     `recipients_read`: (id, message id, address, status) of every recipient of
     these messages, read after that lock in this transaction (not read again).
     """
@@ -133,7 +134,7 @@ def changes_apply(
     ids = sorted(set(message_ids) | set(message_fields))
     if not ids:
         return Applied()
-    with transaction.atomic():
+    with transaction.atomic(savepoint=locked is None):
         index_lookups()
         messages = locked if locked is not None and locked.keys() >= set(ids) else messages_lock(ids)
         if locked is not None and recipients_read is not None:

@@ -61,7 +61,8 @@ def events_apply(*, events: Sequence[NormalizedEvent], source: str, replays_chec
     hard bounce, a complaint or an unsubscribe-all suppresses the address (an
     existing suppression is kept as it is). Unknown messages are stored with no
     message and counted `unmatched`, never raised. Returns one outcome per
-    event, in order. About a dozen statements whatever the batch size.
+    event, in order. About a dozen statements whatever the batch size (twice
+    that with bounces: suppressions, soft-bounce re-sends).
 
     `replays_checked`: the caller has just left out the events already stored
     (the drain, by `events_stored`), so the look-up for replays is skipped; a
@@ -121,7 +122,7 @@ def events_stored(event_ids: set[str]) -> dict[str, int]:
 
 def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> dict[tuple[str, str], str]:
     now = timezone.now()
-    message_of = _correlate(fresh.values())
+    message_of, by_header = _correlate(fresh.values())
     message_ids = sorted(set(message_of.values()))
     # Lock order message → recipient, the same as every other writer.
     locked = status.messages_lock(message_ids)
@@ -188,7 +189,7 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
             locked=locked, recipients_read=[(r.pk, r.message_id, r.email, r.status) for r in recipients.values()],
             at=now,
         )
-    _provider_ids_learn(fresh, message_of)
+    _provider_ids_learn({key: fresh[key] for key in by_header}, message_of)
     applied = [(key, event) for key, event in fresh.items() if key in inserted]
     suppressions = [request for _, event in applied if (request := _policy_request(event)) is not None]
     soft = [(event, message_of.get(key) if recipient_of.get(key) else None) for key, event in applied if _is_soft_bounce(event)]
@@ -240,10 +241,11 @@ def _soft_bounces_apply(
     ]
 
 
-def _correlate(events) -> dict[tuple[str, str], int]:
+def _correlate(events) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
     """{(event id, recipient): message pk} by provider message id, else by the
-    email id of the tracking header. One or two indexed queries (no ORDER BY …
-    LIMIT 1, which a planner with stale statistics can turn into a full scan)."""
+    email id of the tracking header; and the keys matched by that header. One
+    or two indexed queries (no ORDER BY … LIMIT 1, which a planner with stale
+    statistics can turn into a full scan)."""
     events = list(events)
     provider_ids = {e.provider_message_id for e in events if e.provider_message_id}
     by_provider = dict(
@@ -251,12 +253,15 @@ def _correlate(events) -> dict[tuple[str, str], int]:
     ) if provider_ids else {}
     email_ids = {e.email_id for e in events if e.email_id and e.provider_message_id not in by_provider}
     by_email_id = dict(Message.objects.filter(email_id__in=email_ids).values_list("email_id", "pk")) if email_ids else {}
-    found = {}
+    found, by_header = {}, set()
     for event in events:
-        pk = by_provider.get(event.provider_message_id) or by_email_id.get(event.email_id)
+        key = (event.event_id, event.recipient)
+        pk = by_provider.get(event.provider_message_id)
+        if pk is None and (pk := by_email_id.get(event.email_id)) is not None:
+            by_header.add(key)
         if pk is not None:
-            found[(event.event_id, event.recipient)] = pk
-    return found
+            found[key] = pk
+    return found, by_header
 
 
 def _events_insert(fresh, message_of, recipient_of, source: str, now) -> set[tuple[str, str]]:
