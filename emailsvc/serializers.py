@@ -60,6 +60,7 @@ MAX_TEMPLATE_DATA_BYTES = 64 * 1024
 MAX_DISPLAY_NAME = 200
 MAX_SUBJECT = 998
 MAX_TAG = 128
+_ROLES = tuple(Recipient.Role.values)  # read once: the enum builds that list on every read
 MAX_TAGS = 50
 # Custom headers: each value is folded at spaces onto lines of at most 998
 # octets (RFC 5322 §2.1.1) — a run without spaces cannot be folded, so runs are
@@ -545,7 +546,7 @@ class SendEmailInputSerializer(serializers.Serializer):
             )
         if not attrs.get("to"):
             raise serializers.ValidationError({"to": [serializers.ErrorDetail("At least one recipient is required.", code="required")]})
-        total = sum(len(attrs.get(role, [])) for role in Recipient.Role.values)
+        total = sum(len(attrs.get(role, [])) for role in _ROLES)
         if total > settings.MAX_RECIPIENTS:
             raise serializers.ValidationError(
                 {"to": [serializers.ErrorDetail(f"{total} recipients in to, cc and bcc; at most {settings.MAX_RECIPIENTS} are allowed.", code="too_many_recipients")]}

@@ -13,6 +13,7 @@ from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from emailsvc import providers, status
 from emailsvc.addresses import address_key
+from emailsvc.bulk import rows_insert
 from emailsvc.errors import Conflict, EmailsvcError, PayloadTooLarge, ValidationFailed
 from emailsvc.models import (
     ApiKey,
@@ -132,6 +133,9 @@ def _template_apply(data: dict, templates: dict[str, TemplateVersion | TemplateN
     return merged, version
 
 
+_ROLES = tuple(Recipient.Role.values)  # the enum builds this list anew on every read
+
+
 def _submission_build(
     *, api_key: ApiKey | None, data: dict, now: datetime, templates: dict | None = None
 ) -> _Submission:
@@ -142,7 +146,7 @@ def _submission_build(
     from_name, from_email = data.get("from") or ("", address_key(settings.DEFAULT_FROM_EMAIL))
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
-    recipients_by_role = {role: data.get(role, []) for role in Recipient.Role.values}
+    recipients_by_role = {role: data.get(role, []) for role in _ROLES}
     check_sender_policy(
         from_email=from_email,
         reply_to=[address for _, address in reply_to],
@@ -188,11 +192,12 @@ def _submission_build(
     return _Submission(message=message, recipients=recipients, attachments=attachments)
 
 
-def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None:
+def _submissions_store(submissions: list[_Submission], *, now: datetime, groups_exist: bool = False) -> None:
     """Store submissions in bulk, in the caller's transaction: a few queries in all,
-    whatever their number. Enqueues the queued ones after commit."""
+    whatever their number. Enqueues the queued ones after commit. `groups_exist`:
+    their groups are known to be stored (copies of stored emails)."""
     group_ids = {s.message.group_id for s in submissions if s.message.group_id}
-    if group_ids:
+    if group_ids and not groups_exist:
         Group.objects.bulk_create([Group(id=group_id) for group_id in group_ids], ignore_conflicts=True)
     suppressed = suppressed_addresses(addresses=list({r.email for s in submissions for r in s.recipients}))
     paused = paused_domains(now=now)
@@ -205,13 +210,13 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime) -> None
         )
         if message.state == WorkState.QUEUED:
             message.queued_at = now
-    Message.objects.bulk_create([s.message for s in submissions])
+    rows_insert(Message, [s.message for s in submissions])
     rows: list[Recipient | Attachment] = []
     for submission in submissions:
         for row in submission.recipients + submission.attachments:
             row.message = submission.message
             rows.append(row)
-    Recipient.objects.bulk_create([row for row in rows if isinstance(row, Recipient)])
+    rows_insert(Recipient, [row for row in rows if isinstance(row, Recipient)])
     Attachment.objects.bulk_create([row for row in rows if isinstance(row, Attachment)])
     status.submission_changes_record(recipients=(r for s in submissions for r in s.recipients), at=now)
     queued = [s.message.priority for s in submissions if s.message.state == WorkState.QUEUED]
@@ -394,7 +399,7 @@ def message_retries_submit(*, retries: list[tuple[int, str]], at: datetime) -> d
         submissions.append(_Submission(message=message, recipients=[copy], attachments=copies))
         created[pair] = message
     if submissions:
-        _submissions_store(submissions, now=timezone.now())
+        _submissions_store(submissions, now=timezone.now(), groups_exist=True)
     for (message_id, _), message in created.items():
         logger.info(
             "soft bounce: email_id=%s is sent again as %s at %s", originals[message_id].email_id, message.email_id, at.isoformat()
