@@ -220,3 +220,36 @@ def run(bench: Bench) -> None:
                + ("" if replay.applied == 0 else " — IT APPLIED SOME")),
     ))
     print(f"  drain replay: {bench.rows[-1].result}", flush=True)
+
+    received, seconds = moto_floor(prepared)
+    bench.rows.append(Row(
+        figure="5 event drain, moto's floor",
+        setup=(f"the same {len(bodies)} SQS messages again, {_slice()} on the queue at a time, received (10 per "
+               "ReceiveMessage) and deleted (DeleteMessageBatch per 10) by a bare boto3 loop: no service code"),
+        result=f"{fmt(received / seconds)} messages/s ({received} in {seconds:.1f} s)",
+        values={"messages": received, "seconds": round(seconds, 3)},
+        notes="the most the end-to-end drain rows above could reach on this emulator: its time is the emulator's",
+    ))
+    print(f"  moto floor: {bench.rows[-1].result}", flush=True)
+
+
+def moto_floor(prepared: Prepared) -> tuple[int, float]:
+    """Receive and delete the bodies slice by slice with nothing else: (messages, seconds)."""
+    size, received, seconds = _slice(), 0, 0.0
+    for start in range(0, len(prepared.bodies), size):
+        expected = len(prepared.bodies[start:start + size])
+        put(prepared, prepared.bodies[start:start + size])
+        started, got = time.perf_counter(), 0
+        while got < expected:
+            messages = prepared.sqs.receive_message(
+                QueueUrl=prepared.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60,
+            ).get("Messages", [])
+            if not messages:
+                break
+            got += len(messages)
+            prepared.sqs.delete_message_batch(QueueUrl=prepared.queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+            ])
+        seconds += time.perf_counter() - started
+        received += got
+    return received, seconds

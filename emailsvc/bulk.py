@@ -4,6 +4,7 @@ values, in one statement; bounded key lookups that stay on their index."""
 import json
 from datetime import datetime
 
+import orjson
 from django.db import connection, connections, models
 
 
@@ -72,7 +73,7 @@ def rows_update(model: type[models.Model], rows: dict[int, dict], *, at: datetim
             f"FROM json_to_recordset(%s::json) AS v({', '.join(record)}) WHERE t.id = v.id"
         )
         with connection.cursor() as cursor:
-            cursor.execute(sql, [at, json.dumps(document)])
+            cursor.execute(sql, [at, orjson.dumps(document).decode()])
         return
     # SQLite (and any other backend): one prepared statement, many executions.
     groups: dict[tuple[str, ...], list[int]] = {}
@@ -136,7 +137,7 @@ def rows_insert(model: type[models.Model], objs: list[models.Model]) -> None:
         f"RETURNING {connection.ops.quote_name(pk.column)}"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(document)])
+        cursor.execute(sql, [orjson.dumps(document).decode()])
         ids = [row[0] for row in cursor.fetchall()]
     for obj, pk_value in zip(objs, ids):
         setattr(obj, pk.attname, pk_value)
