@@ -15,7 +15,7 @@ from emailsvc.models import Message, Recipient, StatusChange
 from tests.conftest import deliver_now
 from tests.tables import rows_fill
 from tests.tracking.sesevents import ses_event, sns_envelope
-from tracking.apply import events_apply
+from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
 from tracking.normalize import ses_body_parse
 
@@ -94,10 +94,14 @@ def test_delivery_event_apply_and_api_pages_go_through_indexes(api, used_tables,
     before = seq_scans()
     assert deliver_now() == 100
     outcomes = [a.outcome for a in events_apply(events=events, source="sqs")]
+    # The drain's replay check (one statement, no transaction) and its orphan look-up.
+    stored = events_stored({event.event_id for event in events} | {f"never-{n}" for n in range(100)})
+    relinked = events_relink()
     detail = api.get("/api/v1/emails/old-2001")
     page = api.get("/api/v1/groups/g/emails?limit=100")
 
     assert new_seq_scans(before) == {}
     assert outcomes == ["applied"] * 50 + ["unmatched"]
+    assert stored == {event.event_id: 1 for event in events} and relinked == 0
     assert detail.status_code == 200 and detail.json()["status"] == "opened"
     assert page.status_code == 200 and len(page.json()["results"]) == 100
