@@ -7,6 +7,7 @@ directly for the usual shape of email.
 """
 
 import json
+import quopri
 import re
 from email.generator import BytesGenerator
 from email.header import Header
@@ -128,10 +129,20 @@ def wire_bytes(email: OutboundEmail, *, linesep: str = "\r\n") -> bytes:
     return plain if plain is not None else email.message().as_bytes(linesep=linesep)
 
 
-def _plain_bytes(email: OutboundEmail, linesep: str) -> bytes | None:
+def seven_bit_bytes(email: OutboundEmail) -> bytes | None:
+    """The raw MIME anymail's SES backend sends for a plain `email` — message(),
+    its 8bit text parts re-encoded quoted-printable, `as_bytes()` — written
+    directly; None for any other email (anymail then builds it its own way).
+    tests/emailsvc/test_mime_bytes.py holds the two to the same bytes."""
+    return _plain_bytes(email, "\n", seven_bit=True)
+
+
+def _plain_bytes(email: OutboundEmail, linesep: str, *, seven_bit: bool = False) -> bytes | None:
     """What Django's EmailMessage.message() and compat32's generator produce for
     a plain email, or None when `email` is not one (the caller builds it the
-    long way: that also raises what Django raises for a bad header)."""
+    long way: that also raises what Django raises for a bad header). With
+    `seven_bit`, an 8bit text part is quoted-printable as
+    `email.encoders.encode_quopri` makes it."""
     if email.attachments or (email.encoding or settings.DEFAULT_CHARSET) != "utf-8":
         return None
     bodies = [(email.content_subtype, email.body)]
@@ -147,7 +158,7 @@ def _plain_bytes(email: OutboundEmail, linesep: str) -> bytes | None:
     newline = linesep.encode("ascii")
     parts = []
     for subtype, text in bodies:
-        part = _text_part(subtype, text, newline)
+        part = _text_part(subtype, text, newline, seven_bit=seven_bit)
         if part is None:
             return None
         parts.append(part)
@@ -175,7 +186,11 @@ def _plain_bytes(email: OutboundEmail, linesep: str) -> bytes | None:
 
     if len(parts) == 1:
         part_headers, body = parts[0]
-        out = [_header_bytes(name, value, policy) for name, value in part_headers + headers]
+        ordered = part_headers + headers
+        if part_headers[-1] == ("Content-Transfer-Encoding", "quoted-printable"):
+            # encode_quopri deletes the header and adds it again: after the message's own.
+            ordered = part_headers[:-1] + headers + part_headers[-1:]
+        out = [_header_bytes(name, value, policy) for name, value in ordered]
         out += [newline, body]
         return b"".join(out)
     texts = [b"".join([*(_header_bytes(n, v, policy) for n, v in part_headers), newline, body]) for part_headers, body in parts]
@@ -210,9 +225,12 @@ def _multipart_content_type(boundary: str, policy) -> bytes:
     return f'Content-Type: multipart/alternative;{policy.linesep} boundary="{boundary}"{policy.linesep}'.encode("ascii")
 
 
-def _text_part(subtype: str, text, newline: bytes) -> tuple[list[tuple[str, str]], bytes] | None:
+def _text_part(
+    subtype: str, text, newline: bytes, *, seven_bit: bool = False
+) -> tuple[list[tuple[str, str]], bytes] | None:
     """The headers and body bytes of Django's SafeMIMEText(text, subtype, "utf-8"),
-    or None when it would not be 7bit/8bit (lines too long: quoted-printable)."""
+    or None when it would not be 7bit/8bit (lines too long: quoted-printable).
+    With `seven_bit`, an 8bit part as encode_quopri re-encodes it (spaces too)."""
     if not isinstance(text, str) or subtype not in ("plain", "html"):
         return None
     try:
@@ -221,10 +239,15 @@ def _text_part(subtype: str, text, newline: bytes) -> tuple[list[tuple[str, str]
         return None
     if any(len(line.encode(errors="surrogateescape")) > RFC5322_EMAIL_LINE_LENGTH_LIMIT for line in text.splitlines()):
         return None
+    encoding = "7bit" if data.isascii() else "8bit"
+    if seven_bit and encoding == "8bit":
+        if b"\r" in data:  # quopri keeps a lone CR as =0D: left to the email package
+            return None
+        encoding, data = "quoted-printable", quopri.encodestring(data, quotetabs=True).replace(b" ", b"=20")
     headers = [
         ("Content-Type", f'text/{subtype}; charset="utf-8"'),
         ("MIME-Version", "1.0"),
-        ("Content-Transfer-Encoding", "7bit" if data.isascii() else "8bit"),
+        ("Content-Transfer-Encoding", encoding),
     ]
     return headers, _NEWLINE.sub(newline, data)
 

@@ -213,3 +213,82 @@ def test_the_multipart_content_type_folds_as_compat32_folds_it(suffix, linesep):
         boundary = _Generator._make_boundary() + suffix
         value = f'multipart/alternative; boundary="{boundary}"'
         assert _multipart_content_type(boundary, policy) == policy.fold_binary("Content-Type", value)
+
+
+# --- SES: the raw MIME anymail sends ------------------------------------------------------
+
+SES_CASES = {
+    **CASES,
+    "non-ASCII bodies (quoted-printable for SES)": dict(
+        text="Grüße aus Köln — 42 €\n  indented line\twith a tab \n" * 5, html="<p>Grüße — 42 €</p> "
+    ),
+    "non-ASCII display names": dict(from_name="Bücherei Ünïcode", text="Grüße\n"),
+    "a long line of non-ASCII text": dict(text="é" * 600, html=""),
+}
+
+
+def _ses_both_ways(email):
+    """(anymail's own raw MIME and params, the service's) with the same random boundary."""
+    from anymail.backends.amazon_ses import AmazonSESV2SendEmailPayload
+
+    from emailsvc.providers.ses import _AnymailBackend, _SendEmailPayload
+
+    backend = _AnymailBackend(fail_silently=False)
+    out = []
+    for payload_class in (AmazonSESV2SendEmailPayload, _SendEmailPayload):
+        random.seed(13)
+        payload = payload_class(email, {}, backend)
+        payload.finalize_payload()
+        out.append((payload.params, [r.addr_spec for r in payload.all_recipients]))
+    went_direct = not hasattr(payload, "mime_message")  # the email package's objects were never built
+    return *out, went_direct
+
+
+@pytest.mark.parametrize("case", SES_CASES, ids=list(SES_CASES))
+def test_ses_raw_mime_is_anymails(case, settings, fixed_date):
+    """The SES payload's raw MIME, destinations and configuration set are what
+    anymail's own payload builds; plain emails take the direct path."""
+    from emailsvc.providers.mime import seven_bit_bytes
+
+    settings.SES_CONFIGURATION_SET = "emailsvc"
+    recipients = _to("customer@example.com") + _to("u@example.org", name="Ünal Kaya")
+    email = build_email(_message(**SES_CASES[case]), recipients, [])
+    reference, fast, went_direct = _ses_both_ways(email)
+    assert fast == reference
+    raw = fast[0]["Content"]["Raw"]["Data"]
+    assert raw.isascii()  # 7bit clean: SES's advice
+    direct = case in PLAIN | {"non-ASCII bodies (quoted-printable for SES)", "non-ASCII display names"}
+    assert (seven_bit_bytes(email) is not None) == direct
+    assert went_direct == direct
+    # A reader gets the text back as it was written.
+    parsed = message_from_bytes(raw, policy=compat32)
+    first = next(p for p in parsed.walk() if not p.is_multipart())
+    expected = SES_CASES[case].get("text", TEXT) or SES_CASES[case].get("html", HTML)
+    assert first.get_payload(decode=True).decode("utf-8") == expected
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(alphabet=st.sampled_from(list(" \t=?:;,\"'<>@.-_azAZ09é")), max_size=150),
+    text=st.text(alphabet=st.sampled_from(list(" \t\r\n=.-azAZ09é€—")), max_size=300) | st.just("ü" * 1200),
+    html=st.text(alphabet=st.sampled_from(list(" <>/\n=p.azé")), max_size=200),
+    name=st.text(alphabet=st.sampled_from(list(" ,.\"'azAZé")), max_size=30),
+    tags=st.lists(st.text(alphabet=st.sampled_from(list(" -azé")), max_size=20), max_size=3),
+)
+def test_any_email_reaches_ses_as_anymail_writes_it(subject, text, html, name, tags):
+    import django.core.mail.message
+
+    import emailsvc.providers.mime
+
+    def date(localtime=False):
+        return "Tue, 01 Dec 2026 20:00:00 -0000"
+
+    before = django.core.mail.message.formatdate, emailsvc.providers.mime.formatdate
+    django.core.mail.message.formatdate = emailsvc.providers.mime.formatdate = date
+    try:
+        message = _message(subject=subject, text=text, html=html, from_name=name, tags=tags)
+        email = build_email(message, _to("customer@example.com", name=name), [])
+        reference, fast, _went_direct = _ses_both_ways(email)
+        assert fast == reference
+    finally:
+        django.core.mail.message.formatdate, emailsvc.providers.mime.formatdate = before
