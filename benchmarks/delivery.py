@@ -131,10 +131,18 @@ def deliver_backlog(bench: Bench, *, provider: str, count: int, env: dict[str, s
             "measured": measured, "per_email": per_email(measured, sent)}
 
 
-def _workers_text(result: dict) -> str:
+def send_slots(provider: str) -> int:
+    """DELIVERY_SEND_CONCURRENCY as the workers of `provider` get it."""
+    from django.conf import settings
+
+    explicit = os.environ.get("DELIVERY_SEND_CONCURRENCY")
+    return int(explicit) if explicit else settings.SEND_CONCURRENCY_DEFAULTS[provider]
+
+
+def _workers_text(result: dict, provider: str) -> str:
     workers, concurrency = result["workers"], result["concurrency"]
     return (f"{workers} × `celery worker --concurrency {concurrency}` ({workers * concurrency} pool processes, "
-            "DELIVERY_SEND_CONCURRENCY sends in flight each)")
+            f"DELIVERY_SEND_CONCURRENCY={send_slots(provider)} sends in flight each)")
 
 
 def throughput(bench: Bench, *, provider: str) -> None:
@@ -163,7 +171,7 @@ def throughput(bench: Bench, *, provider: str) -> None:
         notes.append(f"only {result['sent']}/{result['emails']} sent before the timeout")
     bench.rows.append(Row(
         figure="3 delivery throughput",
-        setup=(f"{_workers_text(result)}; provider {target}; limiter off; "
+        setup=(f"{_workers_text(result, provider)}; provider {target}; limiter off; "
                f"{result['emails']:,} emails queued before the workers start"),
         result=f"{fmt(rate)} emails/s; {costs.get('cpu_ms', 0):.2f} ms CPU per email",
         values={"provider": provider, **result},

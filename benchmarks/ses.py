@@ -25,7 +25,7 @@ import sys
 import time
 
 from benchmarks.context import Bench
-from benchmarks.delivery import _workers_text, cost_text, deliver_backlog, steady_rate
+from benchmarks.delivery import _workers_text, cost_text, deliver_backlog, send_slots, steady_rate
 from benchmarks.report import Row, fmt
 from benchmarks.stack import BASE_DIR
 from benchmarks.stats import most_in_window
@@ -88,11 +88,9 @@ class Endpoints:
 
 
 def _blast(bench: Bench, endpoint: str) -> dict:
-    from django.conf import settings
-
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.sesproxy", "blast", "--endpoint", endpoint, "--processes",
-         str(bench.params.worker_concurrency), "--threads", str(settings.DELIVERY_SEND_CONCURRENCY),
+         str(bench.params.worker_concurrency), "--threads", str(send_slots('ses')),
          "--seconds", str(bench.params.ses_ceiling_seconds)],
         cwd=BASE_DIR, env=bench.stack.env(), capture_output=True, text=True, timeout=300,
     )
@@ -102,8 +100,6 @@ def _blast(bench: Bench, endpoint: str) -> dict:
 
 
 def ceilings(bench: Bench, endpoints: Endpoints) -> dict:
-    from django.conf import settings
-
     params = bench.params
     found = {"moto": _blast(bench, endpoints.moto), "moto_30ms": _blast(bench, endpoints.proxy_url),
              "standin_30ms": _blast(bench, endpoints.standin_url)}
@@ -111,7 +107,7 @@ def ceilings(bench: Bench, endpoints: Endpoints) -> dict:
     delay = params.ses_latency_ms
     bench.rows.append(Row(
         figure="3 SES endpoint ceiling",
-        setup=(f"{params.worker_concurrency} client processes × {settings.DELIVERY_SEND_CONCURRENCY} threads "
+        setup=(f"{params.worker_concurrency} client processes × {send_slots('ses')} threads "
                "(the workers' send slots), each thread its own boto3 `sesv2` client sending the bench's email "
                "(SendEmail, raw MIME) as fast as answers come; no service involved"),
         result=(f"moto alone {fmt(found['moto']['per_second'])}/s; moto + {delay:g} ms proxy "
@@ -119,9 +115,9 @@ def ceilings(bench: Bench, endpoints: Endpoints) -> dict:
                 f"{fmt(found['standin_30ms']['per_second'])}/s"),
         values=found,
         notes=(f"the most the rows below could reach with this concurrency on this machine; the stand-in's limit "
-               f"is the clients' own CPU (boto3) and {settings.DELIVERY_SEND_CONCURRENCY * params.worker_concurrency}"
+               f"is the clients' own CPU (boto3) and {send_slots('ses') * params.worker_concurrency}"
                f" requests in flight / {delay:g} ms = "
-               f"{settings.DELIVERY_SEND_CONCURRENCY * params.worker_concurrency / delay * 1000:,.0f}/s"),
+               f"{send_slots('ses') * params.worker_concurrency / delay * 1000:,.0f}/s"),
     ))
     print(f"  SES endpoint ceiling: {bench.rows[-1].result}", flush=True)
     return found
@@ -161,7 +157,7 @@ def delivery(bench: Bench, endpoints: Endpoints, *, standin: bool, rate_limit: i
         text = f"{fmt(rate)} emails/s; {costs.get('cpu_ms', 0):.2f} ms CPU per email"
     bench.rows.append(Row(
         figure="3 delivery via SES" + (f" + limiter {rate_limit}/s" if rate_limit else ""),
-        setup=f"{_workers_text(result)}; {endpoint}; {limiter}; {result['emails']:,} emails queued first",
+        setup=f"{_workers_text(result, 'ses')}; {endpoint}; {limiter}; {result['emails']:,} emails queued first",
         result=text,
         values={"endpoint": "standin" if standin else "moto", "rate_limit": rate_limit, **result,
                 "arrived": len(arrivals), "arrived_steady_per_second": arrived_rate, "max_in_any_1s": peak},

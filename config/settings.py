@@ -242,10 +242,16 @@ RATE_LIMIT_MAX_WAIT_SECONDS = env.float("RATE_LIMIT_MAX_WAIT_SECONDS", default=2
 # the limiter on, about DELIVERY_CHUNK_SECONDS' worth of its rate) and sends them
 # with DELIVERY_SEND_CONCURRENCY sends in flight per worker process; a chunk
 # stops taking new sends after DELIVERY_CHUNK_MAX_SECONDS and puts the rest back.
-DELIVERY_CHUNK_SIZE = int(_positive_number("DELIVERY_CHUNK_SIZE", 100, int))
+DELIVERY_CHUNK_SIZE = int(_positive_number("DELIVERY_CHUNK_SIZE", 250, int))
 DELIVERY_CHUNK_SECONDS = _positive_number("DELIVERY_CHUNK_SECONDS", 1.0)
 DELIVERY_CHUNK_MAX_SECONDS = _positive_number("DELIVERY_CHUNK_MAX_SECONDS", 60)
-DELIVERY_SEND_CONCURRENCY = int(_positive_number("DELIVERY_SEND_CONCURRENCY", 8, int))
+# An SES send waits 20-50 ms for its HTTPS answer: 16 in flight per process keep
+# the worker busy. An SMTP relay answers far sooner, and more sessions only
+# compete for the process's CPU (a relay on the same network does best with 4).
+SEND_CONCURRENCY_DEFAULTS = {"ses": 16, "sandbox": 16, "smtp": 8, "console": 8}
+DELIVERY_SEND_CONCURRENCY = int(
+    _positive_number("DELIVERY_SEND_CONCURRENCY", SEND_CONCURRENCY_DEFAULTS[EMAIL_PROVIDER], int)
+)
 # At most this many delivery tasks are published for one batch of new work (per
 # priority); a task that claims a full chunk publishes the next one, so this is
 # how many worker processes can work through a backlog at once.

@@ -31,10 +31,12 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -312,11 +314,27 @@ def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> tuple[dict[
     if len(sendable) == 1:  # a single email: no hop through the pool
         outcomes[sendable[0].pk] = _send_slot(sendable[0], context)
     elif sendable:
-        # Each send runs in a copy of this thread's context: its log lines carry the task's id.
-        slots = [(contextvars.copy_context(), message) for message in sendable]
-        sent = _send_pool().map(lambda slot: slot[0].run(_send_slot, slot[1], context), slots)
-        for message, outcome in zip(sendable, sent):
-            outcomes[message.pk] = outcome
+        # Each slot takes the chunk's next message until none is left: one hand-off
+        # per slot, not per message. deque.popleft is atomic under threads.
+        waiting = deque(sendable)
+
+        def slot() -> list[tuple[int, SendOutcome]]:
+            done = []
+            while True:
+                try:
+                    message = waiting.popleft()
+                except IndexError:
+                    return done
+                done.append((message.pk, _send_slot(message, context)))
+
+        pool = _send_pool()
+        # Each slot runs in a copy of this thread's context: its log lines carry the task's id.
+        slots = [
+            pool.submit(contextvars.copy_context().run, slot)
+            for _ in range(min(settings.DELIVERY_SEND_CONCURRENCY, len(sendable)))
+        ]
+        for future in slots:
+            outcomes.update(future.result())
     return outcomes, context
 
 
@@ -391,6 +409,20 @@ def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkCo
 # --- The journal -------------------------------------------------------------------------
 
 
+_slot_local = threading.local()
+
+
+def _slot_redis() -> redis.Redis:
+    """This send slot's own Redis connection for its journal writes: one
+    connection held by the slot's thread, without a pool checkout per write."""
+    client = getattr(_slot_local, "client", None)
+    if client is None:
+        client = _slot_local.client = redis.Redis(
+            connection_pool=redis_client().connection_pool, single_connection_client=True
+        )
+    return client
+
+
 def _journal_key(email_id: str) -> str:
     # By public id: a row id can come back after a rolled-back insert, an email id cannot.
     return f"{JOURNAL_PREFIX}{email_id}"
@@ -403,7 +435,7 @@ def _journal_write(message: Outgoing, outcome: SendOutcome) -> None:
     if outcome.released_for is not None:
         return
     try:
-        redis_client().set(
+        _slot_redis().set(
             _journal_key(message.email_id), json.dumps({"attempt": message.attempts, "outcome": outcome.journal()}),
             ex=JOURNAL_TTL_SECONDS,
         )

@@ -2,7 +2,7 @@
 
 A delivery task carries no message id: it delivers one chunk of whatever is
 due, most urgent first. So one task is published per chunk of new work (one
-for a single email, ten for a batch of 1,000 at chunk size 100), and a task
+for a single email, four for a batch of 1,000 at chunk size 250), and a task
 that finds its work taken by another is a cheap no-op. A publish that is lost
 (broker down, Redis restarted) loses no email: the sweeper publishes again for
 due work that no queued task will take.

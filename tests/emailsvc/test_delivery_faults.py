@@ -466,8 +466,8 @@ def test_high_priority_overtakes_a_deep_low_backlog(console_stack, key):
         status, answer = console_stack.post("/api/v1/emails/batch", {"emails": emails}, key)
         assert status == 200 and len(answer["data"]) == 500, (batch, answer if status != 200 else answer["errors"][:3])
     accepted = time.monotonic()
-    # One delivery task per chunk of 100 (the limiter is off in these stacks), not one per email.
-    assert console_stack.queue_lengths()["emails.low"] == 20 * 5
+    # One delivery task per chunk of 250 (the limiter is off in these stacks), not one per email.
+    assert console_stack.queue_lengths()["emails.low"] == 20 * 2
     urgent = unique("urgent")
     send(console_stack, key, email_id=urgent, priority="high", subject="Your login code")
 
