@@ -181,7 +181,7 @@ def throughput(bench: Bench, *, provider: str) -> None:
 
 
 def statements_per_chunk(bench: Bench) -> None:
-    """One chunk of 100 emails delivered in this process (the task's own code,
+    """One chunk (DELIVERY_CHUNK_SIZE emails) delivered in this process (the task's own code,
     `deliver_due_task.apply()`) to the sink, every SQL statement counted with
     Django's CaptureQueriesContext (BEGIN/COMMIT are not statements there)."""
     from django.conf import settings
