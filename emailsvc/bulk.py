@@ -114,12 +114,17 @@ def rows_insert(model: type[models.Model], objs: list[models.Model]) -> None:
         else:
             record.append(f"c{index} {db_type}")
             selects.append(f"v.c{index}")
-        plan.append((field_obj, f"c{index}", db_type == "jsonb"))
+        plan.append((field_obj, field_obj.attname, f"c{index}", db_type == "jsonb", _direct_kind(field_obj)))
     document = []
     for number, obj in enumerate(objs):
         obj._prepare_related_fields_for_save(operation_name="bulk_create")
         item = {"n": number}
-        for field_obj, key, is_json in plan:
+        for field_obj, attname, key, is_json, direct in plan:
+            if direct is not None:
+                adapted = _direct_value(direct, getattr(obj, attname))
+                if adapted is not _GENERIC:
+                    item[key] = adapted
+                    continue
             adapted = field_obj.get_db_prep_save(field_obj.pre_save(obj, True), db)
             if adapted is not None:
                 if is_json:
@@ -143,6 +148,49 @@ def rows_insert(model: type[models.Model], objs: list[models.Model]) -> None:
         setattr(obj, pk.attname, pk_value)
         obj._state.adding = False
         obj._state.db = connection.alias
+
+
+# Columns whose value needs no preparation by its field when it has the plain
+# Python type (what get_db_prep_save would return unchanged): their value is
+# put in the JSON document as it is. Any other value goes the field's way.
+_TEXT_FIELDS = frozenset({"CharField", "TextField", "EmailField", "SlugField"})
+_INT_FIELDS = frozenset({"IntegerField", "PositiveIntegerField", "BigIntegerField", "PositiveBigIntegerField",
+                         "SmallIntegerField", "PositiveSmallIntegerField", "ForeignKey"})
+_GENERIC = object()
+
+
+def _direct_kind(field_obj: models.Field) -> str | None:
+    internal = field_obj.get_internal_type()
+    if internal in _TEXT_FIELDS:
+        return "text"
+    if internal in _INT_FIELDS:
+        return "int"
+    if internal == "BooleanField":
+        return "bool"
+    if internal == "DateTimeField" and not (field_obj.auto_now or field_obj.auto_now_add):
+        return "datetime"
+    if internal == "JSONField" and field_obj.encoder is None:
+        return "json"
+    return None
+
+
+def _direct_value(kind: str, value):
+    """`value` as the JSON document carries it, or _GENERIC when its field must prepare it."""
+    if value is None:
+        return None
+    kind_of = type(value)
+    if kind == "text":
+        return value if kind_of is str else _GENERIC
+    if kind == "int":
+        return value if kind_of is int else _GENERIC
+    if kind == "bool":
+        return value if kind_of is bool else _GENERIC
+    if kind == "datetime":
+        return value.isoformat() if kind_of is datetime and value.tzinfo is not None else _GENERIC
+    try:  # json: what json.dumps writes, or the field's way for anything orjson would write differently
+        return orjson.dumps(value, option=orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+    except TypeError:
+        return _GENERIC
 
 
 def _json_text(adapted) -> str:
