@@ -50,13 +50,21 @@ def rows_update(model: type[models.Model], rows: dict[int, dict], *, at: datetim
                 presence[name] = f"p{index}"
                 record.append(f"p{index} boolean")
                 assigns.append(f"{field_obj.column} = CASE WHEN v.p{index} THEN {expression} ELSE t.{field_obj.column} END")
-        plan = [(name, fields[name], f"c{index}", _array_type(fields[name]) == "jsonb", presence.get(name))
+        plan = [(name, fields[name], f"c{index}", _array_type(fields[name]) == "jsonb", presence.get(name),
+                 _direct_kind(fields[name]))
                 for index, name in enumerate(columns)]
         document = []
         for row_id in ids:
             row = rows[row_id]
             item = {"id": row_id}
-            for name, field_obj, key, is_json, present_key in plan:
+            for name, field_obj, key, is_json, present_key, direct in plan:
+                if present_key:
+                    item[present_key] = name in row
+                if direct is not None and name in row:
+                    adapted = _direct_value(direct, row[name])
+                    if adapted is not _GENERIC:
+                        item[key] = adapted
+                        continue
                 adapted = value(field_obj, row, name)
                 if adapted is not None:
                     if is_json:
@@ -64,8 +72,6 @@ def rows_update(model: type[models.Model], rows: dict[int, dict], *, at: datetim
                     elif isinstance(adapted, datetime):
                         adapted = adapted.isoformat()
                 item[key] = adapted
-                if present_key:
-                    item[present_key] = name in row
             document.append(item)
         assigns.append("updated_at = %s")
         sql = (

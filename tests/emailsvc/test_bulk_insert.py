@@ -65,3 +65,30 @@ def test_rows_insert_stores_what_bulk_create_stores():
     theirs_rows = _stored(Recipient, [r.pk for r in recipients["theirs"]], {"id", "message_id", "updated_at"})
     assert ours_rows == theirs_rows
     assert [r.message_id for r in recipients["ours"]] == [m.pk for m in ours for _ in range(2)]
+
+
+def test_rows_update_writes_what_the_orm_writes():
+    """rows_update (one statement, rows with different columns) leaves each row
+    as a per-row QuerySet.update of the same values does."""
+    from emailsvc.bulk import rows_update
+
+    ours, theirs = _messages("upd-ours"), _messages("upd-theirs")
+    Message.objects.bulk_create(ours + theirs)
+    changes = [
+        {"status": "sent", "sent_at": AT, "provider_message_id": "pm-1", "attempts": 3},
+        {"last_error": "4.2.2 mailbox full ✉", "state": "queued", "next_attempt_at": AT + timedelta(minutes=5)},
+        {"metadata": {"after": ["x", 1, None]}, "tags": []},
+        {"template_data": None, "headers": {"X-Ü": "ü"}},
+        {"subject": gettext_lazy("Lazy again"), "attempts": True},  # other types: the field prepares them
+        {"metadata": {2: "int key"}, "sent_at": None},
+        {},
+        {"status": "failed"},
+    ]
+    rows_update(Message, {m.pk: change for m, change in zip(ours, changes) if change}, at=AT)
+    for message, change in zip(theirs, changes):
+        if change:
+            Message.objects.filter(pk=message.pk).update(**change, updated_at=AT)
+    leave_out = {"id", "email_id", "created_at", "updated_at"}
+    assert _stored(Message, [m.pk for m in ours], leave_out) == _stored(Message, [m.pk for m in theirs], leave_out)
+    stamped = dict(Message.objects.filter(pk__in=[m.pk for m in ours]).values_list("pk", "updated_at"))
+    assert [stamped[m.pk] == AT for m in ours] == [bool(change) for change in changes]
