@@ -17,7 +17,11 @@ app.autodiscover_tasks()
 
 @worker_process_shutdown.connect
 def _metrics_process_dead(pid=None, **kwargs):
-    """A pool process exits: its live gauges leave /metrics (emailsvc.metrics, multiprocess mode)."""
+    """A pool process exits: the chunk its recorder holds is recorded first (else
+    the sweeper records it from the journal); its live gauges leave /metrics
+    (emailsvc.metrics, multiprocess mode)."""
     from emailsvc.metrics import process_dead
+    from emailsvc.services.delivery import recordings_wait
 
+    recordings_wait(timeout=30)
     process_dead(pid=pid)

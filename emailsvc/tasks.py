@@ -6,8 +6,8 @@ from django.db import close_old_connections
 from emailsvc import metrics
 from emailsvc.models import Priority
 from emailsvc.services.breaker import breaker_check, provider_probe
-from emailsvc.services.delivery import deliver_due
-from emailsvc.services.queueing import chunk_follow_up
+from emailsvc.services.delivery import ChunkResult, deliver_due
+from emailsvc.services.queueing import chunk_follow_up, retries_enqueue
 from emailsvc.services.scheduling import messages_sweep, scheduled_publish
 
 
@@ -19,11 +19,23 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     close_old_connections()
     # A task published before chunked delivery carries a message id: any due work will do.
     priority = priority if priority in Priority.values else Priority.LOW
-    result = deliver_due(priority=priority)
-    metrics.delivery_chunk_observe(result)
+
+    def recorded(result: ChunkResult) -> None:
+        metrics.delivery_chunk_observe(result)
+        retries_enqueue(due_later=result.due_later)
+
+    # In a worker the chunk is recorded by the process's recorder thread while
+    # this process takes its next chunk (run in place, e.g. `apply()`, it is
+    # recorded before the task returns).
+    result = deliver_due(priority=priority, recorded=None if self.request.is_eager else recorded)
     if result.retry_in is not None:
+        metrics.delivery_chunk_observe(result)
         raise self.retry(countdown=result.retry_in)
-    chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=result.due_later)
+    if self.request.is_eager or not result.claimed:
+        recorded(result)
+    chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=[])
+    if not self.request.is_eager:  # what was sent is known once the recorder has recorded it
+        return {"claimed": result.claimed}
     return {"claimed": result.claimed, "sent": result.sent, "failed": result.failed, "deferred": result.deferred}
 
 

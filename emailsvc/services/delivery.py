@@ -13,7 +13,9 @@ One call of `deliver_due` is one chunk:
    write the provider's answer to a Redis journal before the slot takes its
    next message;
 4. record every outcome through `emailsvc.status` in one transaction, then
-   drop the journal entries.
+   drop the journal entries. In a worker this runs on the process's recorder
+   thread while the task thread claims and sends the next chunk (one chunk at
+   most waits to be recorded per process).
 
 A worker killed between a provider's answer and step 4 leaves the journal: the
 sweeper records what it holds. Only the sends in flight at the moment of the
@@ -32,14 +34,16 @@ import random
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
 import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -197,7 +201,9 @@ def chunk_size(limit: RateLimit) -> int:
     return size
 
 
-def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
+def deliver_due(
+    *, priority: str = Priority.NORMAL, recorded: Callable[[ChunkResult], None] | None = None
+) -> ChunkResult:
     """Deliver one chunk of due messages; safe to call any number of times anywhere.
 
     Claims due messages of priority `high` first, then down to `priority`
@@ -206,6 +212,13 @@ def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
     reason, `suppressed`, or still pending for a retry (transient errors back
     off with jitter until DELIVERY_MAX_ATTEMPTS; account-level stops and the
     daily quota wait without using up attempts).
+
+    With `recorded` (the delivery task), the chunk is recorded by this
+    process's recorder thread while the caller goes on to its next chunk, and
+    `recorded(result)` is called there once it is; the returned result then
+    carries the claim only. Every answer is in the journal by then, so a
+    process that dies first loses nothing: the sweeper records it. Without
+    `recorded`, the chunk is recorded before this returns.
     """
     limit = rate_limit_from_settings()
     size = chunk_size(limit)
@@ -237,13 +250,69 @@ def deliver_due(*, priority: str = Priority.NORMAL) -> ChunkResult:
             breaker.provider_stopped(reason=error.reason)
         else:
             breaker.quota_spent(reason=error.reason)
+    if recorded is None:
+        _chunk_record(outgoing, outcomes, result)
+    else:
+        _record_in_background(outgoing, outcomes, result, recorded)
+    return result
+
+
+def _chunk_record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult) -> None:
     _record(outgoing, outcomes, result)
     _journal_clear([outgoing[pk].email_id for pk in outcomes])
     logger.info(
         "delivery chunk claimed=%d sent=%d failed=%d deferred=%d suppressed=%d released=%d",
         result.claimed, result.sent, result.failed, result.deferred, result.suppressed, result.released,
     )
-    return result
+
+
+# --- Recording while the next chunk is sent ------------------------------------------
+
+_recorder: ThreadPoolExecutor | None = None
+_recorder_pid = 0
+_recording: Future | None = None
+
+
+def _record_in_background(
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult,
+    recorded: Callable[[ChunkResult], None],
+) -> None:
+    """Hand the chunk to this process's recorder thread, after the previous
+    chunk's record is done: at most one chunk per process waits to be recorded."""
+    global _recorder, _recorder_pid, _recording
+    with _executor_lock:
+        if _recorder is None or _recorder_pid != os.getpid():
+            _recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
+            _recorder_pid, _recording = os.getpid(), None
+    recordings_wait()
+    _recording = _recorder.submit(contextvars.copy_context().run, _record_job, outgoing, outcomes, result, recorded)
+
+
+def _record_job(
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult,
+    recorded: Callable[[ChunkResult], None],
+) -> None:
+    close_old_connections()  # this thread's own connection, kept across chunks
+    try:
+        _chunk_record(outgoing, outcomes, result)
+    except Exception:  # the answers stay in the journal: the sweeper records them
+        logger.exception("delivery chunk not recorded (claimed=%d); the sweeper records it", result.claimed)
+        return
+    try:
+        recorded(result)
+    except Exception:
+        logger.exception("after recording a delivery chunk")
+
+
+def recordings_wait(timeout: float | None = None) -> None:
+    """Wait until this process's recorder has recorded every chunk handed to it
+    (before the next chunk is handed over, and when the process exits)."""
+    pending = _recording if _recorder_pid == os.getpid() else None
+    if pending is not None:
+        try:
+            pending.result(timeout=timeout)
+        except FutureTimeout:
+            logger.warning("a delivery chunk is still being recorded; the sweeper records it if this process ends")
 
 
 def _due_exists(priority: str) -> bool:
