@@ -8,6 +8,7 @@ stored rows, and the messages the SMTP server / moto received.
 """
 
 import re
+import signal
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -351,6 +352,31 @@ def test_worker_killed_mid_chunk_loses_nothing_and_resends_at_most_its_sends_in_
     assert duplicates <= in_flight, copies
     # The journal spared every email accepted before the kill but the ones in flight.
     assert Message.objects.filter(email_id__in=email_ids, attempts=1).count() >= received_before - in_flight
+
+
+def test_warm_shutdown_records_every_chunk_it_sent(smtp_stack, mail, key):
+    """SIGTERM (a deploy): the worker finishes the chunk it is sending, and its
+    recorder records every chunk before the process exits — nothing it sent is
+    left `sending` for the sweeper; what it did not claim waits, queued."""
+    mail.data_delay = 0.02
+    run = unique("warm-stop")
+    email_ids = _batch(smtp_stack, key, run, 400)
+    worker = smtp_stack.start_worker(
+        concurrency=1, env={"DELIVERY_CHUNK_SIZE": "40", "DELIVERY_SEND_CONCURRENCY": "4"}
+    )
+    assert wait_until(lambda: len(mail.matching(run)) >= 60, timeout=60), smtp_stack.logs()
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=60) == 0, smtp_stack.logs()
+    smtp_stack.workers.remove(worker)
+
+    copies = _copies(mail, email_ids)
+    received = {email_id for email_id, count in copies.items() if count}
+    assert 60 <= len(received) < 400, "the backlog was sent before the stop: nothing was tested"
+    assert set(copies.values()) <= {0, 1}
+    rows = {email_id: (state, status) for email_id, state, status in
+            Message.objects.filter(email_id__in=email_ids).values_list("email_id", "state", "status")}
+    assert {rows[email_id] for email_id in received} == {("done", Status.SENT)}, smtp_stack.logs()
+    assert {rows[email_id] for email_id in set(email_ids) - received} == {("queued", Status.QUEUED)}
 
 
 def test_redis_restart_mid_chunk_loses_nothing_and_sends_nothing_twice(smtp_stack, mail, key):
