@@ -16,21 +16,21 @@ from benchmarks.report import Row, fmt
 # machine, 2026-12): stated beside the measured CPU so the reader sees why the
 # row is where it is.
 PROFILE_NOTE = (
-    "where the time goes (`make bench-profile PROFILE=accept`, per request): storing ~45 % (Message and "
-    "Recipient inserts, the suppression and paused-domain look-ups), commit and the one publish to the broker "
-    "~21 %, the API key look-up ~13 %, validation ~5 %, Django/DRF request and response handling the rest; "
-    "about six SQL round trips of 0.5-1.4 ms each on this machine, and a sync gunicorn worker does one "
-    "request at a time, sharing the two cores with PostgreSQL and the load generator"
+    "where the time goes (`make bench-profile PROFILE=accept`, per request): storing ~38 % (Message and "
+    "Recipient inserts, the suppression look-up, the paused-domain check), commit and the one publish to the "
+    "broker ~26 %, the API key look-up ~12 %, validation ~4 %, Django/DRF request and response handling the "
+    "rest; five SQL statements and a commit per request, and a sync gunicorn worker does one request at a time, "
+    "sharing the two cores with PostgreSQL and the load generator"
 )
 
-# The same for a batch of 500 (11 POST /api/v1/emails/batch through Django's
-# test client under py-spy, this machine, 2026-12): about 1 ms of CPU per email.
+# The same for a batch of 500 (POST /api/v1/emails/batch through Django's test
+# client under cProfile, this machine, 2026-12).
 BATCH_PROFILE_NOTE = (
-    "where the time goes (py-spy over POST /emails/batch of 500 in one process, per email ~1 ms of CPU): "
-    "DRF validation of each email ~32 %, building its rows (policy, template, model instances) ~20 %, the one "
-    "INSERT of messages and of recipients (each value prepared by its field, the rows as one JSON document) "
-    "~28 %, commit and the one publish ~8 %, reading the JSON body ~5 %; two sync gunicorn workers on two "
-    "cores shared with PostgreSQL and the load generator"
+    "where the time goes (cProfile over POST /emails/batch of 500 in one process, ~0.33 ms of CPU per email on a "
+    "quiet machine): DRF validation of each email ~39 %, building its rows (policy, template, model instances) "
+    "~22 %, the one INSERT of messages and of recipients (the rows as one JSON document, plain values put in as "
+    "they are) ~23 %, the response, commit and the one publish per chunk the rest; the JSON body is read by "
+    "orjson; two sync gunicorn workers on two cores shared with PostgreSQL and the load generator"
 )
 
 
