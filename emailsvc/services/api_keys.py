@@ -5,6 +5,7 @@ import hmac
 import secrets
 from datetime import datetime, timedelta
 
+from django.db import connection
 from django.utils import timezone
 
 from emailsvc.models import (
@@ -48,7 +49,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     parts = raw_key.split("_", 2)
     if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
         return None
-    api_key = one_or_none(ApiKey.objects.filter(prefix=parts[1]))
+    api_key = _key_by_prefix(parts[1])
     if api_key is None or not hmac.compare_digest(api_key.secret_hash, _hash_key(raw_key)):
         return None
     now = timezone.now()
@@ -59,3 +60,18 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
     return api_key
+
+
+def _key_by_prefix(prefix: str) -> ApiKey | None:
+    """The key with this prefix (unique). On PostgreSQL a plain statement read
+    into the model (this runs for every API request); elsewhere the ORM."""
+    if connection.vendor != "postgresql":
+        return one_or_none(ApiKey.objects.filter(prefix=prefix))
+    fields = ApiKey._meta.concrete_fields
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(field.column for field in fields)} FROM {ApiKey._meta.db_table} WHERE prefix = %s",
+            [prefix],
+        )
+        row = cursor.fetchone()
+    return ApiKey.from_db(connection.alias, [field.attname for field in fields], row) if row else None
