@@ -16,11 +16,11 @@ from benchmarks.report import Row, fmt
 # machine, 2026-12): stated beside the measured CPU so the reader sees why the
 # row is where it is.
 PROFILE_NOTE = (
-    "where the time goes (`make bench-profile PROFILE=accept`, per request): storing ~38 % (Message and "
-    "Recipient inserts, the suppression look-up, the paused-domain check), commit and the one publish to the "
-    "broker ~26 %, the API key look-up ~12 %, validation ~4 %, Django/DRF request and response handling the "
-    "rest; five SQL statements and a commit per request, and a sync gunicorn worker does one request at a time, "
-    "sharing the two cores with PostgreSQL and the load generator"
+    "where the time goes (cProfile over POST /emails in one process, per request): storing ~35 % (the Message "
+    "and Recipient inserts ~24 %, the suppression look-up and the paused-domain check ~10 %), commit and the one "
+    "publish to the broker ~26 %, the API key look-up ~8 %, validation ~5 %, Django/DRF request and response "
+    "handling the rest; five SQL statements and a commit per request, and a sync gunicorn worker does one "
+    "request at a time, sharing the two cores with PostgreSQL and the load generator"
 )
 
 # The same for a batch of 500 (POST /api/v1/emails/batch through Django's test
