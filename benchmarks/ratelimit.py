@@ -51,7 +51,7 @@ def measure(bench: Bench, *, rate: int, reference: bool) -> None:
         end = start + seconds
         time.sleep(max(0.0, end - time.time()))
         arrivals = bench.arrivals(start, end)
-        stack.record_workers_memory(services, where=f"rate limit {rate}/s")
+        stack.record_workers_memory(services, where=f"rate limit {rate}/s" + (" (Celery reference)" if reference else ""))
     finally:
         stack.stop(*services)
         stack.flush_tasks()
