@@ -13,11 +13,9 @@ One call of `deliver_due` is one chunk:
    write the provider's answer to a Redis journal before the slot takes its
    next message;
 4. record every outcome through `emailsvc.status` in one transaction, then
-   drop the journal entries. In a worker, once every message of the chunk is
-   in a send slot the task returns and the process's recorder thread waits
-   for the last answers and records them, while the next task claims its
-   chunk and its sends take over the slots as they free up (the slots bound
-   the sends in flight per process, whichever chunk they belong to).
+   drop the journal entries. In a worker this runs on the process's recorder
+   thread while the task thread claims and sends the next chunk (one chunk at
+   most waits to be recorded per process).
 
 A worker killed between a provider's answer and step 4 leaves the journal: the
 sweeper records what it holds. Only the sends in flight at the moment of the
@@ -215,10 +213,10 @@ def deliver_due(
     off with jitter until DELIVERY_MAX_ATTEMPTS; account-level stops and the
     daily quota wait without using up attempts).
 
-    With `recorded` (the delivery task), this returns once every message is
-    in a send slot; this process's recorder thread waits for the last answers
-    and records the chunk while the caller goes on to its next one, and calls
-    `recorded(result)` once it is; the returned result carries the claim only. Every answer is in the journal by then, so a
+    With `recorded` (the delivery task), the chunk is recorded by this
+    process's recorder thread while the caller goes on to its next chunk, and
+    `recorded(result)` is called there once it is; the returned result then
+    carries the claim only. Every answer is in the journal by then, so a
     process that dies first loses nothing: the sweeper records it. Without
     `recorded`, the chunk is recorded before this returns.
     """
@@ -244,35 +242,22 @@ def deliver_due(
     result.claimed = len(claimed)
     if not claimed:
         return result
-    sends = _sends_start(outgoing, limit=limit)
+    outcomes, context = _send_all(outgoing, limit=limit)
+    if context.account_stop is not None:
+        # Every worker stops claiming; what this chunk did not send waits, unattempted.
+        error = context.account_stop
+        if isinstance(error, AccountStoppedError):
+            breaker.provider_stopped(reason=error.reason)
+        else:
+            breaker.quota_spent(reason=error.reason)
     if recorded is None:
-        _chunk_finish(outgoing, sends, result)
-        return result
-    # Every message of the chunk has a send slot: the next chunk may be claimed
-    # while the last sends of this one finish (its slots take over as they free up).
-    sends.all_taken()
-    _account_stop_record(sends.context)
-    _record_in_background(outgoing, sends, result, recorded)
+        _chunk_record(outgoing, outcomes, result)
+    else:
+        _record_in_background(outgoing, outcomes, result, recorded)
     return result
 
 
-def _account_stop_record(context: _ChunkContext) -> None:
-    """The provider said the whole account cannot send: every worker stops
-    claiming; what the chunk did not send waits, unattempted. (Idempotent.)"""
-    error = context.account_stop
-    if error is None or context.stop_recorded:
-        return
-    context.stop_recorded = True
-    if isinstance(error, AccountStoppedError):
-        breaker.provider_stopped(reason=error.reason)
-    else:
-        breaker.quota_spent(reason=error.reason)
-
-
-def _chunk_finish(outgoing: dict[int, Outgoing], sends: _Sends, result: ChunkResult) -> None:
-    """Wait for the chunk's sends, then record every outcome."""
-    outcomes = sends.outcomes_wait()
-    _account_stop_record(sends.context)
+def _chunk_record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult) -> None:
     _record(outgoing, outcomes, result)
     _journal_clear([outgoing[pk].email_id for pk in outcomes])
     logger.info(
@@ -289,7 +274,8 @@ _recording: Future | None = None
 
 
 def _record_in_background(
-    outgoing: dict[int, Outgoing], sends: _Sends, result: ChunkResult, recorded: Callable[[ChunkResult], None],
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult,
+    recorded: Callable[[ChunkResult], None],
 ) -> None:
     """Hand the chunk to this process's recorder thread, after the previous
     chunk's record is done: at most one chunk per process waits to be recorded."""
@@ -299,15 +285,16 @@ def _record_in_background(
             _recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
             _recorder_pid, _recording = os.getpid(), None
     recordings_wait()
-    _recording = _recorder.submit(contextvars.copy_context().run, _record_job, outgoing, sends, result, recorded)
+    _recording = _recorder.submit(contextvars.copy_context().run, _record_job, outgoing, outcomes, result, recorded)
 
 
 def _record_job(
-    outgoing: dict[int, Outgoing], sends: _Sends, result: ChunkResult, recorded: Callable[[ChunkResult], None],
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult,
+    recorded: Callable[[ChunkResult], None],
 ) -> None:
     close_old_connections()  # this thread's own connection, kept across chunks
     try:
-        _chunk_finish(outgoing, sends, result)
+        _chunk_record(outgoing, outcomes, result)
     except Exception:  # the answers stay in the journal: the sweeper records them
         logger.exception("delivery chunk not recorded (claimed=%d); the sweeper records it", result.claimed)
         return
@@ -427,66 +414,37 @@ class _ChunkContext:
     # quota): the rest of the chunk is put back without trying, and the account
     # is paused for every worker.
     account_stop: DeliveryError | None = None
-    stop_recorded: bool = False
 
 
-@dataclass
-class _Sends:
-    """The sends of one chunk, under way in this process's send slots."""
-
-    context: _ChunkContext
-    outcomes: dict[int, SendOutcome]
-    futures: list[Future] = field(default_factory=list)
-    taken: threading.Event = field(default_factory=threading.Event)
-
-    def all_taken(self) -> None:
-        """Return once every message of the chunk is in a send slot (or the slots ended)."""
-        while not self.taken.wait(0.05):
-            if all(future.done() for future in self.futures):
-                return
-
-    def outcomes_wait(self) -> dict[int, SendOutcome]:
-        for future in self.futures:
-            self.outcomes.update(future.result())
-        return self.outcomes
-
-
-def _sends_start(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> _Sends:
-    """Start the chunk's sends: a single email is sent here and now; more go to
-    the send slots, each taking the chunk's next message until none is left
-    (one hand-off per slot, not per message)."""
+def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> tuple[dict[int, SendOutcome], _ChunkContext]:
     context = _ChunkContext(limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS)
-    sends = _Sends(context=context, outcomes={pk: SendOutcome() for pk, m in outgoing.items() if not m.recipients})
+    outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
-    if len(sendable) <= 1:  # a single email: no hop through the pool
-        for message in sendable:
-            sends.outcomes[message.pk] = _send_slot(message, context)
-        sends.taken.set()
-        return sends
-    waiting = deque(sendable)  # deque.popleft is atomic under threads
+    if len(sendable) == 1:  # a single email: no hop through the pool
+        outcomes[sendable[0].pk] = _send_slot(sendable[0], context)
+    elif sendable:
+        # Each slot takes the chunk's next message until none is left: one hand-off
+        # per slot, not per message. deque.popleft is atomic under threads.
+        waiting = deque(sendable)
 
-    def slot() -> list[tuple[int, SendOutcome]]:
-        done = []
-        try:
+        def slot() -> list[tuple[int, SendOutcome]]:
+            done = []
             while True:
                 try:
                     message = waiting.popleft()
                 except IndexError:
                     return done
-                if not waiting:
-                    sends.taken.set()
                 done.append((message.pk, _send_slot(message, context)))
-        finally:
-            if not waiting:
-                sends.taken.set()
 
-    pool = _send_pool()
-    # Each slot runs in a copy of this thread's context: its log lines carry the task's id.
-    sends.futures = [
-        pool.submit(contextvars.copy_context().run, slot)
-        for _ in range(min(settings.DELIVERY_SEND_CONCURRENCY, len(sendable)))
-    ]
-    return sends
+        pool = _send_pool()
+        # Each slot runs in a copy of this thread's context: its log lines carry the task's id.
+        slots = [
+            pool.submit(contextvars.copy_context().run, slot)
+            for _ in range(min(settings.DELIVERY_SEND_CONCURRENCY, len(sendable)))
+        ]
+        for future in slots:
+            outcomes.update(future.result())
+    return outcomes, context
 
 
 def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
