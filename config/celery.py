@@ -21,7 +21,7 @@ def _metrics_process_dead(pid=None, **kwargs):
     the sweeper records it from the journal); its live gauges leave /metrics
     (emailsvc.metrics, multiprocess mode)."""
     from emailsvc.metrics import process_dead
-    from emailsvc.services.delivery import recordings_wait
+    from emailsvc.services.delivery import recordings_stop
 
-    recordings_wait(timeout=30)
+    recordings_stop(timeout=30)
     process_dead(pid=pid)

@@ -283,11 +283,19 @@ BREAKER_INTERVAL_SECONDS = _positive_number("BREAKER_INTERVAL_SECONDS", 60)
 # While the provider account is stopped, how often SES GetAccount is asked whether it sends again.
 PROVIDER_PROBE_INTERVAL_SECONDS = _positive_number("PROVIDER_PROBE_INTERVAL_SECONDS", 300)
 # The sweeper re-enqueues messages left `queued` this long past their due time
-# (a lost enqueue, a lost retry), and recovers messages left `sending` this long
-# (a worker that died mid-send).
-SWEEPER_INTERVAL_SECONDS = _positive_number("SWEEPER_INTERVAL_SECONDS", 30)
+# (a lost enqueue, a lost retry), and recovers the claims of a delivery process
+# that has not beaten for SWEEP_SENDING_AFTER_SECONDS (a worker that died
+# mid-send). A process holding claims beats every DELIVERY_HEARTBEAT_SECONDS,
+# and starts no new send once it could not beat for the lease less two beats.
+SWEEPER_INTERVAL_SECONDS = _positive_number("SWEEPER_INTERVAL_SECONDS", 15)
 SWEEP_QUEUED_AFTER_SECONDS = _positive_number("SWEEP_QUEUED_AFTER_SECONDS", 60)
-SWEEP_SENDING_AFTER_SECONDS = _positive_number("SWEEP_SENDING_AFTER_SECONDS", 600)
+SWEEP_SENDING_AFTER_SECONDS = _positive_number("SWEEP_SENDING_AFTER_SECONDS", 60)
+DELIVERY_HEARTBEAT_SECONDS = _positive_number("DELIVERY_HEARTBEAT_SECONDS", min(10.0, SWEEP_SENDING_AFTER_SECONDS / 4))
+if DELIVERY_HEARTBEAT_SECONDS * 3 > SWEEP_SENDING_AFTER_SECONDS:
+    raise ImproperlyConfigured(
+        "DELIVERY_HEARTBEAT_SECONDS must be at most a third of SWEEP_SENDING_AFTER_SECONDS "
+        f"(got {DELIVERY_HEARTBEAT_SECONDS} and {SWEEP_SENDING_AFTER_SECONDS})"
+    )
 
 SES_CONFIGURATION_SET = env.str("SES_CONFIGURATION_SET", default="")
 AWS_REGION = env.str("AWS_REGION", default=env.str("AWS_DEFAULT_REGION", default="us-east-1"))

@@ -165,6 +165,10 @@ class Message(models.Model):
         null=True, blank=True, help_text="When the next delivery attempt is due; the sweeper looks here"
     )
     sending_started_at = models.DateTimeField(null=True, blank=True, help_text="When a worker last claimed it")
+    claimed_by = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="The delivery process holding the claim (DeliveryProcess.token); the sweeper recovers it once that process stops beating",
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -376,3 +380,44 @@ class SendingCounts(models.Model):
 
     def __str__(self) -> str:
         return f"{self.sending_domain} {self.hour:%Y-%m-%d %H}:00"
+
+
+class DeliveryJournal(models.Model):
+    """The provider's answer to one delivery attempt, kept until it is recorded (SPEC §5.4).
+
+    A worker's send slot writes it (group-committed with the other slots' of
+    its process) before it takes its next message, and the transaction that
+    records the chunk deletes it. A process that dies in between leaves it for
+    the sweeper, which records it instead of sending the message again. Kept in
+    the database, not in Redis: a Redis that restarts empty must not turn every
+    unrecorded send of a dead worker into a second send.
+    """
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    attempt = models.PositiveIntegerField(help_text="The message's attempts when it was claimed for this send")
+    outcome = models.JSONField(help_text="Provider message id, sent / failed / deferred recipient ids, reason")
+    written_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"message {self.message_id} attempt {self.attempt}"
+
+
+class DeliveryProcess(models.Model):
+    """A process that claims messages, and the last time it said it is alive.
+
+    Every claim names its process (`Message.claimed_by`). While a process holds
+    claims it beats every DELIVERY_HEARTBEAT_SECONDS; the sweeper recovers the
+    claims of a process silent for SWEEP_SENDING_AFTER_SECONDS (killed, out of
+    memory, its machine gone), and a process that could not beat for most of
+    that time stops starting sends, so a claim is never sent by two processes
+    at once beyond the sends already in flight.
+    """
+
+    token = models.CharField(primary_key=True, max_length=64)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.hostname}:{self.pid}"

@@ -17,6 +17,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 from django.db import connection, transaction
 
@@ -109,7 +110,7 @@ def changes_apply(
     recipient_changes: Sequence[RecipientChange] = (),
     message_fields: dict[int, dict] | None = None,
     recipient_fields: dict[int, dict] | None = None,
-    locked: dict[int, tuple[str, str, str]] | None = None,
+    locked: dict[int, LockedMessage] | None = None,
     recipients_read: Iterable[tuple[int, int, str, str]] | None = None,
     at: datetime,
 ) -> Applied:
@@ -186,7 +187,7 @@ def changes_apply(
         for message_id in ids:
             if message_id not in messages:
                 continue
-            old_status, old_state, _domain = messages[message_id]
+            old_status, old_state = messages[message_id].status, messages[message_id].state
             row = dict(message_fields.get(message_id, {}))
             state = row.get("state", old_state)
             status = displayed_status(by_message[message_id], state)
@@ -228,7 +229,7 @@ def _status_changes_insert(changes: list[StatusChange]) -> None:
 _ACCEPTED = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
 
 
-def _sending_counts_add(changes: list[StatusChange], messages: dict[int, tuple[str, str, str]]) -> None:
+def _sending_counts_add(changes: list[StatusChange], messages: dict[int, LockedMessage]) -> None:
     """Add this transaction's sends, bounces and complaints to the hourly counts
     per sending domain (one upsert), which the safety breaker reads."""
     counts: dict[tuple[str, datetime], list[int]] = {}
@@ -238,7 +239,7 @@ def _sending_counts_add(changes: list[StatusChange], messages: dict[int, tuple[s
         complained = change.to_status == Status.COMPLAINED
         if not (sent or bounced or complained):
             continue
-        domain = messages[change.message_id][2]
+        domain = messages[change.message_id].sending_domain
         row = counts.setdefault((domain, change.at.replace(minute=0, second=0, microsecond=0)), [0, 0, 0])
         row[0] += sent
         row[1] += bounced
@@ -260,11 +261,21 @@ def _sending_counts_add(changes: list[StatusChange], messages: dict[int, tuple[s
         )
 
 
-def messages_lock(ids: list[int]) -> dict[int, tuple[str, str, str]]:
+class LockedMessage(NamedTuple):
+    """A message row as `messages_lock` read it."""
+
+    status: str
+    state: str
+    sending_domain: str
+    attempts: int
+    claimed_by: str
+
+
+def messages_lock(ids: list[int]) -> dict[int, LockedMessage]:
     """Lock the messages (in id order, as every writer does) and read
-    {id: (status, state, sending domain)}."""
+    {id: (status, state, sending domain, attempts, claimed_by)}."""
     table = Message._meta.db_table
-    columns = "id, status, state, sending_domain"
+    columns = "id, status, state, sending_domain, attempts, claimed_by"
     if connection.vendor == "postgresql":
         sql = f"SELECT {columns} FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
         params: list = [ids]
@@ -273,22 +284,23 @@ def messages_lock(ids: list[int]) -> dict[int, tuple[str, str, str]]:
         params = ids
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return {row[0]: (row[1], row[2], row[3]) for row in cursor.fetchall()}
+        return {row[0]: LockedMessage(*row[1:]) for row in cursor.fetchall()}
 
 
 # --- The delivery engine's claims ------------------------------------------------
 
 
 def messages_claim(
-    *, priorities: Sequence[str], limit: int, now: datetime, paused_domains: Sequence[str] = ()
+    *, priorities: Sequence[str], limit: int, now: datetime, claimed_by: str = "", paused_domains: Sequence[str] = ()
 ) -> list[int]:
     """Claim up to `limit` due messages, of the first priority first, then the
     next (oldest due first within each).
 
     One guarded statement on PostgreSQL (`FOR UPDATE SKIP LOCKED`, so workers
     never wait for each other nor claim the same row); SQLite serialises its
-    statements. A claimed message is `sending`, its attempt counted, and shows
-    `sending` unless a recipient has already moved on. Messages of
+    statements. A claimed message is `sending`, its attempt counted, names the
+    process holding it (`claimed_by`), and shows `sending` unless a recipient
+    has already moved on. Messages of
     `paused_domains` are left (they are normally `held`; this also covers one
     put back by a chunk that ran while its domain was being paused). Commits
     before any send.
@@ -298,7 +310,7 @@ def messages_claim(
     set_clause = (
         "state = 'sending', "
         "status = CASE WHEN status IN ('queued', 'scheduled') THEN 'sending' ELSE status END, "
-        "attempts = attempts + 1, sending_started_at = %s, updated_at = %s"
+        "attempts = attempts + 1, sending_started_at = %s, claimed_by = %s, updated_at = %s"
     )
     due = f"SELECT id FROM {table} WHERE state IN ('scheduled', 'queued') AND priority = %s AND next_attempt_at <= %s"
     paused = sorted(paused_domains)
@@ -317,7 +329,7 @@ def messages_claim(
             union = " UNION ALL ".join(f"SELECT id FROM p{i}" for i in taken)
             cursor.execute(
                 f"WITH {', '.join(ctes)} UPDATE {table} SET {set_clause} WHERE id IN ({union}) RETURNING id",
-                [*params, now_value, now_value],
+                [*params, now_value, claimed_by, now_value],
             )
             claimed = [row[0] for row in cursor.fetchall()]
         else:
@@ -326,7 +338,7 @@ def messages_claim(
                     break
                 cursor.execute(
                     f"UPDATE {table} SET {set_clause} WHERE id IN ({due} ORDER BY next_attempt_at LIMIT %s) RETURNING id",
-                    [now_value, now_value, priority, now_value, *paused, limit - len(claimed)],
+                    [now_value, claimed_by, now_value, priority, now_value, *paused, limit - len(claimed)],
                 )
                 claimed += [row[0] for row in cursor.fetchall()]
     return sorted(claimed)
@@ -340,7 +352,7 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     pending recipients become `cancelled`. False when it was claimed or is done."""
     with transaction.atomic():
         locked = messages_lock([message_id])
-        if message_id not in locked or locked[message_id][1] not in CANCELLABLE_STATES:
+        if message_id not in locked or locked[message_id].state not in CANCELLABLE_STATES:
             return False
         pending = Recipient.objects.filter(message_id=message_id, status__in=PENDING_STATUSES).values_list("id", flat=True)
         changes_apply(

@@ -10,23 +10,25 @@ One call of `deliver_due` is one chunk:
    with four queries;
 3. send each message in a send slot of a per-process thread pool: book tokens
    from the global rate limiter, build the MIME, hand it to the provider, and
-   write the provider's answer to a Redis journal before the slot takes its
-   next message;
-4. record every outcome through `emailsvc.status` in one transaction, then
-   drop the journal entries. In a worker this runs on the process's recorder
-   thread while the task thread claims and sends the next chunk (one chunk at
-   most waits to be recorded per process).
+   (in a worker) write the provider's answer to the delivery journal in the
+   database before the slot takes its next message (emailsvc.services.journal);
+4. record every outcome through `emailsvc.status`, and delete the chunk's
+   journal entries, in one transaction. In a worker this runs on the
+   process's recorder thread while the task thread claims and sends the next
+   chunk (one chunk at most waits to be recorded per process); a record the
+   database refuses is tried again until it takes it.
 
 A worker killed between a provider's answer and step 4 leaves the journal: the
-sweeper records what it holds. Only the sends in flight at the moment of the
-kill (at most DELIVERY_SEND_CONCURRENCY per process) have no journal entry;
-those messages are sent again — the one window for a duplicate.
+sweeper records what it holds once the process's lease runs out. Only the sends
+in flight at the moment of the kill (at most DELIVERY_SEND_CONCURRENCY per
+process) have no journal entry; those messages are sent again — the one window
+for a duplicate. A chunk whose journal entry the database refuses starts no
+more sends, so the window stays the same while the database is away.
 """
 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import math
 import os
@@ -41,9 +43,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import orjson
-import redis
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -70,18 +71,16 @@ from emailsvc.ratelimit import (
     rate_limit_from_settings,
     rate_limit_reserve,
 )
+from emailsvc.outages import Outage
 from emailsvc.redaction import redact_address
-from emailsvc.redisclient import redis_client
 from emailsvc.selectors import suppressed_addresses
-from emailsvc.services import breaker
+from emailsvc.services import breaker, journal
 
 logger = logging.getLogger(__name__)
 
 # Claims take the most urgent work first: a task of any queue claims due
 # high-priority messages before its own priority's.
 PRIORITY_ORDER = [Priority.HIGH, Priority.NORMAL, Priority.LOW]
-JOURNAL_PREFIX = "emailsvc:delivery-journal:"
-JOURNAL_TTL_SECONDS = 7 * 24 * 3600
 
 
 # --- The rows a chunk works on ---------------------------------------------------
@@ -140,24 +139,21 @@ class SendOutcome:
     # many seconds from now, and the attempt is not counted.
     released_for: float | None = None
     reason: str = ""
-    recorded: bool = False  # already written (the journal was unavailable)
 
-    def journal(self) -> str:
-        return json.dumps(
-            {
-                "provider_message_id": self.provider_message_id,
-                "sent_at": self.sent_at.isoformat() if self.sent_at else None,
-                "sent": self.sent,
-                "failed": self.failed,
-                "deferred": self.deferred,
-                "released_for": self.released_for,
-                "reason": self.reason,
-            }
-        )
+    def journal(self) -> dict:
+        """What the delivery journal keeps of it (JSON)."""
+        return {
+            "provider_message_id": self.provider_message_id,
+            "sent_at": self.sent_at.isoformat() if self.sent_at else None,
+            "sent": self.sent,
+            "failed": self.failed,
+            "deferred": self.deferred,
+            "released_for": self.released_for,
+            "reason": self.reason,
+        }
 
     @classmethod
-    def from_journal(cls, text: str) -> SendOutcome:
-        data = json.loads(text)
+    def from_journal(cls, data: dict) -> SendOutcome:
         return cls(
             provider_message_id=data["provider_message_id"],
             sent_at=datetime.fromisoformat(data["sent_at"]) if data["sent_at"] else None,
@@ -235,14 +231,18 @@ def deliver_due(
     now = timezone.now()
     with transaction.atomic():  # the claim commits with its rows read, before any send
         index_lookups()
+        if journal.heartbeat_due():  # a claim is never taken by a process the sweeper would think dead
+            journal.heartbeat_write()
         claimed = status.messages_claim(
-            priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now, paused_domains=paused
+            priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now,
+            claimed_by=journal.process_token(), paused_domains=paused,
         )
         outgoing = _load(claimed) if claimed else {}
     result.claimed = len(claimed)
     if not claimed:
         return result
-    outcomes, context = _send_all(outgoing, limit=limit)
+    journal.claims_hold(claimed)
+    outcomes, context = _send_all(outgoing, limit=limit, journaled=recorded is not None)
     if context.account_stop is not None:
         # Every worker stops claiming; what this chunk did not send waits, unattempted.
         error = context.account_stop
@@ -251,15 +251,19 @@ def deliver_due(
         else:
             breaker.quota_spent(reason=error.reason)
     if recorded is None:
-        _chunk_record(outgoing, outcomes, result)
+        _chunk_record(outgoing, outcomes, result, journaled=False)
     else:
         _record_in_background(outgoing, outcomes, result, recorded)
     return result
 
 
-def _chunk_record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult) -> None:
-    _record(outgoing, outcomes, result)
-    _journal_clear([outgoing[pk].email_id for pk in outcomes])
+def _chunk_record(
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult, *, journaled: bool
+) -> None:
+    """Record a chunk this process claimed and delete its journal entries, in one transaction."""
+    with transaction.atomic():
+        _record(outgoing, outcomes, result, claimed_by=journal.process_token(), journaled=journaled)
+    journal.claims_release(outgoing)
     logger.info(
         "delivery chunk claimed=%d sent=%d failed=%d deferred=%d suppressed=%d released=%d",
         result.claimed, result.sent, result.failed, result.deferred, result.suppressed, result.released,
@@ -288,20 +292,52 @@ def _record_in_background(
     _recording = _recorder.submit(contextvars.copy_context().run, _record_job, outgoing, outcomes, result, recorded)
 
 
+_record_outage = Outage("the database (recording delivery chunks)", logger)
+RECORD_RETRY_MAX_SECONDS = 5.0
+_recordings_stopping = threading.Event()
+
+
 def _record_job(
     outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult,
     recorded: Callable[[ChunkResult], None],
 ) -> None:
-    close_old_connections()  # this thread's own connection, kept across chunks
-    try:
-        _chunk_record(outgoing, outcomes, result)
-    except Exception:  # the answers stay in the journal: the sweeper records them
-        logger.exception("delivery chunk not recorded (claimed=%d); the sweeper records it", result.claimed)
-        return
+    """Record the chunk, trying again while the database is away: its answers
+    are in memory (and in the journal when the database took them), and the
+    chunk shows `sending` until this succeeds. The task thread waits for it
+    before handing over its next chunk."""
+    delay = 0.25
+    while True:
+        close_old_connections()  # this thread's own connection, kept across chunks; a broken one is replaced
+        counted = ChunkResult(claimed=result.claimed, chunk_size=result.chunk_size)  # a failed try counts nothing
+        try:
+            _chunk_record(outgoing, outcomes, counted, journaled=True)
+            vars(result).update(vars(counted))
+            break
+        except DatabaseError as error:
+            _record_outage.failed(error, action=f"a chunk of {result.claimed} waits to be recorded, tried again")
+            connection.close()
+            if _recordings_stopping.wait(delay):  # the process is exiting: the journal covers what it took
+                logger.warning("delivery chunk not recorded before the process exit (claimed=%d); the sweeper records it", result.claimed)
+                return
+            delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+        except Exception:  # our bug: the answers stay in the journal for the sweeper
+            logger.exception("delivery chunk not recorded (claimed=%d); the sweeper records it", result.claimed)
+            return
+    _record_outage.succeeded()
     try:
         recorded(result)
     except Exception:
         logger.exception("after recording a delivery chunk")
+
+
+def recordings_stop(*, timeout: float) -> None:
+    """The process is exiting: wait up to `timeout` for the chunk being
+    recorded, then stop trying (the journal and the sweeper cover it), and
+    stop the journal's writer thread."""
+    recordings_wait(timeout=timeout)
+    _recordings_stopping.set()
+    recordings_wait(timeout=RECORD_RETRY_MAX_SECONDS)
+    journal.shutdown(timeout=5)
 
 
 def recordings_wait(timeout: float | None = None) -> None:
@@ -410,14 +446,24 @@ def _send_pool() -> ThreadPoolExecutor:
 class _ChunkContext:
     limit: RateLimit
     deadline: float
+    # Whether each answer is written to the delivery journal before the slot
+    # goes on (in a worker; a chunk run in place is recorded before it returns).
+    journaled: bool = False
     # Set when the provider says the whole account cannot send (paused, daily
     # quota): the rest of the chunk is put back without trying, and the account
     # is paused for every worker.
     account_stop: DeliveryError | None = None
+    # Why the rest of the chunk starts no sends: the journal could not keep an
+    # answer, or this process's lease on its claims is running out.
+    stopped: str = ""
 
 
-def _send_all(outgoing: dict[int, Outgoing], *, limit: RateLimit) -> tuple[dict[int, SendOutcome], _ChunkContext]:
-    context = _ChunkContext(limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS)
+def _send_all(
+    outgoing: dict[int, Outgoing], *, limit: RateLimit, journaled: bool = False
+) -> tuple[dict[int, SendOutcome], _ChunkContext]:
+    context = _ChunkContext(
+        limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS, journaled=journaled
+    )
     outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
     if len(sendable) == 1:  # a single email: no hop through the pool
@@ -455,6 +501,8 @@ def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
     reach the provider as evenly spaced as the limiter books them."""
     if context.account_stop is not None:
         return SendOutcome(released_for=0.0, reason=f"sending paused: {context.account_stop.reason}")
+    if context.stopped:
+        return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=context.stopped)
     if time.monotonic() > context.deadline:
         return SendOutcome(released_for=0.0, reason="the chunk ran out of time")
     try:
@@ -463,7 +511,7 @@ def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
         failure = providers.classify(error)
         logger.error("delivery failed on our side email_id=%s: %s", message.email_id, failure.reason, exc_info=error)
         outcome = _outcome_of_error(message, failure, context)
-        _journal_write(message, outcome)
+        _journal_write(message, outcome, context)
         return outcome
     try:
         granted, wait = rate_limit_reserve(
@@ -471,13 +519,20 @@ def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
         )
     except RedisError as error:
         # No limiter, no send: sending blind could exceed the account's rate.
+        _limiter_outage.failed(error, action="emails wait until it answers")
         return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
+    _limiter_outage.succeeded()
     if not granted:
         return SendOutcome(released_for=wait, reason="waiting for the send rate limit")
     if wait:
         time.sleep(wait)
+    if not journal.lease_valid():
+        # The database has not taken this process's heartbeat for most of the
+        # lease: the sweeper may soon give these claims to another process.
+        context.stopped = "this process could not renew its claims (no heartbeat reached the database)"
+        return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=context.stopped)
     outcome = _send_one(message, email, context)
-    _journal_write(message, outcome)
+    _journal_write(message, outcome, context)
     return outcome
 
 
@@ -517,59 +572,26 @@ def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkCo
 
 # --- The journal -------------------------------------------------------------------------
 
-
-_slot_local = threading.local()
-
-
-def _slot_redis() -> redis.Redis:
-    """This send slot's own Redis connection for its journal writes: one
-    connection held by the slot's thread, without a pool checkout per write."""
-    client = getattr(_slot_local, "client", None)
-    if client is None:
-        client = _slot_local.client = redis.Redis(
-            connection_pool=redis_client().connection_pool, single_connection_client=True
-        )
-    return client
+_limiter_outage = Outage("Redis (send rate limiter)", logger)
 
 
-def _journal_key(email_id: str) -> str:
-    # By public id: a row id can come back after a rolled-back insert, an email id cannot.
-    return f"{JOURNAL_PREFIX}{email_id}"
-
-
-def _journal_write(message: Outgoing, outcome: SendOutcome) -> None:
-    """Keep the provider's answer where the sweeper finds it if this process dies
-    before recording it. Without Redis the answer is recorded in the database
-    at once instead, so it is never only in memory for longer than that."""
-    if outcome.released_for is not None:
+def _journal_write(message: Outgoing, outcome: SendOutcome, context: _ChunkContext) -> None:
+    """In a worker: keep the provider's answer in the delivery journal before the
+    slot takes its next message, where the sweeper finds it if this process dies
+    before recording it. If the database cannot take it, the answer waits in
+    memory for the recorder and the chunk starts no more sends."""
+    if outcome.released_for is not None or not context.journaled:
         return
-    try:
-        _slot_redis().set(
-            _journal_key(message.email_id), json.dumps({"attempt": message.attempts, "outcome": outcome.journal()}),
-            ex=JOURNAL_TTL_SECONDS,
-        )
-    except RedisError:
-        logger.warning("delivery journal unavailable; recording email_id=%s at once", message.email_id)
-        _record({message.pk: message}, {message.pk: outcome}, ChunkResult())
-        outcome.recorded = True
+    if not journal.journal_write(message_id=message.pk, attempt=message.attempts, outcome=outcome.journal()):
+        context.stopped = "the delivery journal is unavailable (database)"
 
 
-def _journal_clear(email_ids: list[str]) -> None:
-    try:
-        redis_client().delete(*[_journal_key(email_id) for email_id in email_ids])
-    except RedisError:  # entries expire; the sweeper only reads those of messages still `sending`
-        logger.warning("delivery journal entries not cleared for %d messages", len(email_ids))
-
-
-def journal_read(*, email_id: str, attempt: int) -> SendOutcome | None:
+def journal_read(*, message_id: int, attempt: int) -> SendOutcome | None:
     """The journaled answer of this attempt of a message, if one was written."""
-    raw = redis_client().get(_journal_key(email_id))
-    if raw is None:
+    entry = journal.journal_entries(message_ids=[message_id]).get(message_id)
+    if entry is None or entry[0] != attempt:
         return None
-    entry = json.loads(raw)
-    if entry.get("attempt") != attempt:
-        return None
-    return SendOutcome.from_journal(entry["outcome"])
+    return SendOutcome.from_journal(entry[1])
 
 
 # --- Recording ---------------------------------------------------------------------------
@@ -581,15 +603,36 @@ def _retry_delay(attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def _record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult) -> None:
-    """Write every outcome of a chunk through the status module, in one transaction."""
+def _record(
+    outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], result: ChunkResult, *, claimed_by: str | None,
+    journaled: bool = True,
+) -> None:
+    """Write every outcome of a chunk through the status module and delete its
+    journal entries, in the caller's transaction.
+
+    `claimed_by`: the process whose claims these are. A message whose claim is
+    no longer that process's at that attempt (the sweeper gave it to another
+    after this process's lease ran out) keeps its engine state; only what the
+    provider answered about its recipients (sent, refused for good) is
+    recorded, as facts. None (the sweeper, which holds the claim it records):
+    every outcome is recorded as the claim's.
+    """
     now = timezone.now()
+    locked = status.messages_lock(sorted(outcomes))
     changes: list[status.RecipientChange] = []
     message_fields: dict[int, dict] = {}
+    recorded: dict[int, int] = {}
+    lost: list[str] = []
     for pk, outcome in outcomes.items():
-        if outcome.recorded:
-            continue
         message = outgoing[pk]
+        row = locked.get(pk)
+        if row is None:
+            continue
+        if claimed_by is not None and (row.state != WorkState.SENDING or row.attempts != message.attempts or row.claimed_by != claimed_by):
+            lost.append(message.email_id)
+            _facts_of_lost_claim(message, outcome, now, changes, message_fields)
+            continue
+        recorded[pk] = message.attempts
         changes += [
             status.RecipientChange(rid, Status.SUPPRESSED, "suppressed", fields={"failed_reason": reason}, detail={"reason": reason})
             for rid, reason in message.suppressed.items()
@@ -598,7 +641,38 @@ def _record(outgoing: dict[int, Outgoing], outcomes: dict[int, SendOutcome], res
         fields = message_fields[pk] = _message_fields(message, outcome, now, changes, result)
         if fields["state"] == WorkState.QUEUED:
             result.due_later.append((message.priority, max((fields["next_attempt_at"] - now).total_seconds(), 0.0)))
-    status.changes_apply(message_ids=list(message_fields), recipient_changes=changes, message_fields=message_fields, at=now)
+    status.changes_apply(
+        message_ids=list(locked), recipient_changes=changes, message_fields=message_fields, locked=locked, at=now
+    )
+    if journaled:
+        journal.journal_delete(attempts=recorded)
+    if lost:
+        logger.warning(
+            "%d emails of a chunk were recovered by the sweeper before this process recorded them "
+            "(its lease ran out); their provider answers are recorded as facts: %s",
+            len(lost), ", ".join(lost[:5]),
+        )
+
+
+def _facts_of_lost_claim(
+    message: Outgoing, outcome: SendOutcome, now: datetime, changes: list, message_fields: dict[int, dict]
+) -> None:
+    """What the provider said about the recipients of a claim this process no
+    longer holds: they were sent, or refused for good, whatever happens to the
+    message now. Deferred recipients are left to the claim's new holder."""
+    if outcome.released_for is not None:
+        return
+    if outcome.sent:
+        detail = {"provider_message_id": outcome.provider_message_id}
+        changes += [
+            status.RecipientChange(rid, Status.SENT, "delivery", fields={"sent_at": outcome.sent_at}, detail=detail)
+            for rid in outcome.sent
+        ]
+        message_fields[message.pk] = {"provider_message_id": outcome.provider_message_id}
+    changes += [
+        status.RecipientChange(rid, Status.FAILED, "delivery_failed", fields={"failed_reason": reason}, detail={"reason": reason})
+        for rid, reason in outcome.failed.items()
+    ]
 
 
 def _message_fields(
@@ -653,9 +727,10 @@ def _message_fields(
 
 
 def outcomes_record(*, message_id: int, outcome: SendOutcome) -> None:
-    """Record a journaled outcome of a message a dead worker left `sending` (the sweeper)."""
+    """Record an outcome of a message a dead worker left `sending` (the sweeper,
+    in its transaction, holding the message's lock)."""
     message = _load([message_id]).get(message_id)
     if message is None:
         return
     message.suppressed = {}  # what was sent was sent, whatever was suppressed since
-    _record({message_id: message}, {message_id: outcome}, ChunkResult())
+    _record({message_id: message}, {message_id: outcome}, ChunkResult(), claimed_by=None)

@@ -20,22 +20,21 @@ from emailsvc import status
 from emailsvc.errors import Conflict, NotFound
 from emailsvc.models import (
     PENDING_STATUSES,
-    PRECEDENCE,
     IdempotencyKey,
     Message,
     Priority,
     Recipient,
-    Status,
     WorkState,
 )
 from emailsvc.redisclient import redis_client
 from emailsvc.selectors import one_or_none
+from emailsvc.bulk import index_lookups
+from emailsvc.services import journal
 from emailsvc.services.delivery import SendOutcome, journal_read, outcomes_record
 from emailsvc.services.queueing import deliveries_enqueue, delivery_queue_depths
 
 logger = logging.getLogger(__name__)
 
-SEND_EVIDENCE_STATUSES = [s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT]]
 PUBLISHED_UNTIL_KEY = "emailsvc:scheduled:published-until"
 
 
@@ -88,10 +87,10 @@ def message_cancel(*, email_id: str) -> Message:
 @dataclass
 class SweepResult:
     published: int = 0
-    recovered_journal: int = 0
-    recovered_sent: int = 0
-    recovered_requeued: int = 0
-    recovered_failed: int = 0
+    recovered_journal: int = 0  # recorded from the journal entry of the claim's attempt
+    recovered_done: int = 0  # nothing left to send: provider events had moved every recipient on
+    recovered_requeued: int = 0  # no evidence of a send: queued again (the attempt counts)
+    recovered_failed: int = 0  # no evidence, and out of attempts
 
 
 def messages_sweep(*, limit: int = 1000) -> SweepResult:
@@ -102,40 +101,42 @@ def messages_sweep(*, limit: int = 1000) -> SweepResult:
       SWEEP_QUEUED_AFTER_SECONDS (a lost publish, Redis restarted) gets tasks
       again. Work waiting behind a backlog is left alone: the queued tasks
       take it.
-    - Claims a dead worker left `sending` longer than SWEEP_SENDING_AFTER_SECONDS:
-      the provider's answer journaled before the worker died is recorded;
-      otherwise, if provider events show the provider accepted the message, it
-      is recorded as sent; otherwise it goes back to `queued` and is sent again
-      (the attempt counts: after DELIVERY_MAX_ATTEMPTS it fails).
+    - Claims whose process stopped beating for SWEEP_SENDING_AFTER_SECONDS
+      (killed, out of memory, its machine gone): the provider's answer to that
+      attempt, journaled before the process died, is recorded. Without one,
+      nothing shows that attempt reached the provider: recipients that provider
+      events had already moved on keep their facts, and the pending ones are
+      queued again (the attempt counts; after DELIVERY_MAX_ATTEMPTS they
+      fail). A recipient is never recorded `sent` without its attempt's answer.
     """
     result = SweepResult()
     now = timezone.now()
     result.published = _lost_work_publish(now)
-    stale = list(
-        Message.objects.filter(
-            state=WorkState.SENDING, sending_started_at__lt=now - timedelta(seconds=settings.SWEEP_SENDING_AFTER_SECONDS)
-        ).values_list("pk", "email_id", "attempts", "sending_started_at", "priority")[:limit]
-    )
+    alive = journal.live_tokens(now=now)
+    # A claim whose process never beat (or whose row was forgotten) gets the same lease from its claim time.
+    unbeaten_before = now - timedelta(seconds=journal.lease_seconds())
+    stale = [
+        row for row in Message.objects.filter(state=WorkState.SENDING).values_list(
+            "pk", "email_id", "attempts", "sending_started_at", "priority", "claimed_by"
+        ).order_by("sending_started_at")[:limit]
+        if row[5] not in alive and row[3] is not None and row[3] < unbeaten_before
+    ]
     requeued = []
-    for pk, email_id, attempts, started, priority in stale:
-        outcome = journal_read(email_id=email_id, attempt=attempts)
+    for pk, email_id, attempts, started, priority, claimed_by in stale:
+        outcome = journal_read(message_id=pk, attempt=attempts)
         with transaction.atomic():
-            still = Message.objects.select_for_update().filter(pk=pk, state=WorkState.SENDING, sending_started_at=started)
-            found = list(still.values_list("provider_message_id", flat=True))
-            if not found:
-                continue  # its worker finished meanwhile
+            index_lookups()
+            locked = status.messages_lock([pk]).get(pk)
+            if locked is None or (locked.state, locked.attempts, locked.claimed_by) != (WorkState.SENDING, attempts, claimed_by):
+                continue  # its process recorded it meanwhile
             if outcome is not None:
                 outcomes_record(message_id=pk, outcome=outcome)
                 result.recovered_journal += 1
                 continue
             pending = list(Recipient.objects.filter(message_id=pk, status__in=PENDING_STATUSES).values_list("id", flat=True))
-            accepted = Recipient.objects.filter(message_id=pk, status__in=SEND_EVIDENCE_STATUSES).exists()
-            if accepted:
-                outcomes_record(
-                    message_id=pk,
-                    outcome=SendOutcome(provider_message_id=found[0], sent_at=started, sent=pending),
-                )
-                result.recovered_sent += 1
+            if not pending:
+                outcomes_record(message_id=pk, outcome=SendOutcome(reason=""))
+                result.recovered_done += 1
             elif attempts >= settings.DELIVERY_MAX_ATTEMPTS:
                 reason = f"the worker stopped while sending, {attempts} times"
                 outcomes_record(message_id=pk, outcome=SendOutcome(failed=dict.fromkeys(pending, reason), reason=reason))
@@ -154,6 +155,7 @@ def messages_sweep(*, limit: int = 1000) -> SweepResult:
     if requeued:
         deliveries_enqueue(priorities=requeued)
     IdempotencyKey.objects.filter(created_at__lt=now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)).delete()
+    journal.processes_forget(now=now)
     if any(vars(result).values()):
         logger.warning("sweeper %s", " ".join(f"{k}={v}" for k, v in vars(result).items()))
     return result
