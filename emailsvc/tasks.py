@@ -7,11 +7,29 @@ from emailsvc import metrics
 from emailsvc.models import Priority
 from emailsvc.services.breaker import breaker_check, provider_probe
 from emailsvc.services.delivery import ChunkResult, deliver_due
-from emailsvc.services.queueing import chunk_follow_up, retries_enqueue
+from emailsvc.services.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
 from emailsvc.services.scheduling import messages_sweep, scheduled_publish
+from emailsvc.taskbase import ResilientTask
 
 
-@shared_task(bind=True, name="emailsvc.deliver", max_retries=None, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+# While the database is away a delivery task cannot claim: it publishes its
+# successor this many seconds ahead, so delivery resumes within that time of
+# the database's return (the sweeper would take SWEEP_QUEUED_AFTER_SECONDS).
+DATABASE_WAIT_SECONDS = 5.0
+
+
+class DeliveryTask(ResilientTask):
+    abstract = True
+
+    def on_unavailable(self, error: BaseException, priority: str = Priority.NORMAL, *args, **kwargs):
+        delivery_enqueue(priority=priority if priority in Priority.values else Priority.LOW, countdown=DATABASE_WAIT_SECONDS)
+        return {"claimed": 0}
+
+
+@shared_task(
+    bind=True, name="emailsvc.deliver", base=DeliveryTask, max_retries=None, acks_late=True,
+    reject_on_worker_lost=True, ignore_result=True,
+)
 def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     """Deliver one chunk of due messages, the most urgent first (see deliver_due)."""
     # Workers keep their database connection across tasks (CELERY_DB_REUSE_MAX);
@@ -39,31 +57,31 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     return {"claimed": result.claimed, "sent": result.sent, "failed": result.failed, "deferred": result.deferred}
 
 
-@shared_task(name="emailsvc.release_scheduled", ignore_result=True)
+@shared_task(name="emailsvc.release_scheduled", base=ResilientTask, ignore_result=True)
 def scheduled_publish_task() -> int:
     close_old_connections()
     return scheduled_publish()
 
 
-@shared_task(name="emailsvc.sweep", ignore_result=True)
+@shared_task(name="emailsvc.sweep", base=ResilientTask, ignore_result=True)
 def messages_sweep_task() -> dict:
     close_old_connections()
     return vars(messages_sweep())
 
 
-@shared_task(name="emailsvc.breaker_check", ignore_result=True)
+@shared_task(name="emailsvc.breaker_check", base=ResilientTask, ignore_result=True)
 def breaker_check_task() -> list[str]:
     close_old_connections()
     return breaker_check().paused
 
 
-@shared_task(name="emailsvc.provider_probe", ignore_result=True)
+@shared_task(name="emailsvc.provider_probe", base=ResilientTask, ignore_result=True)
 def provider_probe_task() -> bool:
     close_old_connections()
     return provider_probe()
 
 
-@shared_task(name="emailsvc.ses_suppressions_sync", ignore_result=True)
+@shared_task(name="emailsvc.ses_suppressions_sync", base=ResilientTask, ignore_result=True)
 def ses_suppressions_sync_task() -> dict:
     """Pull SES's account-level suppression list (SES_SUPPRESSION_SYNC) and push ours (SES_SUPPRESSION_PUSH)."""
     from django.conf import settings

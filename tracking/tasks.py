@@ -3,11 +3,12 @@
 from celery import shared_task
 
 from emailsvc import metrics
+from emailsvc.taskbase import ResilientTask
 from tracking.drain import events_drain
 from tracking.webhooks import webhook_deliveries_send, webhook_send_enqueue, webhooks_dispatch
 
 
-@shared_task(name="tracking.drain_events", ignore_result=True)
+@shared_task(name="tracking.drain_events", base=ResilientTask, ignore_result=True)
 def events_drain_task() -> dict:
     """Beat runs this every SES_EVENTS_DRAIN_INTERVAL_SECONDS on the `events` queue."""
     result = events_drain()
@@ -15,7 +16,7 @@ def events_drain_task() -> dict:
     return vars(result)
 
 
-@shared_task(name="tracking.webhooks_dispatch", ignore_result=True)
+@shared_task(name="tracking.webhooks_dispatch", base=ResilientTask, ignore_result=True)
 def webhooks_dispatch_task() -> dict:
     """Beat runs this every WEBHOOK_DISPATCH_INTERVAL_SECONDS: new status changes
     become deliveries, and each endpoint with deliveries due gets a sender."""
@@ -25,7 +26,7 @@ def webhooks_dispatch_task() -> dict:
     return vars(result)
 
 
-@shared_task(name="tracking.webhook_send", ignore_result=True)
+@shared_task(name="tracking.webhook_send", base=ResilientTask, ignore_result=True)
 def webhook_send_task(endpoint_pk: int) -> dict:
     """POST one endpoint's due deliveries (published by the dispatcher or a re-send)."""
     return vars(webhook_deliveries_send(endpoint_pk=endpoint_pk))
