@@ -191,6 +191,9 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
+# While the database is unreachable the API answers 503 service_unavailable
+# with this Retry-After (seconds), instead of a 500 per request.
+UNAVAILABLE_RETRY_AFTER_SECONDS = int(_positive_number("UNAVAILABLE_RETRY_AFTER_SECONDS", 5, int))
 SPECTACULAR_SETTINGS = {
     "TITLE": "emailsvc API",
     "DESCRIPTION": (

@@ -7,18 +7,30 @@ Every error body is ``{"error": code, "detail": text}`` plus ``"fields"`` for
 validation errors (SPEC §4). Codes: the validation codes of CODE_ORDER and
 invalid_json, from/reply_to/recipient_domain_not_allowed, invalid_idempotency_key,
 payload_too_large (413), duplicate_email_id / idempotency_key_reused /
-not_cancellable (409), and per HTTP status STATUS_CODES (unauthorized,
+not_cancellable (409), service_unavailable (503, with Retry-After: the
+database is unreachable), and per HTTP status STATUS_CODES (unauthorized,
 forbidden, not_found, method_not_allowed, server_error, ...).
 """
 
+import logging
 from dataclasses import dataclass
 from http import HTTPStatus
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.dispatch import receiver
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
 from rest_framework.response import Response
+
+from emailsvc.outages import Outage
+
+logger = logging.getLogger(__name__)
 
 
 class EmailsvcError(Exception):
@@ -82,6 +94,23 @@ class ServerError(EmailsvcError):
     default_detail = "The server failed to answer this request; the error has been logged."
 
 
+class DependencyUnavailable(EmailsvcError):
+    """A service this one cannot answer without is unreachable: the caller should
+    retry after `Retry-After` seconds (settings.UNAVAILABLE_RETRY_AFTER_SECONDS)."""
+
+    code = "service_unavailable"
+    http_status = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "A service this API depends on is unavailable; retry in a few seconds."
+
+    def answer(self, response):
+        """`response` (the error body) with Retry-After, and kept out of Django's request log."""
+        response["Retry-After"] = str(settings.UNAVAILABLE_RETRY_AFTER_SECONDS)
+        # The outage is logged once (emailsvc.outages); Django's request logger
+        # would add an error line for every 503 answered meanwhile.
+        response._has_been_logged = True
+        return response
+
+
 # The code of an answer that carries only an HTTP status (DRF's own errors,
 # and pages Django answers without a view: unknown URL, wrong method, crash).
 STATUS_CODES = {
@@ -95,6 +124,7 @@ STATUS_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
     500: "server_error",
+    503: "service_unavailable",
 }
 
 
@@ -228,6 +258,8 @@ def api_exception_handler(exc, context):
     if error is None:
         return None  # unexpected: let Django report a 500
     response = Response(error_body(error), status=error.http_status)
+    if isinstance(error, DependencyUnavailable):
+        error.answer(response)
     if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
         response["WWW-Authenticate"] = 'Bearer realm="api"'
     if isinstance(exc, drf_exceptions.Throttled) and exc.wait:
@@ -238,6 +270,10 @@ def api_exception_handler(exc, context):
 def to_emailsvc_error(exc) -> EmailsvcError | None:
     if isinstance(exc, EmailsvcError):
         return exc
+    if isinstance(exc, _connection_error_classes()):
+        # Any other database error (a statement timeout, a deadlock, a missing
+        # table) is not an outage: it stays a 500, logged with its traceback.
+        return database_unavailable(exc) if _database_connection_lost() else None
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge("The request body is larger than the allowed maximum.")
     if isinstance(exc, drf_exceptions.ValidationError):
@@ -256,3 +292,46 @@ def to_emailsvc_error(exc) -> EmailsvcError | None:
             error.code = exc.default_code
         return error
     return None
+
+
+# --- the database going away -------------------------------------------------------
+
+_database_outage = Outage("database", logger)
+
+
+def _connection_error_classes() -> tuple[type[Exception], ...]:
+    """Django's wrapped OperationalError and InterfaceError, and the driver's own
+    (psycopg's, sqlite3's), raised when a raw driver connection is used unwrapped."""
+    driver = connections["default"].Database
+    return (DatabaseOperationalError, DatabaseInterfaceError, driver.OperationalError, driver.InterfaceError)
+
+
+def _database_connection_lost() -> bool:
+    """Whether a database error left this thread without a working connection:
+    none could be opened (refused, timed out, too many clients, the server
+    starting or shutting down), or the open one broke or was closed under it.
+    Django discards such a connection when the request ends (close_old_connections,
+    or the health check of the next request), so that one connects afresh."""
+    for connection in connections.all(initialized_only=True):
+        raw = connection.connection
+        if raw is None:
+            if connection.errors_occurred:  # the last attempt to connect failed
+                return True
+        elif getattr(raw, "broken", False) or getattr(raw, "closed", False):
+            return True
+    return False
+
+
+def database_unavailable(error: BaseException) -> DependencyUnavailable:
+    """The answer to a request that failed because the database is unreachable;
+    the first such failure of an outage is logged (one line, no traceback)."""
+    _database_outage.failed(
+        error, action=f"the API answers 503 (Retry-After: {settings.UNAVAILABLE_RETRY_AFTER_SECONDS}) until it is back"
+    )
+    return DependencyUnavailable("The database is unavailable; retry in a few seconds.")
+
+
+@receiver(connection_created)
+def _database_back(**kwargs) -> None:
+    """A new connection opened: the database answers (again)."""
+    _database_outage.succeeded()

@@ -3,9 +3,11 @@
 DRF views already answer their errors through emailsvc.errors. What is left
 are answers Django makes without them — an unknown URL (404), a wrong method
 on a plain view (405), an exception nobody handled (500, logged with its
-traceback by Django before it gets here) — and paths that no view should see.
-This middleware turns those into the same `{"error", "detail"}` body; the
-admin and the rest of the site keep Django's HTML pages.
+traceback by Django before it gets here, and only there) — a view outside
+DRF failing because the database is unreachable (503 with Retry-After, as DRF
+views answer it), and paths that no view should see. This middleware turns
+those into the same `{"error", "detail"}` body; the admin and the rest of the
+site keep Django's HTML pages.
 """
 
 import re
@@ -15,11 +17,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from emailsvc.addresses import shown
 from emailsvc.errors import (
+    DependencyUnavailable,
     EmailsvcError,
     NotFound,
     ValidationFailed,
     error_body,
     error_for_status,
+    to_emailsvc_error,
 )
 
 API_PREFIXES = ("/api/", "/webhooks/")
@@ -66,5 +70,18 @@ class JsonErrorsMiddleware:
             for header in ("Allow", "WWW-Authenticate", "Retry-After"):
                 if header in response:
                     replacement[header] = response[header]
+            # A crash was logged with its traceback already: Django would log the replacement once more.
+            replacement._has_been_logged = getattr(response, "_has_been_logged", False)
             return replacement
         return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        """A view under /api/ or /webhooks/ that DRF does not wrap (DRF answers its
+        own through emailsvc.errors) raised: the database outage answer, or
+        Django's 500 as before."""
+        if not request.path_info.startswith(API_PREFIXES):
+            return None
+        error = to_emailsvc_error(exception)
+        if not isinstance(error, DependencyUnavailable):
+            return None
+        return error.answer(_json_error(error))

@@ -77,4 +77,5 @@ def _describe(error: BaseException | str) -> str:
     if isinstance(error, str):
         return error
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    # The first line only, without a closing full stop ("Connection refused.; ..." reads badly).
+    return f"{type(error).__name__}: {text[0].rstrip('.')}" if text else type(error).__name__

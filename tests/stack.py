@@ -7,7 +7,11 @@ database:
 
 - its own embedded Redis (no persistence), the REDIS_URL and CELERY_BROKER_URL
   of every process in the stack; `restart_redis()` brings a fresh, empty one
-  up on the same port, as a Redis restart without AOF/RDB would;
+  up on the same port, as a Redis restart without AOF/RDB would, and
+  `stop_redis()` / `start_redis()` take it away for a while;
+- optionally `database_url`: the processes reach PostgreSQL there (e.g.
+  through tests/faultproxy.py) instead of at the test process's DATABASE_URL,
+  still on the test database (TESTS_DB_NAME);
 - a web process: gunicorn as in the Procfile, `--workers 1`;
 - any number of `celery worker` processes (optionally with `--beat`), each in
   its own process group so `kill_workers()` can SIGKILL a worker and its pool
@@ -170,13 +174,16 @@ class Stack:
 
     `env` is added to the environment of every process (EMAIL_PROVIDER,
     SEND_RATE_PER_SECOND, ...); the stack sets the database, Redis and web
-    variables itself. Call `start()`, and `stop()` in a finally / teardown.
+    variables itself. `database_url`, when given, is the DATABASE_URL of its
+    processes (its database name is ignored: they use `db_name`). Call
+    `start()`, and `stop()` in a finally / teardown.
     """
 
     directory: Path
     db_name: str
     env: dict[str, str] = field(default_factory=dict)
     name: str = "stack"
+    database_url: str = ""
 
     redis_process: subprocess.Popen | None = None
     redis_url: str = ""
@@ -220,6 +227,8 @@ class Stack:
             SES_EVENTS_QUEUE_URL="",  # no SES event drain: it would share the session's moto queue
             PYTHONUNBUFFERED="1",
         )
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
         env.update(self.env)
         env.update(overrides)
         return env
@@ -240,6 +249,18 @@ class Stack:
             stop(self.redis_process)
         self.redis_process, url = start_redis(port=port, directory=str(self.directory))
         assert url == self.redis_url, (url, self.redis_url)
+
+    def stop_redis(self) -> None:
+        """Stop Redis: its port refuses connections until `start_redis()`."""
+        if self.redis_process is not None:
+            stop(self.redis_process)
+            self.redis_process = None
+
+    def start_redis(self) -> None:
+        """Start an empty Redis on the stack's port again (after `stop_redis()`)."""
+        if self.redis_process is None:
+            self.redis_process, url = start_redis(port=self.redis_port, directory=str(self.directory))
+            assert url == self.redis_url, (url, self.redis_url)
 
     def queue_lengths(self) -> dict[str, int]:
         client = self.redis()
@@ -316,6 +337,11 @@ class Stack:
 
     def request(self, method: str, path: str, body=None, *, key: str | None = None, timeout: float = 120):
         """(HTTP status, decoded JSON body or None) of one API call to the web process."""
+        status, _headers, decoded = self.exchange(method, path, body, key=key, timeout=timeout)
+        return status, decoded
+
+    def exchange(self, method: str, path: str, body=None, *, key: str | None = None, timeout: float = 120):
+        """(HTTP status, response headers, decoded JSON body or None) of one API call to the web process."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.web_url}{path}", data=data, method=method)
         if data is not None:
@@ -324,13 +350,13 @@ class Stack:
             request.add_header("Authorization", f"Bearer {key}")
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                status, raw = response.status, response.read()
+                status, headers, raw = response.status, response.headers, response.read()
         except urllib.error.HTTPError as error:
-            status, raw = error.code, error.read()
+            status, headers, raw = error.code, error.headers, error.read()
         try:
-            return status, json.loads(raw) if raw else None
+            return status, headers, json.loads(raw) if raw else None
         except ValueError:
-            return status, {"raw": raw.decode(errors="replace")}
+            return status, headers, {"raw": raw.decode(errors="replace")}
 
     def post(self, path: str, body=None, key: str | None = None, **kwargs):
         return self.request("POST", path, {} if body is None else body, key=key, **kwargs)

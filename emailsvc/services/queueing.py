@@ -17,10 +17,14 @@ from datetime import datetime
 from django.conf import settings
 
 from emailsvc.models import Priority
+from emailsvc.outages import Outage
 from emailsvc.ratelimit import rate_limit_from_settings
 from emailsvc.services.delivery import chunk_size
 
 logger = logging.getLogger(__name__)
+# One line when publishing starts failing and one when it works again, per
+# process, however many requests and tasks publish meanwhile.
+_broker_outage = Outage("Celery broker", logger)
 
 
 def delivery_queue(priority: str) -> str:
@@ -30,8 +34,9 @@ def delivery_queue(priority: str) -> str:
 def delivery_enqueue(*, priority: str, tasks: int = 1, countdown: float | None = None, eta: datetime | None = None) -> int:
     """Publish `tasks` delivery tasks on the priority's queue; how many went out.
 
-    A broker failure is logged, not raised: the work is committed and the
-    sweeper publishes for it later.
+    A broker failure is not raised: the work is committed and the sweeper
+    publishes for it later. The first failure of an outage is logged (one
+    line), the following ones only counted.
     """
     from emailsvc.tasks import deliver_due_task
 
@@ -45,9 +50,12 @@ def delivery_enqueue(*, priority: str, tasks: int = 1, countdown: float | None =
                 retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.5},
                 **options,
             )
-        except Exception:  # any broker failure: the work stays due in the database for the sweeper
-            logger.warning("delivery task not published priority=%s; the sweeper will", priority, exc_info=True)
+        except Exception as error:  # any broker failure: the work stays due in the database for the sweeper
+            _broker_outage.failed(error, action="delivery tasks are not published; the sweeper publishes them once it is back")
+            logger.debug("delivery task not published priority=%s", priority, exc_info=True)
             return published
+    if tasks:
+        _broker_outage.succeeded()
     return tasks
 
 

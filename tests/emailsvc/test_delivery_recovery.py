@@ -38,11 +38,15 @@ def facts_hold(mail: SmtpServer, email_ids: list[str], stack: Stack) -> None:
 
 
 class RefusingSmtpServer(SmtpServer):
-    """Answers RCPT TO with a given reply for chosen addresses, a given number of times."""
+    """Answers RCPT TO with a given reply for chosen addresses, a given number of
+    times; and can drop the session of chosen messages after taking their DATA,
+    before answering it (as a server that crashes or a network that breaks then)."""
 
     def __init__(self):
         super().__init__()
         self.refusals: dict[str, list[str]] = {}
+        self.drop_after_data: set[str] = set()  # needles: a matching message is taken, then the session dropped
+        self.dropped = 0
 
     def refuse_recipient(self, address: str, reply: str, *, times: int = 1) -> None:
         with self._lock:
@@ -52,6 +56,19 @@ class RefusingSmtpServer(SmtpServer):
         super().reset()
         with self._lock:
             self.refusals.clear()
+            self.drop_after_data.clear()
+            self.dropped = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        with self._lock:
+            needle = next((n for n in self.drop_after_data if n.encode() in envelope.original_content), None)
+            if needle is not None:
+                self.drop_after_data.discard(needle)
+                self.dropped += 1
+        if needle is not None:
+            server.transport.abort()  # the message is stored; its 250 never leaves
+        return reply
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self._lock:
@@ -161,4 +178,25 @@ def test_a_killed_workers_claims_are_recovered_within_about_a_minute_with_defaul
     assert recovered_after < 100, recovered_after
     sent = copies(mail, email_ids)
     assert min(sent.values()) == 1 and sum(sent.values()) - len(email_ids) <= IN_FLIGHT, sent
+    facts_hold(mail, email_ids, smtp_stack)
+
+
+def test_a_session_dropped_after_data_is_sent_again_and_that_is_the_only_duplicate(smtp_stack, mail, key):
+    """SMTP cannot tell a message taken just before the connection broke from one
+    that was not (RFC 1047): the client never got the 250, so the send is retried.
+    Each such drop is one duplicate at most, and nothing else is sent twice."""
+    run = unique("dropped")
+    email_ids = batch_send(smtp_stack, key, run, 30)
+    dropped_ids = email_ids[3:30:6]
+    mail.drop_after_data.update(dropped_ids)
+    smtp_stack.start_worker(concurrency=1, env={"DELIVERY_SEND_CONCURRENCY": str(IN_FLIGHT)})
+    assert all_done(email_ids, timeout=60), smtp_stack.logs()
+
+    sent = copies(mail, email_ids)
+    assert mail.dropped == len(dropped_ids)
+    assert {email_id: sent[email_id] for email_id in dropped_ids} == dict.fromkeys(dropped_ids, 2)
+    assert {email_id: n for email_id, n in sent.items() if email_id not in dropped_ids} == dict.fromkeys(
+        [e for e in email_ids if e not in dropped_ids], 1
+    )
+    assert set(Message.objects.filter(email_id__in=email_ids).values_list("status", flat=True)) == {Status.SENT}
     facts_hold(mail, email_ids, smtp_stack)
