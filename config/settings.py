@@ -132,6 +132,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # compiling one with LLVM (which a stale row estimate can trigger) costs
     # tens of milliseconds, far more than running it.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("options", "-c jit=off")
+    # A server that does not answer at all (packets dropped, not refused) is an
+    # outage after this many seconds, not after the kernel's two minutes: the
+    # API answers 503 and the engine waits, instead of requests hanging.
+    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5))
     # Parameters travel apart from the statement (no client-side quoting of the
     # hundred-element arrays the engine's set-based statements carry).
     DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", env.bool("DATABASE_SERVER_SIDE_BINDING", default=True))

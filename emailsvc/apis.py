@@ -361,7 +361,10 @@ class ReadinessApi(APIView):
         if events is not None:
             body["events"] = events
         body["sending"] = _sending_detail()
-        return Response(body, status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
+        response = Response(body, status=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE)
+        # A probe polls every few seconds: its 503s are an answer, not an error line each (the outage logs once).
+        response._has_been_logged = True
+        return response
 
 
 def _events_queue_detail() -> dict | None:

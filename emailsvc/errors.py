@@ -28,7 +28,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from emailsvc.outages import Outage
+from emailsvc.outages import outage
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def to_emailsvc_error(exc) -> EmailsvcError | None:
 
 # --- the database going away -------------------------------------------------------
 
-_database_outage = Outage("database", logger)
+_database_outage = outage("the database")
 
 
 def _connection_error_classes() -> tuple[type[Exception], ...]:

@@ -17,6 +17,21 @@ import time
 
 REMINDER_SECONDS = 300.0
 
+_logger = logging.getLogger(__name__)
+_registry: dict[str, Outage] = {}
+_registry_lock = threading.Lock()
+
+
+def outage(what: str) -> Outage:
+    """This process's one `Outage` of `what` ("the database", "Redis", "the
+    Celery broker"): the API, the send slots, the recorder and the tasks of a
+    process that all lose the database log one line between them, not one each."""
+    found = _registry.get(what)
+    if found is None:
+        with _registry_lock:
+            found = _registry.setdefault(what, Outage(what, _logger))
+    return found
+
 
 class Outage:
     """The state of one dependency as this process sees it (thread-safe)."""
@@ -49,7 +64,7 @@ class Outage:
                 self._reminded_at = now
                 started = False
                 self.logger.warning(
-                    "%s still unavailable after %.0fs (%d failed calls): %s",
+                    "%s is still unavailable after %.0fs (%d failed calls): %s",
                     self.what, now - self._since, self._failures, _describe(error),
                 )
                 return False
@@ -57,7 +72,7 @@ class Outage:
                 return False
         if started:
             self.logger.warning(
-                "%s unavailable: %s%s", self.what, _describe(error), f"; {action}" if action else ""
+                "%s is unavailable: %s%s", self.what, _describe(error), f"; {action}" if action else ""
             )
         return started
 
@@ -70,7 +85,7 @@ class Outage:
                 return
             lasted, failures = time.monotonic() - self._since, self._failures
             self._since, self._failures = None, 0
-        self.logger.warning("%s available again after %.1fs (%d failed calls meanwhile)", self.what, lasted, failures)
+        self.logger.warning("%s is available again after %.1fs (%d failed calls meanwhile)", self.what, lasted, failures)
 
 
 def _describe(error: BaseException | str) -> str:

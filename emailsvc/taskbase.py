@@ -13,28 +13,27 @@ still fails the task as usual.
 
 from __future__ import annotations
 
-import logging
-
 from celery.contrib.django.task import DjangoTask
 from django.db import InterfaceError, OperationalError
 from kombu.exceptions import OperationalError as BrokerOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from emailsvc.outages import Outage
+from emailsvc.outages import Outage, outage
 
-logger = logging.getLogger(__name__)
-
-database_outage = Outage("the database", logger)
-redis_outage = Outage("Redis", logger)
+database_outage = outage("the database")
+redis_outage = outage("Redis")
+broker_outage = outage("the Celery broker")
 
 
 def unavailable(error: BaseException) -> Outage | None:
     """The outage `error` is a sign of (a dependency that cannot be reached), or None."""
     if isinstance(error, OperationalError | InterfaceError):
         return database_outage
-    if isinstance(error, RedisConnectionError | RedisTimeoutError | BrokerOperationalError):
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
         return redis_outage
+    if isinstance(error, BrokerOperationalError):
+        return broker_outage
     return None
 
 
@@ -53,8 +52,8 @@ class ResilientTask(DjangoTask):
                 raise
             outage.failed(error, action=f"{self.name} tries again on its next run")
             return self.on_unavailable(error, *args, **kwargs)
-        database_outage.succeeded()
-        redis_outage.succeeded()
+        # The end of an outage is logged by what sees the dependency answer
+        # again (a new database connection, a publish that goes through).
         return result
 
     def on_unavailable(self, error: BaseException, *args, **kwargs):

@@ -26,6 +26,7 @@ from django.test import Client
 
 from emailsvc.models import Message, Status
 from emailsvc.services.api_keys import api_key_create
+from tests.conftest import wait_until
 from tests.faultproxy import TcpFaultProxy
 from tests.stack import SmtpServer, Stack
 
@@ -42,10 +43,10 @@ FAST = {
     "SWEEP_QUEUED_AFTER_SECONDS": "1",
     "SCHEDULED_RELEASE_INTERVAL_SECONDS": "1",
 }
-DATABASE_DOWN = "database unavailable"
-DATABASE_BACK = "database available again"
-BROKER_DOWN = "Celery broker unavailable"
-BROKER_BACK = "Celery broker available again"
+DATABASE_DOWN = "the database is unavailable"
+DATABASE_BACK = "the database is available again"
+BROKER_DOWN = "the Celery broker is unavailable"
+BROKER_BACK = "the Celery broker is available again"
 
 
 def unique(prefix: str) -> str:
@@ -240,7 +241,7 @@ def test_a_connection_broken_mid_request_is_a_503_and_is_replaced_when_the_reque
     assert broken.json() == {"error": "service_unavailable", "detail": "The database is unavailable; retry in a few seconds."}
     assert broken["Retry-After"] == "5"
     assert healed.status_code == 200, healed.content
-    down, back = [record.getMessage() for record in caplog.records if record.name == "emailsvc.errors"]
+    down, back = [record.getMessage() for record in caplog.records if record.name == "emailsvc.outages"]
     assert down.startswith(f"{DATABASE_DOWN}: OperationalError: ") and "closed the connection" in down, down
     assert back.startswith(DATABASE_BACK) and back.endswith("(1 failed calls meanwhile)"), back
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -321,3 +322,53 @@ def test_broker_outage_accepts_emails_quickly_logs_once_and_the_sweeper_delivers
     assert len(lines_with(log.records(), BROKER_BACK)) == 1, log.text()
     time.sleep(3)  # three sweeper runs: nothing is sent twice
     assert [len(mail.matching(email_id)) for email_id in [*accepted, last]] == [1] * 6
+
+
+# --- the delivery engine while the database is away -----------------------------------
+
+
+def test_database_outage_mid_chunk_stops_sends_and_the_recorder_records_them_when_it_returns(stack, database_proxy, mail, key):
+    """PostgreSQL goes away while a worker sends a chunk. The send slots start no
+    more sends once the journal cannot take an answer; the recorder keeps the
+    chunk and records it as soon as the database answers again — no sweeper
+    runs here — and what was not sent goes out afterwards: each email once,
+    none left `sending`, one outage line in the worker's log and no traceback."""
+    from tests.emailsvc.conftest import batch_send, copies
+    from tests.invariants import sent_but_never_received, status_history_problems
+
+    mail.data_delay = 0.05
+    run = unique("db-down")
+    email_ids = batch_send(stack, key, run, 80)
+    worker = stack.start_worker(concurrency=1, env={"DELIVERY_SEND_CONCURRENCY": "4"})  # no beat: no sweeper
+    assert wait_until(lambda: len(mail.matching(run)) >= 20, timeout=60), stack.logs()
+
+    database_proxy.down()
+    time.sleep(2)
+    arrived_at_cut = len(mail.matching(run))
+    time.sleep(13)
+    assert len(mail.matching(run)) == arrived_at_cut, "sends went on while nothing could record them"
+    assert arrived_at_cut < 80, "the chunk was sent before the cut: nothing was tested"
+    database_proxy.up()
+    back_at = time.monotonic()
+
+    arrived = {email_id for email_id, n in copies(mail, email_ids).items() if n}
+    assert wait_until(
+        lambda: Message.objects.filter(email_id__in=arrived, status=Status.SENT, state="done").count() == len(arrived),
+        timeout=30, interval=0.2,
+    ), stack.logs()
+    recorded_after = time.monotonic() - back_at
+    assert wait_until(
+        lambda: not Message.objects.filter(email_id__in=email_ids).exclude(state="done").exists(), timeout=60, interval=0.2
+    ), stack.logs()
+    print(f"\n{arrived_at_cut} of 80 sent before the cut; recorded {recorded_after:.1f}s after the database returned")
+    assert recorded_after < 15
+    assert set(copies(mail, email_ids).values()) == {1}
+    problems = sent_but_never_received(mail.arrivals, email_ids=email_ids) + status_history_problems(email_ids=email_ids)
+    assert not problems, problems
+    log = worker.log()
+    assert len(log_lines_with(log, DATABASE_DOWN)) == 1, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+
+
+def log_lines_with(text: str, needle: str) -> list[str]:
+    return [line for line in text.splitlines() if needle in line]

@@ -71,7 +71,7 @@ from emailsvc.ratelimit import (
     rate_limit_from_settings,
     rate_limit_reserve,
 )
-from emailsvc.outages import Outage
+from emailsvc.outages import outage
 from emailsvc.redaction import redact_address
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.services import breaker, journal
@@ -292,7 +292,7 @@ def _record_in_background(
     _recording = _recorder.submit(contextvars.copy_context().run, _record_job, outgoing, outcomes, result, recorded)
 
 
-_record_outage = Outage("the database (recording delivery chunks)", logger)
+_record_outage = outage("the database")
 RECORD_RETRY_MAX_SECONDS = 5.0
 _recordings_stopping = threading.Event()
 
@@ -572,7 +572,7 @@ def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkCo
 
 # --- The journal -------------------------------------------------------------------------
 
-_limiter_outage = Outage("Redis (send rate limiter)", logger)
+_limiter_outage = outage("Redis")
 
 
 def _journal_write(message: Outgoing, outcome: SendOutcome, context: _ChunkContext) -> None:

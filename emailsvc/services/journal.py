@@ -38,11 +38,12 @@ from django.db.models import Q
 from django.utils import timezone
 
 from emailsvc.models import DeliveryJournal, DeliveryProcess
-from emailsvc.outages import Outage
+from emailsvc.outages import outage
 
 logger = logging.getLogger(__name__)
 
-_outage = Outage("the database (delivery journal)", logger)
+_outage = outage("the database")
+RETRY_SECONDS = 1.0
 
 
 # --- This process ---------------------------------------------------------------------
@@ -170,6 +171,7 @@ class _Writer:
         self.cond = threading.Condition()
         self.batch = _Batch()
         self.stopping = False
+        self.retry_at = 0.0  # after a failed write, no beat is tried before this (time.monotonic())
         self.thread = threading.Thread(target=self._run, name="journal", daemon=True)
         self.thread.start()
 
@@ -193,10 +195,10 @@ class _Writer:
         """Seconds until the next beat is due while claims are held (0: now); None without claims."""
         if not self.process.held:
             return None
+        now = time.monotonic()
         beaten_at = self.process.beaten_at
-        if beaten_at is None:
-            return 0.0
-        return max(0.0, beaten_at + settings.DELIVERY_HEARTBEAT_SECONDS - time.monotonic())
+        due = now if beaten_at is None else beaten_at + settings.DELIVERY_HEARTBEAT_SECONDS
+        return max(0.0, due - now, self.retry_at - now)
 
     def _run(self) -> None:
         while True:
@@ -205,8 +207,7 @@ class _Writer:
                     due = self._beat_due()
                     if self.batch.entries or due == 0.0 or self.stopping:
                         break
-                    # After a failed beat, try again within a second rather than a whole period.
-                    self.cond.wait(timeout=None if due is None else min(due, 1.0 if _outage.down else due))
+                    self.cond.wait(timeout=due)
                 batch, self.batch = self.batch, _Batch()
                 stopping = self.stopping and not batch.entries
             if stopping:
@@ -227,6 +228,7 @@ class _Writer:
                     heartbeat_write()
         except DatabaseError as error:
             self.process.beaten_at = beaten_at
+            self.retry_at = time.monotonic() + RETRY_SECONDS  # then a beat every second until it answers
             _outage.failed(error, action="delivery starts no new sends until it answers; each chunk's answers wait to be recorded")
             connection.close()  # a broken connection is not used again
             return False

@@ -17,14 +17,14 @@ from datetime import datetime
 from django.conf import settings
 
 from emailsvc.models import Priority
-from emailsvc.outages import Outage
+from emailsvc.outages import outage
 from emailsvc.ratelimit import rate_limit_from_settings
 from emailsvc.services.delivery import chunk_size
 
 logger = logging.getLogger(__name__)
 # One line when publishing starts failing and one when it works again, per
 # process, however many requests and tasks publish meanwhile.
-_broker_outage = Outage("Celery broker", logger)
+_broker_outage = outage("the Celery broker")
 
 
 def delivery_queue(priority: str) -> str:
