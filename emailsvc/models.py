@@ -421,3 +421,16 @@ class DeliveryProcess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hostname}:{self.pid}"
+
+
+class SesSuppressionLift(models.Model):
+    """An address lifted here that is still to be taken off SES's account-level
+    suppression list (SES_SUPPRESSION_SYNC). Written in the lift's transaction,
+    so a task lost with the broker loses nothing: the periodic sync forwards
+    what is left, and its pull does not bring these addresses back meanwhile."""
+
+    email = models.CharField(max_length=320, unique=True)
+    lifted_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.email

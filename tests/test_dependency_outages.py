@@ -107,12 +107,16 @@ def database_proxy():
 
 
 @pytest.fixture(scope="module")
-def _stack(django_db_setup, django_db_blocker, database_proxy, mail, tmp_path_factory):
+def _stack(django_db_setup, django_db_blocker, database_proxy, mail, moto_server, tmp_path_factory):
     """web, Redis and (per test) workers whose every database connection goes through the proxy."""
     stack = Stack(
         directory=tmp_path_factory.mktemp("outage-stack"),
         db_name=str(connections["default"].settings_dict["NAME"]),
-        env={**FAST, "EMAIL_PROVIDER": "smtp", "SMTP_HOST": mail.host, "SMTP_PORT": str(mail.port)},
+        env={
+            **FAST, "EMAIL_PROVIDER": "smtp", "SMTP_HOST": mail.host, "SMTP_PORT": str(mail.port),
+            # Lifted suppressions go to SES's account-level list (moto's answers 404: it has none).
+            "SES_SUPPRESSION_SYNC": "true", "AWS_ENDPOINT_URL": moto_server.url,
+        },
         name="outage",
         database_url=_database_url_through(database_proxy),
     )
@@ -322,6 +326,27 @@ def test_broker_outage_accepts_emails_quickly_logs_once_and_the_sweeper_delivers
     assert len(lines_with(log.records(), BROKER_BACK)) == 1, log.text()
     time.sleep(3)  # three sweeper runs: nothing is sent twice
     assert [len(mail.matching(email_id)) for email_id in [*accepted, last]] == [1] * 6
+
+
+def test_a_suppression_lifted_while_the_broker_is_down_is_lifted_and_waits_for_ses_in_the_database(stack):
+    """Lifting publishes a task that takes the address off SES's list; with the
+    broker down the lift still answers at once, and what SES must be told is kept
+    for the periodic sync instead of being lost with the task."""
+    from emailsvc.models import SesSuppressionLift, Suppression
+    from emailsvc.services.suppressions import suppression_add
+
+    full = api_key_create(name="outages full", permission="full")[1]
+    suppression_add(email="lift-me@example.org", reason="hard_bounce")
+    log = WebLog(stack)
+    stack.stop_redis()
+
+    status, _body = stack.request("DELETE", "/api/v1/suppressions/lift-me@example.org", key=full, timeout=30)
+
+    assert status in (200, 204), (status, stack.logs())
+    assert not Suppression.objects.filter(email="lift-me@example.org").exists()
+    assert list(SesSuppressionLift.objects.values_list("email", flat=True)) == ["lift-me@example.org"]
+    assert len(lines_with(log.records(), BROKER_DOWN)) == 1, log.text()
+    assert tracebacks(log.text()) == [], log.text()
 
 
 # --- the delivery engine while the database is away -----------------------------------

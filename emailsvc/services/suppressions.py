@@ -15,7 +15,8 @@ from django.utils import timezone
 from emailsvc import ses_suppressions
 from emailsvc.addresses import address_forms, address_key
 from emailsvc.errors import ValidationFailed
-from emailsvc.models import Suppression
+from emailsvc.models import SesSuppressionLift, Suppression
+from emailsvc.outages import outage
 from emailsvc.selectors import suppressions_to_push
 from emailsvc.suppression_csv import RowError, SuppressionRows
 
@@ -107,13 +108,58 @@ def suppression_lift(*, email: str) -> bool:
     """
     if "\x00" in email:
         return False  # no entry can have it, and PostgreSQL refuses NUL in a query
-    deleted, _ = Suppression.objects.filter(email__in=address_forms(email)).delete()
-    if deleted and settings.SES_SUPPRESSION_SYNC:
-        from emailsvc.tasks import ses_suppression_delete_task
-
-        address = address_key(email)
-        transaction.on_commit(lambda: ses_suppression_delete_task.delay(email=address))
+    with transaction.atomic():
+        deleted, _ = Suppression.objects.filter(email__in=address_forms(email)).delete()
+        if deleted and settings.SES_SUPPRESSION_SYNC:
+            address = address_key(email)
+            SesSuppressionLift.objects.update_or_create(email=address, defaults={"lifted_at": timezone.now()})
+            transaction.on_commit(lambda: _ses_lift_publish(address))
     return bool(deleted)
+
+
+def _ses_lift_publish(address: str) -> None:
+    """Ask a worker to take the address off SES's list now. If the broker is
+    down, the pending lift waits in the database for the next periodic sync."""
+    from emailsvc.tasks import ses_suppression_delete_task
+
+    try:
+        ses_suppression_delete_task.delay(email=address)
+    except Exception as error:  # any broker failure: the lift is stored, the sync forwards it
+        outage("the Celery broker").failed(
+            error, action="lifted addresses go to SES's suppression list with the next periodic sync"
+        )
+
+
+def ses_lift_forward(*, email: str) -> bool:
+    """Take a lifted address off SES's account-level list and forget the pending
+    lift; False if SES did not have it. Raises SesSuppressionListError when SES
+    cannot be asked (transient: the lift stays pending), after forgetting the
+    lift when SES refused for good."""
+    try:
+        removed = ses_suppressions.suppressed_destination_delete(email=email)
+    except ses_suppressions.SesSuppressionListError as error:
+        if not (error.transient or error.status is None):
+            SesSuppressionLift.objects.filter(email=email).delete()
+        raise
+    SesSuppressionLift.objects.filter(email=email).delete()
+    return removed
+
+
+def ses_lifts_forward(*, limit: int = 500) -> dict:
+    """Forward the pending lifts (their tasks were lost, or SES was away); stops at
+    the first transient failure. {"forwarded": n, "refused": n, "pending": n}."""
+    result = {"forwarded": 0, "refused": 0, "pending": 0}
+    for email in SesSuppressionLift.objects.order_by("lifted_at").values_list("email", flat=True)[:limit]:
+        try:
+            ses_lift_forward(email=email)
+            result["forwarded"] += 1
+        except ses_suppressions.SesSuppressionListError as error:
+            if error.transient or error.status is None:
+                break
+            result["refused"] += 1
+            logger.warning("lifted address not taken off SES's suppression list: %s", error)
+    result["pending"] = SesSuppressionLift.objects.count()
+    return result
 
 
 def _batches(items: list, size: int):
@@ -298,6 +344,10 @@ def ses_suppressions_apply(*, summaries: list[dict]) -> SesPullResult:
         entries.setdefault(address, _Entry(address, reason, note))
     listed_twice = len(summaries) - result.skipped - len(entries)
     result.skipped += listed_twice
+    # Lifted here and not yet taken off SES's list: not brought back.
+    for address in SesSuppressionLift.objects.filter(email__in=list(entries)).values_list("email", flat=True):
+        del entries[address]
+        result.skipped += 1
     with transaction.atomic():
         result.added, result.existing = _suppressions_insert(list(entries.values()), source=SES_SOURCE)
     return result
@@ -389,6 +439,8 @@ def ses_suppressions_sync(*, pull: bool, push: bool) -> dict:
     """The periodic sync: pull, then push; a failed step is logged, not raised
     (the next run tries again), and reported in the answer."""
     report: dict = {}
+    if pull and SesSuppressionLift.objects.exists():
+        report["lifts"] = ses_lifts_forward()
     for name, step, wanted in (("pull", ses_suppressions_pull, pull), ("push", ses_suppressions_push, push)):
         if not wanted:
             continue
@@ -405,4 +457,4 @@ def ses_suppression_forget(*, email: str) -> bool:
 
     Raises ses_suppressions.SesSuppressionListError when SES cannot be asked.
     """
-    return ses_suppressions.suppressed_destination_delete(email=email)
+    return ses_lift_forward(email=email)

@@ -24,7 +24,7 @@ from botocore.exceptions import ClientError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from emailsvc.models import Suppression
+from emailsvc.models import SesSuppressionLift, Suppression
 from emailsvc.redisclient import redis_client
 from emailsvc.selectors import suppressions_to_push
 from emailsvc.services.suppressions import (
@@ -32,6 +32,7 @@ from emailsvc.services.suppressions import (
     PUSH_WATERMARK_KEY,
     SES_SOURCE,
     SesSyncFailed,
+    ses_lifts_forward,
     ses_suppressions_apply,
     ses_suppressions_pull,
     ses_suppressions_push,
@@ -135,6 +136,39 @@ def test_lift_takes_the_address_off_ses_after_commit_when_sync_is_on(ses, settin
         result = ses_suppression_delete_task.apply(kwargs={"email": "user@xn--bcher-kva.example"})
     assert result.get() is False
     assert any("DeleteSuppressedDestination" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lift_is_kept_pending_in_its_transaction_and_the_pull_does_not_bring_it_back(settings):
+    """The task that takes a lifted address off SES's list can be lost with the broker:
+    the lift is stored with the deletion, and until it reaches SES a pull that still
+    lists the address does not suppress it again."""
+    settings.SES_SUPPRESSION_SYNC = True
+    suppression_add(email="lifted@example.com", reason="hard_bounce")
+    assert suppression_lift(email="Lifted@Example.com") is True
+    assert list(SesSuppressionLift.objects.values_list("email", flat=True)) == ["lifted@example.com"]
+
+    result = ses_suppressions_apply(summaries=[
+        {"EmailAddress": "lifted@example.com", "Reason": "BOUNCE", "LastUpdateTime": SINCE},
+        {"EmailAddress": "other@example.com", "Reason": "BOUNCE", "LastUpdateTime": SINCE},
+    ])
+
+    assert (result.added, result.skipped) == (1, 1)
+    assert list(Suppression.objects.values_list("email", flat=True)) == ["other@example.com"]
+
+
+def test_pending_lifts_wait_while_ses_is_unreachable_and_go_once_it_answers(ses, settings):
+    settings.SES_SUPPRESSION_SYNC = True
+    for address in ("one@example.com", "two@example.com"):
+        suppression_add(email=address, reason="complaint")
+        suppression_lift(email=address)
+    settings.AWS_ENDPOINT_URL = "http://127.0.0.1:9"  # nothing listens: SES cannot be asked
+
+    assert ses_lifts_forward() == {"forwarded": 0, "refused": 0, "pending": 2}
+
+    settings.AWS_ENDPOINT_URL = ses.url  # moto answers (404: it keeps no such list, so nothing is left to take off)
+    result = ses_lifts_forward()
+    assert result["pending"] == 0 and result["forwarded"] + result["refused"] == 2
+    assert not SesSuppressionLift.objects.exists()
 
 
 # --- what a page of SES's list does to ours --------------------------------------------------
