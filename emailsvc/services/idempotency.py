@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -38,6 +39,23 @@ def _idempotency_answer(*, api_key: ApiKey, key: str, request_hash: str) -> tupl
     return record.response_status, record.response_body
 
 
+# What a PostgreSQL jsonb value cannot hold: NUL, and a UTF-16 surrogate on its
+# own (JSON can escape one, Unicode text cannot contain it). An answer that
+# echoes such input (a validation error naming the bad value) shows it escaped.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value):
+    """`value` (a JSON answer) with every unstorable character written as its `\\uXXXX` escape."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", value) if _UNSTORABLE.search(value) else value
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 def idempotent_call(
     *, api_key: ApiKey, key: str | None, request_hash: str, call: Callable[[], tuple[int, dict]]
 ) -> tuple[int, dict]:
@@ -59,6 +77,7 @@ def idempotent_call(
     try:
         with transaction.atomic():
             status, body = call()
+            body = _storable(body)  # the first answer and its replays are the same
             cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
             IdempotencyKey.objects.filter(api_key=api_key, key=key, created_at__lt=cutoff).delete()
             IdempotencyKey.objects.create(

@@ -779,6 +779,20 @@ def test_batch_with_same_idempotency_key_and_body_answers_the_first_response(api
     assert Message.objects.count() == 2
 
 
+def test_batch_answer_echoing_a_lone_surrogate_or_nul_is_remembered_and_replayed_the_same(api):
+    """An item refused for a header name holding a lone UTF-16 surrogate (valid JSON
+    escape, not Unicode) or a NUL: its error names the value, and the answer, kept
+    for the Idempotency-Key, shows those characters escaped (PostgreSQL keeps no such text)."""
+    raw = '{"emails": [{"to": "a@example.com", "subject": "s", "text": "t", "headers": {"X-\\udbee\\u0000": "v"}}]}'
+    first = api.post(BATCH, raw, content_type="application/json", HTTP_IDEMPOTENCY_KEY="surrogate")
+    again = api.post(BATCH, raw, content_type="application/json", HTTP_IDEMPOTENCY_KEY="surrogate")
+
+    assert first.status_code == again.status_code == 200, first.content
+    assert again.json() == first.json()
+    assert first.json()["errors"][0]["error"] == "invalid_header"
+    assert "\\u0000" in first.json()["errors"][0]["detail"]  # the NUL, escaped
+
+
 def test_batch_with_same_idempotency_key_and_another_body_is_409(api):
     assert post(api, BATCH, {"emails": [VALID]}, idempotency_key="batch-2").status_code == 200
     response = post(api, BATCH, {"emails": [VALID, VALID]}, idempotency_key="batch-2")
