@@ -89,6 +89,7 @@ _script_object: Script | None = None
 # Reservation: like the script above, but a request whose wait is at most
 # ARGV[4] seconds is granted *now* for the moment its tokens come due (the
 # caller sleeps the returned wait, then sends); a longer wait takes nothing.
+# An idle bucket books its first moment ARGV[5] seconds ahead (0: at once).
 # Grants follow the same sequence of theoretical arrival times as the
 # try-and-sleep path, so the same bound holds, without waiters polling Redis.
 # Returns "G<wait>" (granted; send after <wait> seconds) or "R<wait>" (refused).
@@ -100,6 +101,7 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
 local max_wait = tonumber(ARGV[4])
+local idle_start = tonumber(ARGV[5]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]))
@@ -107,8 +109,13 @@ local ahead = 0
 if tat and tat > now then
   ahead = tat - now
 end
+local wait = ahead + tokens * interval - math.max(burst, tokens) * interval
+if ahead == 0 and idle_start > 0 then
+  -- As if the request came idle_start from now, to a bucket idle until then.
+  wait = idle_start
+  ahead = idle_start
+end
 local offset = ahead + tokens * interval
-local wait = offset - math.max(burst, tokens) * interval
 if wait <= 0.000001 then
   wait = 0
 end
@@ -231,11 +238,14 @@ def _registered(client: redis.Redis, source: str) -> Script:
 
 
 def rate_limit_reserve(
-    *, limit: RateLimit, tokens: int = 1, max_wait: float, client: redis.Redis | None = None
+    *, limit: RateLimit, tokens: int = 1, max_wait: float, idle_start: float = 0.0,
+    client: redis.Redis | None = None,
 ) -> tuple[bool, float]:
     """Book `tokens` for the earliest moment the bucket allows, if that is at
     most `max_wait` seconds away: (True, wait) — the caller sleeps `wait`, then
     uses them. Otherwise nothing is booked: (False, wait until it would be).
+    `idle_start`: when the bucket is idle, book as if the request came this
+    many seconds from now (the moment is then, not now).
 
     One atomic round trip (none when the limit is off). Unlike
     rate_limit_acquire, concurrent callers are served in the order they booked,
@@ -250,7 +260,7 @@ def rate_limit_reserve(
     client = client if client is not None else redis_client()
     reply = _registered(client, _RESERVE_LUA)(
         keys=[limit.key],
-        args=[repr(1.0 / limit.per_second), int(limit.burst), int(tokens), repr(float(max_wait))],
+        args=[repr(1.0 / limit.per_second), int(limit.burst), int(tokens), repr(float(max_wait)), repr(float(idle_start))],
         client=client,
     )
     reply = reply.decode() if isinstance(reply, bytes) else str(reply)

@@ -42,16 +42,24 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
         metrics.delivery_chunk_observe(result)
         retries_enqueue(due_later=result.due_later)
 
+    def next_chunk() -> None:
+        delivery_enqueue(priority=priority)
+
     # In a worker the chunk is recorded by the process's recorder thread while
-    # this process takes its next chunk (run in place, e.g. `apply()`, it is
-    # recorded before the task returns).
-    result = deliver_due(priority=priority, recorded=None if self.request.is_eager else recorded)
+    # this process takes its next chunk, and with the limiter on the next
+    # chunk's task is published before this chunk's last sends (run in place,
+    # e.g. `apply()`, it is recorded before the task returns).
+    in_worker = not self.request.is_eager
+    result = deliver_due(
+        priority=priority, recorded=recorded if in_worker else None, next_chunk=next_chunk if in_worker else None
+    )
     if result.retry_in is not None:
         metrics.delivery_chunk_observe(result)
         raise self.retry(countdown=result.retry_in)
     if self.request.is_eager or not result.claimed:
         recorded(result)
-    chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=[])
+    if not result.next_published:
+        chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=[])
     if not self.request.is_eager:  # what was sent is known once the recorder has recorded it
         return {"claimed": result.claimed}
     return {"claimed": result.claimed, "sent": result.sent, "failed": result.failed, "deferred": result.deferred}

@@ -1,4 +1,5 @@
-"""Delivery backends behind one small interface: `provider_send(provider, email)`.
+"""Delivery backends behind one small interface: `provider_send(provider, email)`,
+and `provider_prepare(provider)` to get the connection ready beforehand.
 
 One backend per provider — `ses` (anymail, SES v2), `sandbox` (the same SES
 path against the local emulator, plus simulated events), `smtp` (Django's SMTP
@@ -45,6 +46,7 @@ __all__ = [
     "build_email",
     "classify",
     "connections_close",
+    "provider_prepare",
     "provider_send",
     "tracking_id",
 ]
@@ -64,6 +66,22 @@ def _backend(provider: str) -> ProviderBackend:
     if provider not in backends:
         backends[provider] = _BACKENDS[provider]()
     return backends[provider]
+
+
+def provider_prepare(provider: str) -> None:
+    """Open this thread's connection to the provider, or check it if it has been
+    idle, without sending: the rate-limited path calls this before booking its
+    tokens, so that from the booked moment on only the send itself remains.
+
+    Raises a DeliveryError subclass as `provider_send` does (the connection is
+    dropped, and the next call opens a new one).
+    """
+    backend = _backend(provider)
+    try:
+        backend.prepare()
+    except Exception as error:
+        connections_close(provider)
+        raise classify(error) from error
 
 
 def provider_send(provider: str, email: OutboundEmail) -> SendResult:

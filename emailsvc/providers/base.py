@@ -24,6 +24,11 @@ class ProviderBackend:
 
     name = ""
 
+    def prepare(self) -> None:
+        """Make the connection ready for a send (open it, or check an idle one),
+        so that the send itself is only the provider call. By default nothing:
+        a backend whose connection is cheap or shared has nothing to do."""
+
     def send(self, email: OutboundEmail) -> SendResult:
         raise NotImplementedError
 

@@ -65,6 +65,10 @@ class SmtpBackend(ProviderBackend):
         except (smtplib.SMTPException, OSError):
             return False
 
+    def prepare(self) -> None:
+        """Open the session, or NOOP one idle for SMTP_IDLE_CHECK_SECONDS (reopened if dead)."""
+        self._session()
+
     def send(self, email: OutboundEmail) -> SendResult:
         email.smtp_refused = {}
         self._session().send_messages([email])

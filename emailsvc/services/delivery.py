@@ -8,8 +8,9 @@ One call of `deliver_due` is one chunk:
    priority) in one guarded statement, committed before anything is sent;
 2. load them (messages, their pending recipients, attachments, suppressions)
    with four queries;
-3. send each message in a send slot of a per-process thread pool: book tokens
-   from the global rate limiter, build the MIME, hand it to the provider, and
+3. send each message in a send slot of a per-process thread pool: build the
+   MIME, (with the limiter on) make the slot's provider connection ready and
+   book tokens from the global rate limiter, hand it to the provider, and
    (in a worker) write the provider's answer to the delivery journal in the
    database before the slot takes its next message (emailsvc.services.journal);
 4. record every outcome through `emailsvc.status`, and delete the chunk's
@@ -28,6 +29,7 @@ more sends, so the window stays the same while the database is away.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -136,9 +138,11 @@ class SendOutcome:
     failed: dict[int, str] = field(default_factory=dict)  # permanent, per recipient
     deferred: dict[int, str] = field(default_factory=dict)  # transient, per recipient
     # Not attempted (rate limit, account stop, chunk deadline): due again this
-    # many seconds from now, and the attempt is not counted.
+    # many seconds after `released_at` (None: when recorded), and the attempt
+    # is not counted.
     released_for: float | None = None
     reason: str = ""
+    released_at: datetime | None = None
 
     def journal(self) -> dict:
         """What the delivery journal keeps of it (JSON)."""
@@ -150,6 +154,7 @@ class SendOutcome:
             "deferred": self.deferred,
             "released_for": self.released_for,
             "reason": self.reason,
+            "released_at": self.released_at.isoformat() if self.released_at else None,
         }
 
     @classmethod
@@ -162,6 +167,7 @@ class SendOutcome:
             deferred={int(k): v for k, v in data["deferred"].items()},
             released_for=data["released_for"],
             reason=data["reason"],
+            released_at=datetime.fromisoformat(data["released_at"]) if data.get("released_at") else None,
         )
 
 
@@ -181,6 +187,9 @@ class ChunkResult:
     # was claimed; try again in this many seconds.
     retry_in: float | None = None
     paused: bool = False  # the whole account is paused: nothing was claimed
+    # The task of the next chunk was published while this one's last sends
+    # waited for their moments (`deliver_due(next_chunk=...)`).
+    next_published: bool = False
     # Messages put back for later, as (priority, seconds from now).
     due_later: list[tuple[str, float]] = field(default_factory=list)
 
@@ -198,7 +207,10 @@ def chunk_size(limit: RateLimit) -> int:
 
 
 def deliver_due(
-    *, priority: str = Priority.NORMAL, recorded: Callable[[ChunkResult], None] | None = None
+    *,
+    priority: str = Priority.NORMAL,
+    recorded: Callable[[ChunkResult], None] | None = None,
+    next_chunk: Callable[[], None] | None = None,
 ) -> ChunkResult:
     """Deliver one chunk of due messages; safe to call any number of times anywhere.
 
@@ -215,6 +227,15 @@ def deliver_due(
     carries the claim only. Every answer is in the journal by then, so a
     process that dies first loses nothing: the sweeper records it. Without
     `recorded`, the chunk is recorded before this returns.
+
+    With `next_chunk` and the limiter on, a full chunk calls `next_chunk()`
+    (from a send slot, once) as soon as each of its messages is in a send
+    slot, and sets `next_published`: the caller publishes the next chunk's
+    task then, so that it claims and books while this chunk's last sends
+    wait for their moments, and the limiter does not run dry between chunks.
+    With the limiter on, a chunk claims no more than the limiter can book
+    within RATE_LIMIT_MAX_WAIT_SECONDS, and a full one that finds it idle
+    books its first moment IDLE_START_SECONDS ahead.
     """
     limit = rate_limit_from_settings()
     size = chunk_size(limit)
@@ -224,10 +245,16 @@ def deliver_due(
         if _due_exists(priority):
             result.retry_in = backlog - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2
         return result
+    if limit.enabled:
+        # What the limiter would refuse would only be claimed and put back.
+        bookable = math.floor((settings.RATE_LIMIT_MAX_WAIT_SECONDS - backlog) * limit.per_second) + limit.burst
+        size = result.chunk_size = min(size, bookable)
     paused = breaker.paused_domains()
     if breaker.ACCOUNT in paused:
         result.paused = True  # the tasks published when it is resumed take the work
         return result
+    if limit.enabled:
+        _slots_prepare(settings.EMAIL_PROVIDER)
     now = timezone.now()
     with transaction.atomic():  # the claim commits with its rows read, before any send
         index_lookups()
@@ -241,8 +268,19 @@ def deliver_due(
     result.claimed = len(claimed)
     if not claimed:
         return result
-    journal.claims_hold(claimed)
-    outcomes, context = _send_all(outgoing, limit=limit, journaled=recorded is not None)
+    journal.claims_hold(claimed, beat=recorded is not None)
+    full = limit.enabled and len(claimed) >= size
+    all_taken = None
+    if next_chunk is not None and full:
+
+        def all_taken() -> None:
+            result.next_published = True
+            next_chunk()
+
+    outcomes, context = _send_all(
+        outgoing, limit=limit, journaled=recorded is not None, all_taken=all_taken,
+        idle_start=min(IDLE_START_SECONDS, settings.RATE_LIMIT_MAX_WAIT_SECONDS) if full and len(claimed) > 1 else 0.0,
+    )
     if context.account_stop is not None:
         # Every worker stops claiming; what this chunk did not send waits, unattempted.
         error = context.account_stop
@@ -427,6 +465,20 @@ def _load_rows(message_ids: list[int]) -> dict[int, Outgoing]:
 
 # --- Sending ---------------------------------------------------------------------------
 
+# A rate-limited slot that wakes more than half an emission interval after its
+# booked moment books a new one: sent late, it would reach the provider bunched
+# with the sends booked after it, above the rate in that second. Never less
+# than LATE_WAKE_MIN_SECONDS, the jitter of a busy process: at high rates
+# re-booking that often would cost more of the rate than the bunching does.
+LATE_WAKE_INTERVALS = 0.5
+LATE_WAKE_MIN_SECONDS = 0.005
+# A full chunk that finds the limiter idle books its first moment this far
+# ahead: the other chunks of its batch, published with it, claim and start
+# their slots meanwhile. Done while the first sends go out, that work (CPU,
+# database) would delay them, and they would reach the provider bunched in
+# the first second. Smaller chunks (a single email) start at once.
+IDLE_START_SECONDS = 0.1
+
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
 _executor_lock = threading.Lock()
@@ -456,22 +508,30 @@ class _ChunkContext:
     # Why the rest of the chunk starts no sends: the journal could not keep an
     # answer, or this process's lease on its claims is running out.
     stopped: str = ""
+    # With the limiter idle, the first moment is booked this far ahead.
+    idle_start: float = 0.0
 
 
 def _send_all(
-    outgoing: dict[int, Outgoing], *, limit: RateLimit, journaled: bool = False
+    outgoing: dict[int, Outgoing], *, limit: RateLimit, journaled: bool = False,
+    all_taken: Callable[[], None] | None = None, idle_start: float = 0.0,
 ) -> tuple[dict[int, SendOutcome], _ChunkContext]:
+    """Send the chunk in this process's send slots; `all_taken` is called once
+    every message is in a slot (the last one taken, not yet sent)."""
     context = _ChunkContext(
-        limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS, journaled=journaled
+        limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS, journaled=journaled,
+        idle_start=idle_start,
     )
     outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
     if len(sendable) == 1:  # a single email: no hop through the pool
+        if all_taken is not None:
+            all_taken()
         outcomes[sendable[0].pk] = _send_slot(sendable[0], context)
     elif sendable:
         # Each slot takes the chunk's next message until none is left: one hand-off
         # per slot, not per message. deque.popleft is atomic under threads.
-        waiting = deque(sendable)
+        waiting, last = deque(sendable), sendable[-1]
 
         def slot() -> list[tuple[int, SendOutcome]]:
             done = []
@@ -480,6 +540,8 @@ def _send_all(
                     message = waiting.popleft()
                 except IndexError:
                     return done
+                if message is last and all_taken is not None:  # one slot takes the last message
+                    all_taken()
                 done.append((message.pk, _send_slot(message, context)))
 
         pool = _send_pool()
@@ -493,12 +555,36 @@ def _send_all(
     return outcomes, context
 
 
+def _slots_prepare(provider: str) -> None:
+    """Make the connection of every send slot of this process ready (see
+    `_send_slot`), before a chunk is claimed: opening connections is the
+    costliest part of a send, and done while other slots (of this process or
+    another) send, it holds their sends back from their booked moments, at the
+    provider and for the CPU (the GIL)."""
+    count = settings.DELIVERY_SEND_CONCURRENCY
+    ready = threading.Barrier(count)  # holds each job until all run: one per slot thread
+
+    def prepare() -> None:
+        with contextlib.suppress(DeliveryError):  # the slot's send reports it
+            providers.provider_prepare(provider)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ready.wait(timeout=settings.RATE_LIMIT_MAX_WAIT_SECONDS)
+
+    pool = _send_pool()
+    for future in [pool.submit(prepare) for _ in range(count)]:
+        future.result()
+
+
 def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
     """Send one message and journal the answer before taking the next one.
 
-    The email is built before its tokens are booked, so that between the
-    booked moment and the send only the provider call remains: sends then
-    reach the provider as evenly spaced as the limiter books them."""
+    With the limiter on, everything but the provider call happens before the
+    tokens are booked: the email is built, and the provider connection made
+    ready (opened, or checked after idling). From the booked moment on only
+    the send remains, so sends reach the provider as evenly spaced as the
+    limiter books them. A slot that wakes late for its moment (its process was
+    busy) books a new one rather than reach the provider bunched with the sends
+    booked after it."""
     if context.account_stop is not None:
         return SendOutcome(released_for=0.0, reason=f"sending paused: {context.account_stop.reason}")
     if context.stopped:
@@ -513,19 +599,44 @@ def _send_slot(message: Outgoing, context: _ChunkContext) -> SendOutcome:
         outcome = _outcome_of_error(message, failure, context)
         _journal_write(message, outcome, context)
         return outcome
-    try:
-        granted, wait = rate_limit_reserve(
-            limit=context.limit, tokens=len(message.recipients), max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS
-        )
-    except RedisError as error:
-        # No limiter, no send: sending blind could exceed the account's rate.
-        _limiter_outage.failed(error, action="emails wait until it answers")
-        return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
-    _limiter_outage.succeeded()
-    if not granted:
-        return SendOutcome(released_for=wait, reason="waiting for the send rate limit")
-    if wait:
-        time.sleep(wait)
+    if context.limit.enabled:
+        try:
+            providers.provider_prepare(message.provider)
+        except DeliveryError as error:  # as if the send failed, without spending tokens on it
+            outcome = _provider_failure(message, error, context)
+            _journal_write(message, outcome, context)
+            return outcome
+    for booking in range(2):
+        asked = time.monotonic()
+        try:
+            granted, wait = rate_limit_reserve(
+                limit=context.limit, tokens=len(message.recipients), max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS,
+                idle_start=context.idle_start,
+            )
+        except RedisError as error:
+            # No limiter, no send: sending blind could exceed the account's rate.
+            _limiter_outage.failed(error, action="emails wait until it answers")
+            return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
+        _limiter_outage.succeeded()
+        if not granted:
+            # Due again while the limiter still has work booked (as a task's retry_in):
+            # a task then claims it and books right behind, leaving no gap.
+            return SendOutcome(
+                released_for=max(wait - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2, 0.0), released_at=timezone.now(),
+                reason="waiting for the send rate limit",
+            )
+        if not context.limit.enabled:
+            break
+        # The limiter's clock gave the wait between `asked` and the moment this
+        # thread read the answer: an answer read late (a busy process) must not
+        # make the send late as well.
+        moment = asked + wait
+        if (pause := moment - time.monotonic()) > 0:
+            time.sleep(pause)
+        late = time.monotonic() - moment
+        if booking or late <= max(LATE_WAKE_INTERVALS / context.limit.per_second, LATE_WAKE_MIN_SECONDS):
+            break
+        # The token's moment has passed unused (a gap, never a bunch); once.
     if not journal.lease_valid():
         # The database has not taken this process's heartbeat for most of the
         # lease: the sweeper may soon give these claims to another process.
@@ -541,9 +652,7 @@ def _send_one(message: Outgoing, email, context: _ChunkContext) -> SendOutcome:
     try:
         answer = providers.provider_send(message.provider, email)
     except DeliveryError as error:
-        if isinstance(error, InternalDeliveryError):
-            logger.error("delivery failed on our side email_id=%s: %s", message.email_id, error.reason, exc_info=error)
-        return _outcome_of_error(message, error, context)
+        return _provider_failure(message, error, context)
     outcome = SendOutcome(provider_message_id=answer.provider_message_id, sent_at=timezone.now())
     for recipient in recipients:
         refusal = answer.refused.get(recipient.email)
@@ -556,6 +665,12 @@ def _send_one(message: Outgoing, email, context: _ChunkContext) -> SendOutcome:
     if answer.refused:
         outcome.reason = "; ".join(error.reason for error in answer.refused.values())
     return outcome
+
+
+def _provider_failure(message: Outgoing, error: DeliveryError, context: _ChunkContext) -> SendOutcome:
+    if isinstance(error, InternalDeliveryError):
+        logger.error("delivery failed on our side email_id=%s: %s", message.email_id, error.reason, exc_info=error)
+    return _outcome_of_error(message, error, context)
 
 
 def _outcome_of_error(message: Outgoing, error: DeliveryError, context: _ChunkContext) -> SendOutcome:
@@ -685,7 +800,7 @@ def _message_fields(
         return {
             "state": WorkState.QUEUED,
             "attempts": message.attempts - 1,
-            "next_attempt_at": now + timedelta(seconds=outcome.released_for),
+            "next_attempt_at": (outcome.released_at or now) + timedelta(seconds=outcome.released_for),
             "last_error": outcome.reason,
         }
     fields: dict = {"last_error": outcome.reason}

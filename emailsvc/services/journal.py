@@ -94,12 +94,19 @@ def lease_valid() -> bool:
     return beaten_at is not None and time.monotonic() - beaten_at < allowed
 
 
-def claims_hold(message_ids: Iterable[int]) -> None:
-    """This process holds claims on these messages until `claims_release`."""
+def claims_hold(message_ids: Iterable[int], *, beat: bool = False) -> None:
+    """This process holds claims on these messages until `claims_release`.
+
+    With `beat` (a worker's chunk), the writer thread beats from now on while
+    they are held (it sleeps while the process holds none, and is started if
+    need be): the chunk's sends may all wait longer for their tokens than the
+    lease allows before the first answer is written."""
     process = _this_process()
     with process.lock:
         for message_id in message_ids:
             process.held[message_id] = process.held.get(message_id, 0) + 1
+    if beat:
+        _writer(process).wake()
 
 
 def claims_release(message_ids: Iterable[int]) -> None:
@@ -185,6 +192,11 @@ class _Writer:
         batch.done.wait()
         return batch.ok
 
+    def wake(self) -> None:
+        """Look again at when the next beat is due (claims were taken)."""
+        with self.cond:
+            self.cond.notify()
+
     def stop(self, timeout: float) -> None:
         with self.cond:
             self.stopping = True
@@ -248,14 +260,17 @@ def journal_write(*, message_id: int, attempt: int, outcome: dict) -> bool:
     """Keep this answer until its chunk is recorded; True once the database has
     it. Blocks for one group write of this process's writer thread. False when
     the database could not take it (the caller starts no more sends)."""
-    process = _this_process()
+    return _writer(_this_process()).write(JournalEntry(message_id, attempt, outcome))
+
+
+def _writer(process: _Process) -> _Writer:
     writer = process.writer
     if writer is None:
         with process.lock:
             if process.writer is None:
                 process.writer = _Writer(process)
             writer = process.writer
-    return writer.write(JournalEntry(message_id, attempt, outcome))
+    return writer
 
 
 def journal_entries(*, message_ids: list[int]) -> dict[int, tuple[int, dict]]:

@@ -214,6 +214,18 @@ def test_request_bigger_than_burst_waits_for_a_full_bucket(client, key):
     assert 0.05 < rate_limit_try(limit=limit, tokens=20, client=client) <= 0.1
 
 
+def test_an_idle_bucket_books_its_first_moment_idle_start_ahead_and_the_rest_behind_it(client, key):
+    limit = RateLimit(per_second=10, burst=1, key=key)
+
+    waits = [rate_limit_reserve(limit=limit, max_wait=2, idle_start=0.3, client=client) for _ in range(3)]
+    assert [granted for granted, _ in waits] == [True] * 3
+    assert waits[0][1] == 0.3
+    assert 0.3 + 0.1 - 0.05 < waits[1][1] <= 0.3 + 0.1
+    assert 0.3 + 0.2 - 0.05 < waits[2][1] <= 0.3 + 0.2
+    # A bucket that is not idle books as ever.
+    assert 0.5 < rate_limit_reserve(limit=limit, max_wait=2, idle_start=0.3, client=client)[1] <= 0.6
+
+
 # --- off ----------------------------------------------------------------------
 
 
