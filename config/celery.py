@@ -5,6 +5,9 @@ import os
 from celery import Celery
 from celery.signals import worker_process_shutdown
 
+# Registered for redis:// before any broker connection: a worker survives a Redis outage
+# while it runs a task (kombu 5.7.0 exits with "Unrecoverable error"; see the module).
+import config.kombu_redis  # noqa: F401
 # Connects the receivers that keep Django's LOGGING in workers and beat and bind task ids to log lines.
 import emailsvc.logs  # noqa: F401
 

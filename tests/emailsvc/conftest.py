@@ -103,6 +103,7 @@ def _fresh(stack: Stack):
         yield stack
     finally:
         stack.kill_workers()
+        stack.start_redis()  # a test that failed while Redis was away
         stack.drop_tasks()
 
 

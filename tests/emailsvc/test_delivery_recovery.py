@@ -200,3 +200,32 @@ def test_a_session_dropped_after_data_is_sent_again_and_that_is_the_only_duplica
     )
     assert set(Message.objects.filter(email_id__in=email_ids).values_list("status", flat=True)) == {Status.SENT}
     facts_hold(mail, email_ids, smtp_stack)
+
+
+def test_a_worker_outlives_a_redis_outage_in_the_middle_of_a_chunk_and_delivers_afterwards(smtp_stack, mail, key):
+    """Redis goes away for 15 s while a worker is sending a chunk (its task
+    unacknowledged) and comes back empty. The worker process stays up (kombu
+    5.7.0's Redis transport made it exit with "Unrecoverable error";
+    config/kombu_redis.py), reconnects, and delivers what is accepted after;
+    every email is sent once."""
+    mail.data_delay = 0.2
+    run = unique("redis-gone")
+    email_ids = batch_send(smtp_stack, key, run, 60)
+    # Two pool processes: one runs the chunk, the other leaves the consumer waiting
+    # on Redis for more (a BRPOP in flight), the case kombu 5.7.0 did not survive.
+    worker = smtp_stack.start_worker(concurrency=2, env={"DELIVERY_SEND_CONCURRENCY": "2"})
+    assert wait_until(lambda: len(mail.matching(run)) >= 4, timeout=60), smtp_stack.logs()
+
+    smtp_stack.stop_redis()
+    time.sleep(15)
+    assert worker.process.poll() is None, worker.log()[-3000:]
+    smtp_stack.start_redis()  # empty: the chunk's task and every other are gone
+
+    later = unique("after-redis")
+    later_ids = batch_send(smtp_stack, key, later, 5)
+    assert all_done(later_ids, timeout=60), worker.log()[-3000:]
+    assert worker.process.poll() is None and "Unrecoverable error" not in worker.log(), worker.log()[-3000:]
+    smtp_stack.start_worker(beat=True)  # its sweeper publishes for what lost its task with Redis
+    assert all_done(email_ids, timeout=90), smtp_stack.logs()
+    assert set(copies(mail, email_ids + later_ids).values()) == {1}
+    facts_hold(mail, email_ids + later_ids, smtp_stack)
