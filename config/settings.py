@@ -412,6 +412,13 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker whose broker goes away keeps trying to reconnect however long it
+# takes (Celery's default gives up after 100 tries, about 45 minutes, and
+# exits), and lets the chunk it is sending finish: its answers are journaled
+# and recorded in the database, and its late ack goes through once the broker
+# is back (config/kombu_redis.py).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
 # No "task-sent" event: it is a second publish for every email enqueued. Flower
 # still shows every task from the worker's received/started/succeeded events.
