@@ -160,7 +160,7 @@ class Bench:
         from django.conf import settings
 
         from emailsvc.serializers import SendEmailInputSerializer
-        from emailsvc.services.submission import message_submit_batch
+        from emailsvc.submission.submit import message_submit_batch
 
         settings.EMAIL_PROVIDER = provider  # a message keeps the provider it was accepted for
         first = self.numbers(count)

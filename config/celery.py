@@ -9,7 +9,7 @@ from celery.signals import worker_process_shutdown
 # while it runs a task (kombu 5.7.0 exits with "Unrecoverable error"; see the module).
 import config.kombu_redis  # noqa: F401
 # Connects the receivers that keep Django's LOGGING in workers and beat and bind task ids to log lines.
-import emailsvc.logs  # noqa: F401
+import core.logs  # noqa: F401
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -24,7 +24,7 @@ def _metrics_process_dead(pid=None, **kwargs):
     the sweeper records it from the journal); its live gauges leave /metrics
     (emailsvc.metrics, multiprocess mode)."""
     from emailsvc.metrics import process_dead
-    from emailsvc.services.delivery import recordings_stop
+    from emailsvc.delivery.engine import recordings_stop
 
     recordings_stop(timeout=30)
     process_dead(pid=pid)

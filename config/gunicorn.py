@@ -2,7 +2,7 @@
 
 - gunicorn's own lines (start, workers booting and exiting, timeouts) go through
   the service's log formatter: JSON (LOG_FORMAT), addresses redacted. Requests
-  are logged by emailsvc.logs.RequestIdMiddleware, with their request id, so
+  are logged by core.logs.RequestIdMiddleware, with their request id, so
   gunicorn's access log stays off (its logger is kept at WARNING).
 - A worker that exits is marked dead for prometheus-client's multiprocess mode
   (PROMETHEUS_MULTIPROC_DIR): its live gauges leave /metrics, its counters stay.

@@ -35,7 +35,7 @@ def _positive_number(name: str, default: float, cast=float) -> float:
 
 def _domain_canonical(name: str, domain: str) -> str:
     """A domain setting in the form addresses are stored in (IDNA A-labels, lower case)."""
-    from emailsvc.addresses import InvalidAddress, domain_canonical
+    from core.addresses import InvalidAddress, domain_canonical
 
     if domain == "*":
         return domain
@@ -78,13 +78,14 @@ INSTALLED_APPS = [
     "emailsvc",
     "tracking",
     "templates_app",
+    "console",
 ]
 
 MIDDLEWARE = [
     # Outermost: every request's log lines carry its id, and every answer (errors too) echoes X-Request-ID.
-    "emailsvc.logs.RequestIdMiddleware",
+    "core.logs.RequestIdMiddleware",
     # Then: it turns every non-JSON error answer under /api/ and /webhooks/ into the JSON error body.
-    "emailsvc.middleware.JsonErrorsMiddleware",
+    "core.middleware.JsonErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -94,7 +95,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Admin pages in the operator's time zone (ADMIN_TIME_ZONE); nothing else is touched.
-    "emailsvc.admin_support.AdminTimezoneMiddleware",
+    "core.admin_lists.AdminTimezoneMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -187,11 +188,11 @@ MAX_REPLY_TO = int(_positive_number("MAX_REPLY_TO", 10, int))
 
 # --- REST API ---------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["emailsvc.auth.ApiKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["emailsvc.auth.CanRead"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["emailsvc.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["emailsvc.api.auth.CanRead"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["emailsvc.parsers.JSONParser"],  # DRF's, with a nesting limit
-    "EXCEPTION_HANDLER": "emailsvc.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],  # DRF's, with a nesting limit
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -488,17 +489,17 @@ if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
 if METRICS_TOKEN and METRICS_PUBLIC:
     raise ImproperlyConfigured("set METRICS_TOKEN or METRICS_PUBLIC=true, not both")
 
-# --- Logging (emailsvc.logs) ------------------------------------------------------
+# --- Logging (core.logs) ------------------------------------------------------
 # One JSON object per line (LOG_FORMAT=text: the same fields for a human), from
 # every logger, with request_id / task_id / email_id; recipient addresses redacted.
 LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
 LOG_FORMAT = _choice("LOG_FORMAT", "json", ("json", "text"))
-# Workers and beat keep this configuration (emailsvc.logs connects Celery's setup_logging).
+# Workers and beat keep this configuration (core.logs connects Celery's setup_logging).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"structured": {"()": "emailsvc.logs.formatter", "log_format": LOG_FORMAT}},
+    "formatters": {"structured": {"()": "core.logs.formatter", "log_format": LOG_FORMAT}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },

@@ -7,13 +7,13 @@ from drf_spectacular.views import (
 )
 
 from emailsvc.apis import HealthApi, ReadinessApi
-from emailsvc.metrics import metrics_view
+from console.metrics import metrics_view
 from tracking.apis import SesSnsWebhookView
 
 urlpatterns = [
     # The operator console (address page, operations pages) first: the admin's
     # own patterns would take /admin/<anything>/ for an app's index.
-    path("admin/", include("emailsvc.admin_urls")),
+    path("admin/", include("console.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),

@@ -2,8 +2,8 @@
 
 The lists of big tables (messages, status changes; events in tracking/admin.py)
 are BigTableAdmin lists: estimated counts, exact indexed searches, no facet
-counts (emailsvc.admin_support). The address page, the message actions and the
-operations pages are the operator console (emailsvc.admin_views).
+counts (core.admin_lists). The address page, the message actions and the
+operations pages are the operator console (console.views).
 """
 
 from django import forms
@@ -11,12 +11,12 @@ from django.contrib import admin, messages
 from django.db.models import Prefetch, Q
 from django.utils.html import format_html
 
-from emailsvc.admin_support import BigTableAdmin, address_url, admin_change_url
+from core.admin_lists import BigTableAdmin, address_url, admin_change_url
 from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
 from emailsvc.selectors import one_or_none, suppressions_list
-from emailsvc.selectors_console import address_message_ids, address_recipient_ids, message_overview
-from emailsvc.services.api_keys import api_key_create, api_key_revoke
-from emailsvc.services.suppressions import suppression_add, suppression_lift
+from console.selectors import address_message_ids, address_recipient_ids, message_overview
+from emailsvc.keys import api_key_create, api_key_revoke
+from emailsvc.suppressions.services import suppression_add, suppression_lift
 
 # The admin home: a search box for an address or an email id, and the operations pages.
 admin.site.index_template = "admin/console/index.html"
@@ -265,7 +265,7 @@ class SendingPauseAdmin(admin.ModelAdmin):
 
     @admin.action(description="Resume the selected pauses (held emails are queued again)", permissions=["resume"])
     def resume(self, request, queryset):
-        from emailsvc.services.breaker import sending_resume
+        from emailsvc.sending_control.breaker import sending_resume
 
         domains = {pause.domain for pause in queryset if pause.resumed_at is None}
         resumed = sum(sending_resume(domain=domain, by=f"admin:{request.user.get_username()}") for domain in domains)

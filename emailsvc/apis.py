@@ -9,10 +9,10 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from emailsvc import metrics
-from emailsvc.auth import CanRead, CanSend, FullAccess
-from emailsvc.pagination import NewestFirstPagination
-from emailsvc.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body
+from core import metrics
+from emailsvc.api.auth import CanRead, CanSend, FullAccess
+from core.pagination import NewestFirstPagination
+from core.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body
 from emailsvc.selectors import message_get, message_list_queryset
 from emailsvc.serializers import (
     BatchInputSerializer,
@@ -26,12 +26,12 @@ from emailsvc.serializers import (
     SendingStatusOutputSerializer,
     send_request_validate,
 )
-from emailsvc.services.breaker import sending_resume, sending_status
-from emailsvc.services.idempotency import idempotency_request_hash, idempotent_call
-from emailsvc.services.scheduling import message_cancel
-from emailsvc.services.submission import message_submit, message_submit_batch
-from emailsvc.services.suppressions import ImportHasErrors, suppression_ensure, suppression_lift, suppressions_import
-from emailsvc.errors import NotFound, PayloadTooLarge
+from emailsvc.sending_control.breaker import sending_resume, sending_status
+from emailsvc.submission.idempotency import idempotency_request_hash, idempotent_call
+from emailsvc.delivery.scheduling import message_cancel
+from emailsvc.submission.submit import message_submit, message_submit_batch
+from emailsvc.suppressions.services import ImportHasErrors, suppression_ensure, suppression_lift, suppressions_import
+from core.errors import NotFound, PayloadTooLarge
 from emailsvc.selectors import suppression_get, suppressions_list
 from emailsvc.serializers import (
     SuppressionAddInputSerializer,
@@ -43,11 +43,11 @@ from emailsvc.serializers import (
     SuppressionOutputSerializer,
     SuppressionPageOutputSerializer,
 )
-from emailsvc.suppression_csv import csv_text, suppression_rows_read
+from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read
 from django.db import transaction
 
-from emailsvc.bulk import index_lookups
-from emailsvc.selectors_list import (
+from core.sql import index_lookups
+from emailsvc.listing import (
     BY_ID,
     GATHERED,
     EmailFilters,
@@ -169,7 +169,7 @@ class EmailsApi(APIView):
         return response
 
     def _page_ids(self, paginator, rows, *, filters, bounds, cursor) -> list[int]:
-        """The ids of the page (see emailsvc.selectors_list.page_window)."""
+        """The ids of the page (see emailsvc.listing.page_window)."""
         reverse = bool(cursor and cursor.reverse)
         window = page_window(
             filters=filters, bounds=bounds, reverse=reverse,
@@ -369,7 +369,7 @@ class ReadinessApi(APIView):
 
 def _events_queue_detail() -> dict | None:
     """{queue_depth, dlq_depth} of the SES events queue; None when no queue is configured."""
-    from emailsvc import sqs
+    from tracking import sqs
 
     try:
         queue_url = sqs.events_queue_url()

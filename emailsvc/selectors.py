@@ -6,15 +6,15 @@ from django.db import connection
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from emailsvc.addresses import InvalidAddress, address_forms, address_key, domain_canonical, shown
-from emailsvc.errors import NotFound
+from core.addresses import InvalidAddress, address_forms, address_key, domain_canonical, shown
+from core.errors import NotFound
 from emailsvc.models import Attachment, Message, Recipient, Suppression
 
 
 def suppressed_addresses(*, addresses: list[str]) -> dict[str, str]:
     """{address: reason} for those of `addresses` under an active suppression.
 
-    Addresses are compared in their canonical form (emailsvc.addresses), so
+    Addresses are compared in their canonical form (core.addresses), so
     `User@Bücher.example` matches a suppression of `user@xn--bcher-kva.example`;
     a suppression stored lower-cased but not canonical (before canonical forms)
     still matches. The keys are the addresses as given.

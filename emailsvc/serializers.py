@@ -1,7 +1,7 @@
 """Input and output shapes of the sending API (SPEC §4).
 
 Input serializers only validate and normalise; every state change happens in
-services. Field errors carry our stable codes (see emailsvc.errors.CODE_ORDER).
+services. Field errors carry our stable codes (see core.errors.CODE_ORDER).
 
 What is accepted here can be sent: a value that would not survive the way to
 the wire (a line break in a header, a header line over 998 octets, an address
@@ -26,8 +26,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
-from emailsvc.addresses import InvalidAddress, address_canonical, printable, shown
-from emailsvc.errors import ErrorBodySerializer, validation_failed_from_drf
+from core.addresses import InvalidAddress, address_canonical, printable, shown
+from core.errors import ErrorBodySerializer, validation_failed_from_drf
 from emailsvc.models import Priority, Recipient, Status, Suppression
 
 # \Z, not $: "$" also matches before a final line break.
@@ -172,7 +172,7 @@ class TextField(serializers.CharField):
 def parse_address(value) -> tuple[str, str]:
     """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address).
 
-    The address comes back in its canonical form (emailsvc.addresses): local
+    The address comes back in its canonical form (core.addresses): local
     part lower-cased, domain in IDNA A-labels. Raises ValidationError
     (invalid_address) for anything that cannot be sent.
     """
@@ -1064,7 +1064,7 @@ class EmailListPageOutputSerializer(EmailPageOutputSerializer):
     stats_exact = serializers.BooleanField(required=False, help_text="stats=true: whether `stats` are exact counts")
 
 
-from emailsvc.selectors_list import INTERVALS, bucket_ceil, bucket_floor  # noqa: E402 - the list's own section
+from emailsvc.listing import INTERVALS, bucket_ceil, bucket_floor  # noqa: E402 - the list's own section
 
 
 class StatsInputSerializer(serializers.Serializer):

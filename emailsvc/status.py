@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 from django.db import connection, transaction
 
-from emailsvc import metrics
-from emailsvc.bulk import index_lookups, rows_update
+from core import metrics
+from core.sql import index_lookups, rows_update
 from emailsvc.models import (
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,

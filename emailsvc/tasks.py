@@ -3,13 +3,13 @@
 from celery import shared_task
 from django.db import close_old_connections
 
-from emailsvc import metrics
+from core import metrics
 from emailsvc.models import Priority
-from emailsvc.services.breaker import breaker_check, provider_probe
-from emailsvc.services.delivery import ChunkResult, deliver_due
-from emailsvc.services.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
-from emailsvc.services.scheduling import messages_sweep, scheduled_publish
-from emailsvc.taskbase import ResilientTask
+from emailsvc.sending_control.breaker import breaker_check, provider_probe
+from emailsvc.delivery.engine import ChunkResult, deliver_due
+from emailsvc.delivery.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
+from emailsvc.delivery.scheduling import messages_sweep, scheduled_publish
+from core.taskbase import ResilientTask
 
 
 # While the database is away a delivery task cannot claim: it publishes its
@@ -94,7 +94,7 @@ def ses_suppressions_sync_task() -> dict:
     """Pull SES's account-level suppression list (SES_SUPPRESSION_SYNC) and push ours (SES_SUPPRESSION_PUSH)."""
     from django.conf import settings
 
-    from emailsvc.services.suppressions import ses_suppressions_sync
+    from emailsvc.suppressions.services import ses_suppressions_sync
 
     close_old_connections()
     return ses_suppressions_sync(pull=settings.SES_SUPPRESSION_SYNC, push=settings.SES_SUPPRESSION_PUSH)
@@ -105,8 +105,8 @@ def ses_suppression_delete_task(self, email: str) -> bool:
     """Take a lifted address off SES's account-level list; retried while SES is busy or unreachable."""
     import logging
 
-    from emailsvc.ses_suppressions import SesSuppressionListError
-    from emailsvc.services.suppressions import ses_suppression_forget
+    from emailsvc.suppressions.ses_sync import SesSuppressionListError
+    from emailsvc.suppressions.services import ses_suppression_forget
 
     try:
         return ses_suppression_forget(email=email)

@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from emailsvc.errors import EmailsvcError
+from core.errors import EmailsvcError
 from templates_app.errors import TemplateInvalid
 from templates_app.models import Template, TemplateVersion
 from templates_app.services import (
@@ -296,7 +296,7 @@ class TemplateAdmin(admin.ModelAdmin):
     def send_test_to_me(self, request, queryset):
         # Through the send path a caller uses: the API's validation, then message_submit.
         from emailsvc.serializers import send_request_validate
-        from emailsvc.services.submission import message_submit
+        from emailsvc.submission.submit import message_submit
 
         if not request.user.email:
             self.message_user(request, "Your admin user has no email address: set one first.", messages.ERROR)

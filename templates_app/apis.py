@@ -8,8 +8,8 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from emailsvc.auth import CanRead, FullAccess
-from emailsvc.errors import ErrorBodySerializer
+from emailsvc.api.auth import CanRead, FullAccess
+from core.errors import ErrorBodySerializer
 from emailsvc.serializers import cursor_page_serializer
 from templates_app.selectors import template_list, template_version_get, template_versions
 from templates_app.serializers import (

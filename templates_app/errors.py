@@ -1,10 +1,10 @@
-"""Errors of stored templates, in the project's one hierarchy (emailsvc.errors).
+"""Errors of stored templates, in the project's one hierarchy (core.errors).
 
-They leave the API through `emailsvc.errors.api_exception_handler` like every
+They leave the API through `core.errors.api_exception_handler` like every
 other error, so a send naming a bad template answers 400 with a stable code.
 """
 
-from emailsvc.errors import Conflict, ValidationFailed
+from core.errors import Conflict, ValidationFailed
 
 
 class TemplateNotFound(ValidationFailed):

@@ -7,7 +7,7 @@ answers 400 instead.
 
 from django.db.models import F, Q, QuerySet
 
-from emailsvc.errors import NotFound
+from core.errors import NotFound
 from emailsvc.models import Message, WorkState
 from templates_app.models import Template, TemplateVersion
 

@@ -23,7 +23,7 @@ from django.db.models import F
 from jinja2.exceptions import TemplateSyntaxError
 from markupsafe import Markup
 
-from emailsvc.errors import NotFound
+from core.errors import NotFound
 from templates_app.errors import TemplateExists, TemplateInUse, TemplateInvalid, TemplateNotFound, TemplateRenderError
 from templates_app.models import TEMPLATE_NAME_PATTERN, Template, TemplateVersion
 from templates_app.rendering import (

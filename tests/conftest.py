@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 
 from config.devservices import free_port, start_moto, stop
 from emailsvc.models import ApiKey, Message, Status
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PENDING = {Status.QUEUED, Status.SENDING, Status.SCHEDULED}
@@ -75,7 +75,7 @@ def poll(fetch, *, until, timeout: float = 30, interval: float = 0.05):
 def deliver_now(*, priority: str = "low") -> int:
     """Run the delivery engine in this process, as a worker's tasks would, until
     it claims nothing more; how many messages it claimed."""
-    from emailsvc.services.delivery import deliver_due
+    from emailsvc.delivery.engine import deliver_due
 
     claimed = 0
     while (result := deliver_due(priority=priority)).claimed:

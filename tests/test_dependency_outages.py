@@ -25,7 +25,7 @@ from django.db import close_old_connections, connection, connections
 from django.test import Client
 
 from emailsvc.models import Message, Status
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.conftest import wait_until
 from tests.faultproxy import TcpFaultProxy
 from tests.stack import SmtpServer, Stack
@@ -245,7 +245,7 @@ def test_a_connection_broken_mid_request_is_a_503_and_is_replaced_when_the_reque
     assert broken.json() == {"error": "service_unavailable", "detail": "The database is unavailable; retry in a few seconds."}
     assert broken["Retry-After"] == "5"
     assert healed.status_code == 200, healed.content
-    down, back = [record.getMessage() for record in caplog.records if record.name == "emailsvc.outages"]
+    down, back = [record.getMessage() for record in caplog.records if record.name == "core.outages"]
     assert down.startswith(f"{DATABASE_DOWN}: OperationalError: ") and "closed the connection" in down, down
     assert back.startswith(DATABASE_BACK) and back.endswith("(1 failed calls meanwhile)"), back
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
@@ -333,7 +333,7 @@ def test_a_suppression_lifted_while_the_broker_is_down_is_lifted_and_waits_for_s
     broker down the lift still answers at once, and what SES must be told is kept
     for the periodic sync instead of being lost with the task."""
     from emailsvc.models import SesSuppressionLift, Suppression
-    from emailsvc.services.suppressions import suppression_add
+    from emailsvc.suppressions.services import suppression_add
 
     full = api_key_create(name="outages full", permission="full")[1]
     suppression_add(email="lift-me@example.org", reason="hard_bounce")

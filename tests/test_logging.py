@@ -18,8 +18,8 @@ from django.conf import settings as django_settings
 from django.db import connections
 
 from config.devservices import free_port, start_redis, stop
-from emailsvc import logs
-from emailsvc.services.api_keys import api_key_create
+from core import logs
+from emailsvc.keys import api_key_create
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
 from tests.stack import Stack
 
@@ -96,7 +96,7 @@ def test_worker_log_lines_are_json_and_never_show_the_address(tmp_path_factory):
     # Lines written inside a task carry its id and name, the library's (SQL) included.
     deliver = [line for line in lines if line.get("task_name") == "emailsvc.deliver"]
     assert deliver and all(line["task_id"] for line in deliver)
-    assert {"django.db.backends", "emailsvc.services.delivery"} <= {line["logger"] for line in deliver}
+    assert {"django.db.backends", "emailsvc.delivery.engine"} <= {line["logger"] for line in deliver}
     # The send slots' lines too (the console provider logs each send).
     sends = [line for line in lines if line["logger"] == "emailsvc.providers.console"]
     assert len(sends) == 3 and all(line.get("task_id") and line.get("task_name") == "emailsvc.deliver" for line in sends)

@@ -15,9 +15,9 @@ import pytest
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from emailsvc import metrics
-from emailsvc.services.breaker import sending_pause, sending_resume
-from emailsvc.sqs import drain_report_save
+from console import metrics
+from emailsvc.sending_control.breaker import sending_pause, sending_resume
+from tracking.sqs import drain_report_save
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
 
 TOKEN = "metrics-test-token-0123456789"

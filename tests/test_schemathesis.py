@@ -21,7 +21,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.stack import Stack
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from config.devservices import free_port
-from emailsvc import sqs
+from tracking import sqs
 
 
 @pytest.fixture

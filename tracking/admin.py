@@ -2,9 +2,9 @@ from django.contrib import admin, messages
 from django.db.models import Q
 from django.utils.html import format_html
 
-from emailsvc.addresses import address_forms
-from emailsvc.admin_support import BigTableAdmin, address_url, admin_change_url
-from emailsvc.errors import Conflict
+from core.addresses import address_forms
+from core.admin_lists import BigTableAdmin, address_url, admin_change_url
+from core.errors import Conflict
 from emailsvc.models import Message, Status
 from emailsvc.selectors import one_or_none
 from tracking.models import EngagementEvent, WebhookDelivery, WebhookEndpoint

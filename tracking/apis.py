@@ -15,11 +15,11 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from emailsvc.pagination import NewestFirstPagination
-from emailsvc.auth import CanRead, FullAccess
-from emailsvc.bulk import index_lookups
-from emailsvc.errors import EmailsvcError, ErrorBodySerializer, error_body
-from emailsvc.parsers import JsonTooDeep, json_loads_limited
+from core.pagination import NewestFirstPagination
+from emailsvc.api.auth import CanRead, FullAccess
+from core.sql import index_lookups
+from core.errors import EmailsvcError, ErrorBodySerializer, error_body
+from core.parsers import JsonTooDeep, json_loads_limited
 from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer, cursor_page_serializer
 from tracking.apply import sns_notification_apply
 from tracking.normalize import MalformedEvent
@@ -87,7 +87,7 @@ class GroupAnalyticsApi(APIView):
 
 
 def _error(code: str, detail: str, status: int) -> JsonResponse:
-    """The API's error body (emailsvc.errors) from a plain Django view."""
+    """The API's error body (core.errors) from a plain Django view."""
     error = EmailsvcError(detail, code=code)
     return JsonResponse(error_body(error), status=status)
 

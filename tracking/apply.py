@@ -14,11 +14,11 @@ from django.db.models import Count
 from django.utils import timezone
 
 from emailsvc import status
-from emailsvc.bulk import index_lookups, rows_update
+from core.sql import index_lookups, rows_update
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
-from emailsvc.services.submission import message_retries_submit
-from emailsvc.services.suppressions import SuppressionRequest, suppressions_ensure
+from emailsvc.submission.submit import message_retries_submit
+from emailsvc.suppressions.services import SuppressionRequest, suppressions_ensure
 from tracking.models import EngagementEvent, EventType
 from tracking.normalize import NormalizedEvent, ses_body_parse
 

@@ -10,9 +10,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import LockNotOwnedError, RedisError
 
-from emailsvc.redisclient import redis_client
-from emailsvc.services.breaker import breaker_check
-from emailsvc.sqs import drain_report_save, events_queue_url, sqs_client
+from core.redisclient import redis_client
+from emailsvc.sending_control.breaker import breaker_check
+from tracking.sqs import drain_report_save, events_queue_url, sqs_client
 from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
 from tracking.normalize import MalformedEvent, envelope_event_id, envelope_read, ses_envelope_parse

@@ -3,7 +3,7 @@
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
-from emailsvc.errors import NotFound
+from core.errors import NotFound
 from emailsvc.models import Group, Message, Recipient, Status
 from emailsvc.selectors import message_list_queryset, one_or_none
 

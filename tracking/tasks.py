@@ -2,8 +2,8 @@
 
 from celery import shared_task
 
-from emailsvc import metrics
-from emailsvc.taskbase import ResilientTask
+from core import metrics
+from core.taskbase import ResilientTask
 from tracking.drain import events_drain
 from tracking.webhooks import webhook_deliveries_send, webhook_send_enqueue, webhooks_dispatch
 

@@ -52,11 +52,11 @@ from django.utils import timezone
 from redis.exceptions import LockError, RedisError
 from standardwebhooks import Webhook
 
-from emailsvc import metrics
-from emailsvc.bulk import index_lookups
-from emailsvc.errors import Conflict, NotFound, ValidationFailed
+from core import metrics
+from core.sql import index_lookups
+from core.errors import Conflict, NotFound, ValidationFailed
 from emailsvc.models import PENDING_STATUSES, PRECEDENCE, Status, StatusChange
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from emailsvc.selectors import one_or_none
 from tracking.models import WebhookDelivery, WebhookEndpoint, WebhookOutboxCursor
 

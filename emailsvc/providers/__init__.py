@@ -13,7 +13,7 @@ import threading
 from emailsvc.models import Provider
 from emailsvc.providers.base import ProviderBackend, SendResult
 from emailsvc.providers.console import ConsoleBackend
-from emailsvc.providers.errors import (
+from emailsvc.delivery.retry import (
     AccountStoppedError,
     DeliveryError,
     InternalDeliveryError,

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from emailsvc.providers.errors import DeliveryError
+from emailsvc.delivery.retry import DeliveryError
 from emailsvc.providers.mime import OutboundEmail
 
 

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.mail.message import RFC5322_EMAIL_LINE_LENGTH_LIMIT
 from django.core.mail.utils import DNS_NAME
 
-from emailsvc.addresses import address_key
+from core.addresses import address_key
 
 TRACKING_HEADER = "X-Emailsvc-Tracking-ID"
 CONFIGURATION_SET_HEADER = "X-SES-CONFIGURATION-SET"

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import Message, Suppression
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from tests.tracking.scenario import accepted_message, drain, sent_message
 from tests.tracking.sesevents import iso, ses_event, sns_envelope
 from tracking.drain import DRAIN_LOCK_PREFIX

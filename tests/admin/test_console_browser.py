@@ -16,7 +16,7 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
-from emailsvc.services.breaker import sending_pause
+from emailsvc.sending_control.breaker import sending_pause
 from tests.admin.conftest import ADDRESS
 from tests.conftest import BASE_DIR
 from tests.tracking.scenario import accepted_message

@@ -11,8 +11,8 @@ from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
-from emailsvc.services.breaker import sending_pause
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.sending_control.breaker import sending_pause
+from emailsvc.suppressions.services import suppression_add
 from tests.admin.conftest import ADDRESS
 from tests.tracking.scenario import accepted_message, sent_message
 
@@ -98,7 +98,7 @@ def test_searching_an_email_id_opens_that_email(admin_client, support_case):
 def test_older_emails_page_by_message(admin_client, api):
     for number in range(3):
         accepted_message(api, ["many@example.com"], subject=f"number {number}")
-    from emailsvc.selectors_console import address_history
+    from console.selectors import address_history
 
     first = address_history(address="many@example.com", page_size=2)
     older = address_history(address="many@example.com", before=first.next_before, page_size=2)
@@ -256,7 +256,7 @@ def test_account_pause_is_resumed_from_the_page(admin_client):
 
 
 def test_queues_page_reads_the_events_queue_its_dlq_the_last_drain_and_the_backlog(admin_client, api, events_queue, moto_server):
-    from emailsvc.sqs import drain_report_save
+    from tracking.sqs import drain_report_save
 
     sqs = events_queue.sqs
     dlq_url = sqs.create_queue(QueueName=events_queue.url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]

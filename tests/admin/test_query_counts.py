@@ -19,9 +19,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from emailsvc.models import Message, Recipient, SendingPause, StatusChange
-from emailsvc.services.api_keys import api_key_create
-from emailsvc.services.breaker import sending_pause, sending_resume
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.keys import api_key_create
+from emailsvc.sending_control.breaker import sending_pause, sending_resume
+from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
 
 pytestmark = pytest.mark.django_db
@@ -246,7 +246,7 @@ def test_queues_page_queries_do_not_grow_with_the_backlog(admin_client, api):
 
 
 def test_counts_past_the_exact_limit_are_estimated_or_capped_never_counted_whole(api, monkeypatch, admin_client):
-    from emailsvc.admin_support import EstimatedCountPaginator
+    from core.admin_lists import EstimatedCountPaginator
 
     monkeypatch.setattr(EstimatedCountPaginator, "exact_up_to", 5)
     _send(api, 8)

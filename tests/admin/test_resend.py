@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from emailsvc.errors import NotFound, PolicyViolation
+from core.errors import NotFound, PolicyViolation
 from emailsvc.models import Message, Status
-from emailsvc.services.resend import message_resend
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.submission.resend import message_resend
+from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, sent_message
 
 pytestmark = pytest.mark.django_db

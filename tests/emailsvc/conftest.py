@@ -6,7 +6,7 @@ import uuid
 import pytest
 from django.db import connections
 
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.sesproxy import SesFaultProxy
 from tests.stack import SmtpServer, Stack
 

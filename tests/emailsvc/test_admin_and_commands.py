@@ -6,8 +6,8 @@ import pytest
 from django.core.management import call_command
 
 from emailsvc.models import ApiKey, Suppression
-from emailsvc.services.api_keys import api_key_authenticate
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.keys import api_key_authenticate
+from emailsvc.suppressions.services import suppression_add
 
 pytestmark = pytest.mark.django_db
 
@@ -74,7 +74,7 @@ def test_create_api_key_command_prints_a_working_secret():
 def test_logs_redact_recipient_addresses():
     import logging
 
-    from emailsvc.redaction import RedactAddressesFilter
+    from core.redaction import RedactAddressesFilter
 
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "refused %s", ("jane.doe@example.com",), None)
     RedactAddressesFilter().filter(record)

@@ -22,9 +22,9 @@ from emailsvc.models import (
     Recipient,
     Status,
 )
-from emailsvc.services.scheduling import scheduled_publish
+from emailsvc.delivery.scheduling import scheduled_publish
 from tests.conftest import deliver_now
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 
 EMAILS = "/api/v1/emails"
 BATCH = "/api/v1/emails/batch"
@@ -609,8 +609,8 @@ def _make_due(email_id: str) -> None:
 
 @pytest.fixture
 def nothing_published_yet():
-    from emailsvc.redisclient import redis_client
-    from emailsvc.services.scheduling import PUBLISHED_UNTIL_KEY
+    from core.redisclient import redis_client
+    from emailsvc.delivery.scheduling import PUBLISHED_UNTIL_KEY
 
     redis_client().delete(PUBLISHED_UNTIL_KEY)
 

@@ -17,7 +17,7 @@ import pytest
 from config.settings import _domain_list
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.providers import build_email
-from emailsvc.services.suppressions import suppression_add, suppression_lift
+from emailsvc.suppressions.services import suppression_add, suppression_lift
 
 EMAILS = "/api/v1/emails"
 BATCH = "/api/v1/emails/batch"

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from emailsvc import selectors_list
+from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Message
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 from templates_app.services import template_create
 from tests.conftest import deliver_now
 from tests.tracking.scenario import event

@@ -13,7 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from emailsvc import selectors_list
+from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Group, Message, Recipient, StatusChange
 from tests.tables import rows_fill
 from tests.test_query_plans import BIG_TABLES

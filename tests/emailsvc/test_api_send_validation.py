@@ -48,7 +48,7 @@ def test_wrong_key_is_401(db, client):
 
 
 def test_revoked_key_is_401(make_client):
-    from emailsvc.services.api_keys import api_key_revoke
+    from emailsvc.keys import api_key_revoke
 
     client = make_client(ApiKey.Permission.SENDING)
     api_key_revoke(api_key=ApiKey.objects.get(prefix=client.raw_key.split("_")[1]))

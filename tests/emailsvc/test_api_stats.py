@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from emailsvc import selectors_list
+from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Message, StatusChange
-from emailsvc.redisclient import redis_client
-from emailsvc.services.suppressions import suppression_add
+from core.redisclient import redis_client
+from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
 from tests.tracking.scenario import event
 from tracking.apply import events_apply

@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import ApiKey, Recipient, Status, Suppression
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 
 SUPPRESSIONS = "/api/v1/suppressions"
 BUECHER = "xn--bcher-kva.example"  # bücher.example

@@ -1,4 +1,4 @@
-"""emailsvc.bulk.rows_insert stores what Django's bulk_create stores: every
+"""core.sql.rows_insert stores what Django's bulk_create stores: every
 column, whatever the value's type (the plain ones go into the JSON document as
 they are, anything else is prepared by its field)."""
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils.translation import gettext_lazy
 
-from emailsvc.bulk import rows_insert
+from core.sql import rows_insert
 from emailsvc.models import Message, Recipient
 
 pytestmark = pytest.mark.django_db
@@ -70,7 +70,7 @@ def test_rows_insert_stores_what_bulk_create_stores():
 def test_rows_update_writes_what_the_orm_writes():
     """rows_update (one statement, rows with different columns) leaves each row
     as a per-row QuerySet.update of the same values does."""
-    from emailsvc.bulk import rows_update
+    from core.sql import rows_update
 
     ours, theirs = _messages("upd-ours"), _messages("upd-theirs")
     Message.objects.bulk_create(ours + theirs)

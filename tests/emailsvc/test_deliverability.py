@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from emailsvc.models import ApiKey, Message, SendingPause, Suppression
-from emailsvc.services.breaker import breaker_check, sending_pause, sending_resume
+from emailsvc.sending_control.breaker import breaker_check, sending_pause, sending_resume
 from tests.conftest import deliver_now
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.apply import events_apply

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from emailsvc.models import Message
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 from tests.conftest import wait_for_status
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -10,9 +10,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from emailsvc.models import Attachment, Message, Recipient, StatusChange
-from emailsvc.services.delivery import chunk_size, deliver_due
-from emailsvc.services.suppressions import suppression_add
-from emailsvc.ratelimit import rate_limit_from_settings
+from emailsvc.delivery.engine import chunk_size, deliver_due
+from emailsvc.suppressions.services import suppression_add
+from emailsvc.sending_control.ratelimit import rate_limit_from_settings
 from tests.conftest import deliver_now
 
 
@@ -197,7 +197,7 @@ def test_recording_a_chunk_costs_the_same_statements_for_one_or_a_hundred(api, s
     # the active sending pauses; claim; load messages, recipients, attachments,
     # suppressions; lock messages, read recipients, update recipients, insert
     # status changes, add to the hourly sending counts, update messages; on
-    # PostgreSQL two `SET LOCAL enable_seqscan = off` (emailsvc.bulk.index_lookups).
+    # PostgreSQL two `SET LOCAL enable_seqscan = off` (core.sql.index_lookups).
     # (In a worker the record also deletes the chunk's journal entries: one more.)
     # (SQLite: the claim is one statement per priority instead.)
     assert len(statements(one)) == 14, statements(one)

@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import DeliveryJournal
-from emailsvc.services.journal import JournalEntry, _entries_insert, journal_delete, journal_entries
+from emailsvc.delivery.journal import JournalEntry, _entries_insert, journal_delete, journal_entries
 from tests.tracking.scenario import accepted_message
 
 pytestmark = pytest.mark.django_db

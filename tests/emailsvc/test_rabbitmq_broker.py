@@ -17,7 +17,7 @@ from django.utils import timezone
 from kombu import Connection
 
 from emailsvc.models import Status
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.conftest import wait_for_status
 from tests.stack import Stack
 

@@ -18,7 +18,7 @@ from itertools import pairwise
 import pytest
 from django.db import connections
 
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.stack import SmtpServer, Stack
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

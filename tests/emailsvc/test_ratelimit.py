@@ -16,7 +16,7 @@ import redis
 from django.conf import settings as django_settings
 
 from config.devservices import free_port
-from emailsvc.ratelimit import (
+from emailsvc.sending_control.ratelimit import (
     DEFAULT_KEY,
     RateLimit,
     rate_limit_acquire,
@@ -24,7 +24,7 @@ from emailsvc.ratelimit import (
     rate_limit_reserve,
     rate_limit_try,
 )
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -58,7 +58,7 @@ def server_time(client: redis.Redis) -> float:
 CHILD_START = r"""
 import json, sys, time
 import redis
-from emailsvc.ratelimit import RateLimit, rate_limit_reserve, rate_limit_try
+from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_reserve, rate_limit_try
 
 url, key, rate, burst = sys.argv[1:5]
 client = redis.Redis.from_url(url)

@@ -25,9 +25,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from emailsvc.models import SesSuppressionLift, Suppression
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from emailsvc.selectors import suppressions_to_push
-from emailsvc.services.suppressions import (
+from emailsvc.suppressions.services import (
     PUSH_SETTLE_SECONDS,
     PUSH_WATERMARK_KEY,
     SES_SOURCE,
@@ -111,7 +111,7 @@ def test_sync_command_prints_what_happened_and_fails(ses):
 def test_sync_task_logs_a_failed_step_and_reports_it(ses, settings, caplog):
     settings.SES_SUPPRESSION_SYNC = True
     settings.SES_SUPPRESSION_PUSH = True
-    with caplog.at_level(logging.WARNING, logger="emailsvc.services.suppressions"):
+    with caplog.at_level(logging.WARNING, logger="emailsvc.suppressions.services"):
         report = ses_suppressions_sync_task()
     assert "does not implement ListSuppressedDestinations" in report["pull"]["error"]
     assert report["push"] == {"pushed": 0, "refused": []}  # nothing old enough to push

@@ -16,7 +16,7 @@ from django.db import connections
 from django.utils import timezone
 
 from emailsvc.models import ApiKey, Suppression
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 
 IMPORT = "/api/v1/suppressions/import"
 BASE_DIR = Path(__file__).resolve().parents[2]

@@ -10,10 +10,10 @@ from django.utils import timezone
 
 from config.celery import app
 from emailsvc.models import DeliveryJournal, DeliveryProcess, Message, StatusChange
-from emailsvc.services import journal
-from emailsvc.services.delivery import SendOutcome, _load
-from emailsvc.services.queueing import delivery_enqueue, delivery_queue_depths
-from emailsvc.services.scheduling import messages_sweep
+from emailsvc.delivery import journal
+from emailsvc.delivery.engine import SendOutcome, _load
+from emailsvc.delivery.queueing import delivery_enqueue, delivery_queue_depths
+from emailsvc.delivery.scheduling import messages_sweep
 from tests.tracking.scenario import accepted_message, event
 from tracking.apply import event_apply
 from tracking.normalize import ses_body_parse
@@ -204,7 +204,7 @@ def test_claims_of_a_process_silent_for_the_lease_are_recovered(api, settings):
 
 def test_this_process_claims_under_its_own_name_and_beats_with_the_claim(api):
     message = accepted_message(api, ["mine@example.com"])
-    from emailsvc.services.delivery import deliver_due
+    from emailsvc.delivery.engine import deliver_due
 
     journal._this_process().beaten_at = None  # an earlier test's beat was rolled back with it
 

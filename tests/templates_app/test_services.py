@@ -3,7 +3,7 @@
 
 import pytest
 
-from emailsvc.errors import NotFound, ValidationFailed
+from core.errors import NotFound, ValidationFailed
 from emailsvc.models import Message
 from templates_app.errors import (
     TemplateInUse,

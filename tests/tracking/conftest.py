@@ -1,6 +1,6 @@
 import pytest
 
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from tracking.drain import DRAIN_LOCK_PREFIX
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from emailsvc.models import Message, Recipient, Suppression
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from tests.conftest import wait_for_status
 from tests.tracking.scenario import detail, drain, event, sent_message
 from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, ses_event, sns_envelope

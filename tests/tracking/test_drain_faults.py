@@ -10,7 +10,7 @@ import pytest
 from django.db import connections, transaction
 
 from emailsvc.models import Message, Recipient
-from emailsvc.redisclient import redis_client
+from core.redisclient import redis_client
 from tests.conftest import deliver_now
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
 from tests.tracking.sesevents import ses_event, sns_envelope

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from emailsvc.models import Message, Suppression
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, drain, event, sent_message
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent

@@ -3,7 +3,7 @@
 import pytest
 
 from emailsvc.models import ApiKey
-from emailsvc.services.suppressions import suppression_add
+from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, drain, event, sent_message
 
 pytestmark = pytest.mark.django_db

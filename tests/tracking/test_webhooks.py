@@ -32,7 +32,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from emailsvc import status as status_writer
 from emailsvc.models import ApiKey, StatusChange
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 from tests.conftest import wait_until
 from tests.stack import Stack
 from tests.tracking.scenario import accepted_message, event, sent_message

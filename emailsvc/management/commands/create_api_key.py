@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from emailsvc.models import ApiKey
-from emailsvc.services.api_keys import api_key_create
+from emailsvc.keys import api_key_create
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 """python manage.py load_suppressions FILE [--partial] [--reason R]: a CSV list of
 addresses suppressed at once, read and validated exactly as POST
-/api/v1/suppressions/import does (format: emailsvc.suppression_csv)."""
+/api/v1/suppressions/import does (format: emailsvc.suppressions.csv_rows)."""
 
 import sys
 from pathlib import Path
@@ -8,10 +8,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from emailsvc.errors import EmailsvcError
+from core.errors import EmailsvcError
 from emailsvc.models import Suppression
-from emailsvc.services.suppressions import ImportHasErrors, suppressions_import
-from emailsvc.suppression_csv import csv_text, suppression_rows_read
+from emailsvc.suppressions.services import ImportHasErrors, suppressions_import
+from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from emailsvc.services.breaker import sending_resume, sending_status
+from emailsvc.sending_control.breaker import sending_resume, sending_status
 
 
 class Command(BaseCommand):

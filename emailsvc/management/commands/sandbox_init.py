@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
 from emailsvc.models import ApiKey
-from emailsvc.services.api_keys import api_key_create, api_key_revoke
+from emailsvc.keys import api_key_create, api_key_revoke
 
 DEMO_KEY_NAME = "demo (make run)"
 

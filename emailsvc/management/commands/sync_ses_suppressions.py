@@ -4,7 +4,7 @@ SES_SUPPRESSION_SYNC_INTERVAL_SECONDS), and with --push put ours on it."""
 
 from django.core.management.base import BaseCommand, CommandError
 
-from emailsvc.services.suppressions import SesSyncFailed, ses_suppressions_pull, ses_suppressions_push
+from emailsvc.suppressions.services import SesSyncFailed, ses_suppressions_pull, ses_suppressions_push
 
 
 class Command(BaseCommand):

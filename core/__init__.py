@@ -1,0 +1,1 @@
+"""What every app builds on: errors, addresses, SQL, Redis, logging, metrics registry, API plumbing."""

@@ -1,0 +1,186 @@
+"""Prometheus metrics (SPEC §7): their definitions, the scrape-time figures and `/metrics`.
+
+Counters and histograms are kept in prometheus-client's multiprocess mode when
+PROMETHEUS_MULTIPROC_DIR is set (it must be, before prometheus-client is first
+imported, in every gunicorn, Celery worker and beat process of a host, all with
+the same directory): each process writes its own files there and `/metrics`
+adds them up, so the gunicorn workers and the Celery pool processes count as one
+service. Without it (runserver, a shell) `/metrics` shows only the process it
+runs in.
+
+Gauges of shared state — broker queue depths, the SES event drain's lag, the
+paused sending domains — are not kept by any process: the web process reads
+them when it is scraped (`ScrapeTimeCollector`), each source at most every
+`SCRAPE_CACHE_SECONDS`, never waiting longer than `SCRAPE_READ_TIMEOUT_SECONDS`
+for one, so a scrape never hangs on a broker or database that does not answer.
+
+Writers call the small `*_observe` functions below; every figure that follows a
+database write is counted once its transaction commits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter as Tally
+from collections.abc import Iterable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from django.db import transaction
+
+_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+if _MULTIPROC_DIR:
+    # prometheus-client opens its files in it from the first metric on.
+    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
+
+from prometheus_client import Counter, Histogram, multiprocess, values  # noqa: E402
+
+if TYPE_CHECKING:
+    from emailsvc.models import StatusChange
+    from emailsvc.delivery.engine import ChunkResult
+    from tracking.drain import DrainResult
+
+logger = logging.getLogger(__name__)
+
+if _MULTIPROC_DIR and values.ValueClass is values.MutexValue:
+    logger.warning(
+        "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set: this process's figures stay out of /metrics"
+    )
+
+PRIORITIES = ("high", "normal", "low")
+STATUSES = (
+    "scheduled", "queued", "sending", "sent", "delayed", "soft_bounced", "delivered", "opened", "clicked",
+    "bounced", "complained", "failed", "suppressed", "cancelled",
+)
+DELIVERY_ERROR_CLASSES = ("transient", "permanent", "internal", "suppressed", "released")
+DRAIN_OUTCOMES = ("received", "applied", "duplicate", "unmatched", "malformed", "failed")
+
+# --- Counted by the process where it happens (added up across processes) -------------
+
+EMAILS_ACCEPTED = Counter(
+    "emailsvc_emails_accepted",
+    "Emails accepted by the API (202 from POST /emails, or an accepted item of POST /emails/batch), by priority",
+    ["priority", "endpoint"],
+)
+STATUS_CHANGES = Counter(
+    "emailsvc_recipient_status_changes",
+    "Recipient status transitions, by the status moved to (sent, delivered, bounced, complained, failed, suppressed, …)",
+    ["status"],
+)
+DELIVERY_ATTEMPTS = Counter(
+    "emailsvc_delivery_attempts",
+    "Recipients handed to the provider in a send attempt (sent, refused or failed)",
+)
+DELIVERY_ERRORS = Counter(
+    "emailsvc_delivery_errors",
+    "Delivery outcomes other than sent: transient (recipients put back for a retry), permanent (recipients failed: "
+    "the provider refused, or attempts given up), internal (recipients failed by our own error: a bug), suppressed (recipients found suppressed at send time), "
+    "released (messages put back unattempted: rate limit, pause, chunk out of time)",
+    ["class"],
+)
+RATE_LIMIT_WAIT = Histogram(
+    "emailsvc_rate_limit_wait_seconds",
+    "Waits for the global send-rate limiter: granted (the sender slept this long, then sent) or refused (the message "
+    "was put back: its turn was further away than RATE_LIMIT_MAX_WAIT_SECONDS)",
+    ["outcome"],
+    buckets=(0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, math.inf),
+)
+DRAIN_EVENTS = Counter(
+    "emailsvc_drain_events",
+    "SES events through the SQS drain: received (SQS messages), applied, duplicate (seen before), unmatched "
+    "(no known recipient), malformed, failed",
+    ["outcome"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "emailsvc_webhook_deliveries",
+    "Status webhook POSTs, by outcome (ok: a 2xx answer)",
+    ["outcome"],
+)
+
+
+def _series_create() -> None:
+    """Every known label set from 0, so a rate over an idle series reads 0, not nothing."""
+    for priority in PRIORITIES:
+        for endpoint in ("single", "batch"):
+            EMAILS_ACCEPTED.labels(priority=priority, endpoint=endpoint)
+    for status in STATUSES:
+        STATUS_CHANGES.labels(status=status)
+    for error_class in DELIVERY_ERROR_CLASSES:
+        DELIVERY_ERRORS.labels(error_class)
+    for outcome in ("granted", "refused"):
+        RATE_LIMIT_WAIT.labels(outcome=outcome)
+    for outcome in DRAIN_OUTCOMES:
+        DRAIN_EVENTS.labels(outcome=outcome)
+    for outcome in ("ok", "failed"):
+        WEBHOOK_DELIVERIES.labels(outcome=outcome)
+
+
+_series_create()
+
+
+def emails_accepted_observe(*, priorities: Iterable[str], endpoint: str) -> None:
+    """Count accepted emails (their priorities) once the transaction that stored them commits.
+    endpoint: "single" (POST /emails) or "batch" (POST /emails/batch)."""
+    tally = Tally(priorities)
+    if tally:
+        transaction.on_commit(partial(_count, EMAILS_ACCEPTED, "priority", tally, endpoint=endpoint))
+
+
+def status_changes_observe(changes: Iterable[StatusChange]) -> None:
+    """Count recipient status transitions (emailsvc.status.changes_apply) once they commit."""
+    tally = Tally(change.to_status for change in changes)
+    if tally:
+        transaction.on_commit(partial(_count, STATUS_CHANGES, "status", tally))
+
+
+def _count(counter: Counter, label: str, tally: Tally, **labels: str) -> None:
+    for value, count in tally.items():
+        counter.labels(**{label: value}, **labels).inc(count)
+
+
+def delivery_chunk_observe(result: ChunkResult) -> None:
+    """Count what one delivery chunk did (its outcomes are committed when deliver_due returns)."""
+    attempted = result.sent + result.failed + result.deferred
+    if attempted:
+        DELIVERY_ATTEMPTS.inc(attempted)
+    for error_class, count in (
+        ("transient", result.deferred),
+        ("permanent", result.failed - result.internal),
+        ("internal", result.internal),
+        ("suppressed", result.suppressed),
+        ("released", result.released),
+    ):
+        if count:
+            DELIVERY_ERRORS.labels(error_class).inc(count)
+
+
+def rate_limit_wait_observe(*, granted: bool, wait: float) -> None:
+    """One answer of the send-rate limiter (emailsvc.sending_control.ratelimit.rate_limit_reserve)."""
+    RATE_LIMIT_WAIT.labels(outcome="granted" if granted else "refused").observe(wait)
+
+
+def drain_observe(result: DrainResult) -> None:
+    """Count what one SES event drain run received and applied (committed when it returns)."""
+    for outcome, count in (
+        ("received", result.received),
+        ("applied", result.applied),
+        ("duplicate", result.duplicates),
+        ("unmatched", result.unmatched),
+        ("malformed", result.malformed),
+        ("failed", result.failed),
+    ):
+        if count:
+            DRAIN_EVENTS.labels(outcome=outcome).inc(count)
+
+
+def webhook_delivery_observed(*, ok: bool) -> None:
+    """One status webhook POST: ok (a 2xx answer) or failed (any other answer, or none)."""
+    WEBHOOK_DELIVERIES.labels(outcome="ok" if ok else "failed").inc()
+
+
+def process_dead(*, pid: int) -> None:
+    """A gunicorn worker or Celery pool process exited: drop its live gauges (its counters stay counted)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)

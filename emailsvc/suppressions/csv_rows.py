@@ -1,0 +1,223 @@
+"""Suppression lists as CSV: every row read and validated in one place, for the
+API's import (`POST /api/v1/suppressions/import`) and `manage.py load_suppressions`.
+(The admin's CSV import goes through django-import-export.)
+
+The format: UTF-8 (a byte-order mark is fine), comma-separated (a header with
+semicolons or tabs and no comma switches to that delimiter), a header row
+first, then one suppression per row::
+
+    email,reason,note,expires_at
+    jane@example.com,hard_bounce,imported from the old ESP,
+    Kim@Bücher.example,,,2027-01-31
+
+`email` is required; `reason` (hard_bounce, complaint, soft_bounce_limit,
+manual, unsubscribe; empty: the importer's default, `manual` unless told),
+`note` and `expires_at` (ISO-8601 date or date-time, in the future; a date is
+midnight UTC; empty: never expires) are optional. The columns `id`, `source`
+and `created_at` (those of the admin's export) are read past: the importer
+sets the source. Any other column is refused, so a misspelt header never drops
+a column silently. Blank lines are skipped.
+
+Line numbers are the file's own, counting the header as line 1; a quoted cell
+spanning lines is reported at the line where its row starts. An address given
+twice is imported once (the first row wins) and counted as a duplicate.
+"""
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+
+from django.utils import dateparse, timezone
+
+from core.addresses import InvalidAddress, address_canonical, printable, shown
+from core.errors import PayloadTooLarge, ValidationFailed
+from emailsvc.models import Suppression
+
+COLUMNS = ("email", "reason", "note", "expires_at")
+# The admin export's other columns: accepted in a header, their cells not read.
+IGNORED_COLUMNS = ("id", "source", "created_at")
+MAX_ADDRESS_LENGTH = 320  # Suppression.email; RFC 3696
+MAX_NOTE_LENGTH = 2000
+# A note may run over lines; other control characters (NUL above all, which
+# PostgreSQL cannot store in text) are refused.
+_NOTE_CONTROLS = {chr(c) for c in range(32) if chr(c) not in "\t\n\r"} | {"\x7f"}
+
+
+class CsvUnreadable(ValidationFailed):
+    """The file as a whole cannot be read: not UTF-8, no header, unknown columns."""
+
+    code = "invalid_csv"
+    default_detail = "The CSV file cannot be read."
+
+
+class TooManyRows(PayloadTooLarge):
+    code = "too_many_rows"
+    default_detail = "The CSV file has more rows than one import may hold."
+
+
+@dataclass(frozen=True)
+class SuppressionRow:
+    """One valid row: the address in its canonical form."""
+
+    line: int
+    email: str
+    reason: str
+    note: str = ""
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One invalid row: its line, a stable code and what is wrong."""
+
+    line: int
+    error: str
+    detail: str
+
+
+@dataclass
+class SuppressionRows:
+    """A whole file read: its valid rows (one per address) and its bad ones."""
+
+    valid: list[SuppressionRow] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    duplicates: int = 0  # rows repeating an address of an earlier row
+    read: int = 0  # data rows (blank lines and the header not counted)
+
+
+def csv_text(data: bytes) -> str:
+    """The text of an uploaded file: UTF-8, with or without a byte-order mark."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise CsvUnreadable(
+            f"The file is not UTF-8 text (line {line}, byte {error.start}). Save it as UTF-8 CSV."
+        ) from None
+
+
+def _delimiter(text: str) -> str:
+    header = text.lstrip("\r\n").partition("\n")[0]
+    if "," not in header:
+        for candidate in (";", "\t"):
+            if candidate in header:
+                return candidate
+    return ","
+
+
+def _header(cells: list[str], line: int) -> list[str]:
+    names = [cell.strip().lower() for cell in cells]
+    if "email" not in names:
+        if any("@" in name for name in names):
+            raise CsvUnreadable(
+                f"Line {line} must be the header row, e.g. 'email,reason,note,expires_at'; "
+                f"it holds an address ({shown(cells[0])})."
+            )
+        raise CsvUnreadable(f"The header (line {line}) has no 'email' column; the columns are {', '.join(COLUMNS)}.")
+    unknown = [name for name in names if name not in COLUMNS + IGNORED_COLUMNS]
+    if unknown:
+        raise CsvUnreadable(
+            f"Unknown column {shown(unknown[0])} in the header (line {line}); the columns are {', '.join(COLUMNS)}."
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CsvUnreadable(f"The header (line {line}) names the column {shown(repeated[0])} twice.")
+    return names
+
+
+def _expires_at(value: str, now: datetime) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = dateparse.parse_datetime(value)
+        if moment is None and (day := dateparse.parse_date(value)) is not None:
+            moment = datetime.combine(day, time.min, tzinfo=UTC)
+    except ValueError:  # well formed, but not a date (month 13)
+        moment = None
+    if moment is None:
+        raise ValueError(f"expires_at {shown(value)} is not an ISO-8601 date or date-time (2027-01-31T12:00:00Z).")
+    if timezone.is_naive(moment):
+        moment = moment.replace(tzinfo=UTC)
+    if moment <= now:
+        raise ValueError(f"expires_at {shown(value)} is in the past: the suppression would never apply.")
+    return moment
+
+
+def _row(cells: dict[str, str], *, line: int, default_reason: str, now: datetime) -> SuppressionRow | RowError:
+    email = cells.get("email", "")
+    if not email:
+        return RowError(line, "missing_fields", "The email cell is empty.")
+    if len(email) > MAX_ADDRESS_LENGTH:
+        return RowError(line, "invalid_address", f"{shown(email)} is longer than {MAX_ADDRESS_LENGTH} characters.")
+    try:
+        email = address_canonical(email)
+    except InvalidAddress as error:
+        return RowError(line, "invalid_address", str(error))
+    reason = cells.get("reason", "").lower() or default_reason
+    if reason not in Suppression.Reason.values:
+        return RowError(
+            line, "invalid_reason", f"reason {shown(reason)} is not one of {', '.join(Suppression.Reason.values)}."
+        )
+    note = cells.get("note", "")
+    if len(note) > MAX_NOTE_LENGTH:
+        return RowError(line, "invalid_field", f"The note has {len(note)} characters; at most {MAX_NOTE_LENGTH}.")
+    if _NOTE_CONTROLS.intersection(note):
+        return RowError(line, "invalid_field", "The note may not contain control characters.")
+    try:
+        expires_at = _expires_at(cells.get("expires_at", ""), now)
+    except ValueError as error:
+        return RowError(line, "invalid_expires_at", str(error))
+    return SuppressionRow(line=line, email=email, reason=reason, note=note, expires_at=expires_at)
+
+
+def suppression_rows_read(
+    text: str, *, max_rows: int, default_reason: str = Suppression.Reason.MANUAL
+) -> SuppressionRows:
+    """Read and validate a whole CSV file (the format is in this module's docstring).
+
+    Every row is checked; bad rows are collected with their line, never
+    raised, so a caller can report them all. Raises CsvUnreadable when the file
+    as a whole cannot be read (no header, an unknown column, a broken quote)
+    and TooManyRows past `max_rows` data rows (reading stops there).
+    """
+    if default_reason not in Suppression.Reason.values:
+        raise ValueError(f"default_reason {default_reason!r} is not a suppression reason")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text), strict=True)
+    result = SuppressionRows()
+    seen: set[str] = set()
+    names: list[str] | None = None
+    now = timezone.now()
+    line_before = 0
+    try:
+        for cells in reader:
+            line, line_before = line_before + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank line (or only separators)
+            if names is None:
+                names = _header(cells, line)
+                continue
+            result.read += 1
+            if result.read > max_rows:
+                raise TooManyRows(f"The file has more than {max_rows:,} rows; split it into files of at most that many.")
+            if len(cells) > len(names):
+                result.errors.append(
+                    RowError(line, "invalid_field", f"{len(cells)} cells, but the header names {len(names)} columns.")
+                )
+                continue
+            row = _row(
+                {name: cell.strip() for name, cell in zip(names, cells, strict=False)},
+                line=line, default_reason=default_reason, now=now,
+            )
+            if isinstance(row, RowError):
+                result.errors.append(row)
+            elif row.email in seen:
+                result.duplicates += 1
+            else:
+                seen.add(row.email)
+                result.valid.append(row)
+    except csv.Error as error:
+        raise CsvUnreadable(f"Line {reader.line_num} cannot be read as CSV: {printable(str(error))}.") from None
+    if names is None:
+        raise CsvUnreadable("The file is empty; it needs a header row (email[,reason,note,expires_at]) and rows.")
+    return result
