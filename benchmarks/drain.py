@@ -48,7 +48,7 @@ class SqsClock:
         events.register("provide-client-params.sqs", self._before, unique_id="bench-sqs-before")
         events.register("after-call.sqs", self._after, unique_id="bench-sqs-after")
         try:
-            from tracking.sqs import sqs_clients_forget
+            from core.sqs import sqs_clients_forget
         except ImportError:  # before clients were kept
             return
         sqs_clients_forget()  # a kept client copied the session's handlers before these

@@ -6,7 +6,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerView,
 )
 
-from emailsvc.apis import HealthApi, ReadinessApi
+from console.probes import HealthApi, ReadinessApi
 from console.metrics import metrics_view
 from tracking.apis import SesSnsWebhookView
 
@@ -20,7 +20,6 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="emailsvc/redoc.html"), name="redoc"),
     path("api/v1/", include("emailsvc.urls")),
     path("api/v1/", include("tracking.urls")),
-    path("api/v1/", include("templates_app.urls")),
     path("webhooks/ses/", SesSnsWebhookView.as_view(), name="webhook-ses"),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),

@@ -97,7 +97,7 @@ def _queue_depths() -> dict[str, int]:
 
 
 def _drain_report() -> dict | None:
-    from tracking.sqs import drain_report
+    from tracking.drain import drain_report
 
     return drain_report()
 

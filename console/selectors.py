@@ -491,7 +491,7 @@ def _events_queue_url(client) -> str:
 
 
 def _events_queue(timeout: float) -> dict | None:
-    from tracking import sqs
+    from core import sqs
 
     client = sqs.sqs_client(timeout_seconds=timeout)
     url = _events_queue_url(client)
@@ -515,9 +515,9 @@ def _short_redis(timeout: float):
 
 
 def _drain_report(timeout: float) -> dict | None:
-    from tracking import sqs
+    from tracking.drain import DRAIN_REPORT_KEY
 
-    raw = _short_redis(timeout).get(sqs.DRAIN_REPORT_KEY)
+    raw = _short_redis(timeout).get(DRAIN_REPORT_KEY)
     if raw is None:
         return None
     import json

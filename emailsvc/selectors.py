@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from core.addresses import InvalidAddress, address_forms, address_key, domain_canonical, shown
 from core.errors import NotFound
-from emailsvc.models import Attachment, Message, Recipient, Suppression
+from emailsvc.models import Attachment, Message, Recipient, Suppression, WorkState
 
 
 def suppressed_addresses(*, addresses: list[str]) -> dict[str, str]:
@@ -156,3 +156,8 @@ def suppressions_to_push(
         .exclude(source=exclude_source)
         .order_by("pk")[:limit]
     )
+
+
+def template_pending_messages(*, name: str) -> int:
+    """How many scheduled or queued emails (not yet claimed for sending) were submitted with this template."""
+    return Message.objects.filter(template_name=name, state__in=[WorkState.SCHEDULED, WorkState.QUEUED]).count()

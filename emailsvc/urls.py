@@ -4,6 +4,13 @@ from emailsvc.apis import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsA
 from emailsvc.apis import StatsApi
 from emailsvc.apis import SuppressionDetailApi, SuppressionImportApi, SuppressionListApi
 
+from emailsvc.api.templates import (
+    TemplateDetailApi,
+    TemplateListApi,
+    TemplateRenderApi,
+    TemplateVersionDetailApi,
+    TemplateVersionListApi,
+)
 
 urlpatterns = [
     path("emails", EmailsApi.as_view(), name="emails"),
@@ -17,4 +24,9 @@ urlpatterns = [
     path("suppressions/import", SuppressionImportApi.as_view(), name="suppressions-import"),
     # <path:…>: an address may hold "/" (RFC 5322 allows it before the "@").
     path("suppressions/<path:email>", SuppressionDetailApi.as_view(), name="suppression-detail"),
+    path("templates", TemplateListApi.as_view(), name="templates"),
+    path("templates/<str:name>", TemplateDetailApi.as_view(), name="template-detail"),
+    path("templates/<str:name>/versions", TemplateVersionListApi.as_view(), name="template-versions"),
+    path("templates/<str:name>/versions/<int:version>", TemplateVersionDetailApi.as_view(), name="template-version"),
+    path("templates/<str:name>/render", TemplateRenderApi.as_view(), name="template-render"),
 ]

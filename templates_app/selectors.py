@@ -8,7 +8,6 @@ answers 400 instead.
 from django.db.models import F, Q, QuerySet
 
 from core.errors import NotFound
-from emailsvc.models import Message, WorkState
 from templates_app.models import Template, TemplateVersion
 
 
@@ -44,11 +43,6 @@ def template_versions(*, name: str) -> QuerySet[TemplateVersion]:
     """Every version of a template, newest first (404 if there is no such template)."""
     template = template_get(name=name)
     return TemplateVersion.objects.filter(template=template).select_related("template").order_by("-version")
-
-
-def template_pending_messages(*, name: str) -> int:
-    """How many scheduled or queued emails (not yet claimed for sending) were submitted with this template."""
-    return Message.objects.filter(template_name=name, state__in=[WorkState.SCHEDULED, WorkState.QUEUED]).count()
 
 
 def templates_using_layout(*, name: str) -> list[str]:

@@ -13,6 +13,7 @@ cached per process by (version pk, part), so a batch of 500 parses it once.
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from templates_app.rendering import (
     single_line,
     syntax_problem,
 )
-from templates_app.selectors import template_pending_messages, templates_using_layout
+from templates_app.selectors import templates_using_layout
 
 # A layout may itself have a layout; deeper chains are refused as likely mistakes.
 MAX_LAYOUT_DEPTH = 5
@@ -312,18 +313,19 @@ def template_update(*, name: str, data: dict, created_by: str = "") -> TemplateV
     return version
 
 
-def template_delete(*, name: str) -> None:
+def template_delete(*, name: str, emails_pending: Callable[[str], int]) -> None:
     """Delete a template and all its versions.
 
     Refused with TemplateInUse (409 `template_in_use`) while scheduled or queued
-    emails were submitted with it, or while another template uses it as its
+    emails were submitted with it (`emails_pending(name)` counts them: the
+    emails are the sending app's, emailsvc.selectors.template_pending_messages), or while another template uses it as its
     layout. Raises NotFound (404 `template_not_found`).
     """
     with transaction.atomic():
         template = Template.objects.select_for_update().filter(name=name).first()
         if template is None:
             raise NotFound(f"There is no template '{name}'.", code="template_not_found")
-        pending = template_pending_messages(name=name)
+        pending = emails_pending(name)
         if pending:
             raise TemplateInUse(
                 f"{pending} scheduled or queued email{'s' if pending > 1 else ''} use template '{name}'; "

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from config.devservices import free_port
-from tracking import sqs
+from core import sqs
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The SQS drain: receive SES events, apply them, delete what was committed (SPEC §6.1)."""
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from redis.exceptions import LockNotOwnedError, RedisError
 
 from core.redisclient import redis_client
 from emailsvc.sending_control.breaker import breaker_check
-from tracking.sqs import drain_report_save, events_queue_url, sqs_client
+from core.sqs import events_queue_url, sqs_client
 from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
 from tracking.normalize import MalformedEvent, envelope_event_id, envelope_read, ses_envelope_parse
@@ -312,3 +313,23 @@ def _delete_ten(client, queue_url: str, messages: list[dict], result: DrainResul
         # The events are committed; if the message comes back its replay is a no-op.
         result.errors.append(f"delete failed: {failure.get('Code')}")
         logger.warning("could not delete an applied SQS message entry=%s code=%s", failure.get("Id"), failure.get("Code"))
+
+
+# The last SES event drain's report (queue depth, lag, counts), kept in Redis by
+# tracking's drain so that /readyz and operators can see whether events keep up.
+DRAIN_REPORT_KEY = "emailsvc:drain:last"
+DRAIN_REPORT_TTL_SECONDS = 24 * 3600
+
+
+def drain_report_save(report: dict) -> None:
+    redis_client().set(DRAIN_REPORT_KEY, json.dumps(report), ex=DRAIN_REPORT_TTL_SECONDS)
+
+
+def drain_report() -> dict | None:
+    """The last drain's report with its age in seconds, or None if no drain ran in a day."""
+    raw = redis_client().get(DRAIN_REPORT_KEY)
+    if raw is None:
+        return None
+    report = json.loads(raw)
+    report["age_seconds"] = round(time.time() - report.pop("at", time.time()), 1)
+    return report

@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from datetime import datetime
 
+from celery import current_app
 from django.conf import settings
 
 from emailsvc.models import Priority
@@ -74,10 +75,8 @@ def deliveries_enqueue(*, priorities: list[str], eta: datetime | None = None) ->
 
 def delivery_queue_depths() -> dict[str, int]:
     """Tasks waiting in each priority's broker queue (Redis or RabbitMQ)."""
-    from config.celery import app
-
     depths = {}
-    with app.connection_for_read() as connection:
+    with current_app.connection_for_read() as connection:
         for priority in Priority.values:
             # A channel per queue: RabbitMQ closes a channel whose passive declare fails.
             channel = connection.channel()

@@ -58,7 +58,7 @@ class SentMail:
 
 def sandbox_events_publish(*, email: OutboundEmail, provider_message_id: str) -> int:
     """Put the simulated events of one sent email on the sandbox queue; how many."""
-    from tracking.sqs import events_queue_url, sqs_client
+    from core.sqs import events_queue_url, sqs_client
 
     sent = SentMail(
         provider_message_id=provider_message_id,

@@ -256,7 +256,7 @@ def test_account_pause_is_resumed_from_the_page(admin_client):
 
 
 def test_queues_page_reads_the_events_queue_its_dlq_the_last_drain_and_the_backlog(admin_client, api, events_queue, moto_server):
-    from tracking.sqs import drain_report_save
+    from tracking.drain import drain_report_save
 
     sqs = events_queue.sqs
     dlq_url = sqs.create_queue(QueueName=events_queue.url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]

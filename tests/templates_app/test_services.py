@@ -5,6 +5,7 @@ import pytest
 
 from core.errors import NotFound, ValidationFailed
 from emailsvc.models import Message
+from emailsvc.selectors import template_pending_messages
 from templates_app.errors import (
     TemplateInUse,
     TemplateInvalid,
@@ -261,7 +262,7 @@ def test_delete_is_refused_while_a_pending_message_uses_the_template(make_templa
     make_template("welcome")
     message_using("welcome", status)
     with pytest.raises(TemplateInUse) as caught:
-        template_delete(name="welcome")
+        template_delete(name="welcome", emails_pending=template_pending_messages)
     assert (caught.value.code, caught.value.http_status) == ("template_in_use", 409)
     assert template_resolve(name="welcome")
 
@@ -269,7 +270,7 @@ def test_delete_is_refused_while_a_pending_message_uses_the_template(make_templa
 def test_delete_is_allowed_once_messages_are_sent(make_template):
     make_template("welcome")
     message_using("welcome", "delivered")
-    template_delete(name="welcome")
+    template_delete(name="welcome", emails_pending=template_pending_messages)
     assert not TemplateVersion.objects.filter(template__name="welcome").exists()
 
 
@@ -277,7 +278,7 @@ def test_delete_is_refused_for_the_layout_of_another_template(make_template):
     make_template("base", html="<div>{{ content }}</div>")
     make_template("a", html="<p>a</p>", layout="base")
     with pytest.raises(TemplateInUse) as caught:
-        template_delete(name="base")
+        template_delete(name="base", emails_pending=template_pending_messages)
     assert "layout of: a" in caught.value.detail
 
 

@@ -17,6 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from core.errors import EmailsvcError
+from emailsvc.selectors import template_pending_messages
 from templates_app.errors import TemplateInvalid
 from templates_app.models import Template, TemplateVersion
 from templates_app.services import (
@@ -189,7 +190,7 @@ class TemplateAdmin(admin.ModelAdmin):
         if request.method == "POST":
             template = get_object_or_404(Template, pk=object_id)
             try:
-                template_delete(name=template.name)
+                template_delete(name=template.name, emails_pending=template_pending_messages)
             except EmailsvcError as error:
                 self.message_user(request, error.detail, messages.ERROR)
                 return redirect("admin:templates_app_template_change", template.pk)
@@ -200,7 +201,7 @@ class TemplateAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for template in queryset:
             try:
-                template_delete(name=template.name)
+                template_delete(name=template.name, emails_pending=template_pending_messages)
             except EmailsvcError as error:
                 self.message_user(request, error.detail, messages.ERROR)
 

@@ -11,8 +11,9 @@ from rest_framework.views import APIView
 from emailsvc.api.auth import CanRead, FullAccess
 from core.errors import ErrorBodySerializer
 from emailsvc.serializers import cursor_page_serializer
+from emailsvc.selectors import template_pending_messages
 from templates_app.selectors import template_list, template_version_get, template_versions
-from templates_app.serializers import (
+from emailsvc.api.template_serializers import (
     RenderedOutputSerializer,
     TemplateCreateInputSerializer,
     TemplateOutputSerializer,
@@ -138,7 +139,7 @@ class TemplateDetailApi(_ByMethod):
         description="Delete the template and its versions.",
     )
     def delete(self, request, name: str):
-        template_delete(name=name)
+        template_delete(name=name, emails_pending=template_pending_messages)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

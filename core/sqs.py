@@ -119,29 +119,3 @@ def events_dlq_depth(queue_url: str, *, client=None) -> int | None:
     *_, account, dlq_name = dlq_arn.split(":")
     dlq_url = client.get_queue_url(QueueName=dlq_name, QueueOwnerAWSAccountId=account)["QueueUrl"]
     return queue_depth(dlq_url, client=client)
-
-
-# The last SES event drain's report (queue depth, lag, counts), kept in Redis by
-# tracking's drain so that /readyz and operators can see whether events keep up.
-DRAIN_REPORT_KEY = "emailsvc:drain:last"
-DRAIN_REPORT_TTL_SECONDS = 24 * 3600
-
-
-def drain_report_save(report: dict) -> None:
-    from core.redisclient import redis_client
-
-    redis_client().set(DRAIN_REPORT_KEY, json.dumps(report), ex=DRAIN_REPORT_TTL_SECONDS)
-
-
-def drain_report() -> dict | None:
-    """The last drain's report with its age in seconds, or None if no drain ran in a day."""
-    import time
-
-    from core.redisclient import redis_client
-
-    raw = redis_client().get(DRAIN_REPORT_KEY)
-    if raw is None:
-        return None
-    report = json.loads(raw)
-    report["age_seconds"] = round(time.time() - report.pop("at", time.time()), 1)
-    return report
