@@ -1,0 +1,1 @@
+"""What may be sent and when: the breaker (pauses), the account's sending rate, allowlists."""

@@ -1,0 +1,1 @@
+"""Accepting emails: validation of what the API hands over, header policy, idempotency, resend."""

@@ -1,0 +1,1 @@
+"""The suppression list: add and lift, CSV import, SES's account-level list."""
