@@ -32,7 +32,6 @@ def rename_field(fields: dict, old: str, new: str) -> dict:
     return {(new if name == old else name): field for name, field in fields.items()}
 
 
-
 def _no_control(noun: str) -> RegexValidator:
     return RegexValidator(
         _NO_CONTROL_PATTERN, message=f"{noun} may not contain line breaks or control characters.", code="invalid_field"

@@ -86,7 +86,6 @@ class _MetadataFilterSerializer(serializers.Serializer):
     value = TextField(max_length=1000, single_line=True, noun="A metadata value", allow_blank=True, trim_whitespace=False)
 
 
-
 def email_list_query_validate(query) -> dict:
     """The validated query of GET /api/v1/emails (a QueryDict), or ValidationFailed naming each bad parameter.
 
@@ -123,6 +122,8 @@ def email_list_query_validate(query) -> dict:
         raise validation_failed_from_drf(problems)
     return {**serializer.validated_data, "metadata": metadata}
 
+
+# --- The views -------------------------------------------------------------------------
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",

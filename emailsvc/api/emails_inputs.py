@@ -370,7 +370,6 @@ class BatchInputSerializer(serializers.Serializer):
         return value
 
 
-
 _per_thread = threading.local()
 
 

@@ -6,6 +6,7 @@ from core.errors import ErrorBodySerializer
 from core.fields import cursor_page_serializer, rename_field
 from emailsvc.models import Status
 
+
 class RecipientStatusSerializer(serializers.Serializer):
     email = serializers.CharField()
     status = serializers.CharField()

@@ -20,7 +20,6 @@ from emailsvc.api.responses import ERRORS
 from emailsvc.listing import INTERVALS, bucket_ceil, bucket_floor, transition_counts
 
 
-
 class StatsInputSerializer(serializers.Serializer):
     """The query of GET /api/v1/stats."""
 
@@ -87,7 +86,6 @@ class StatsOutputSerializer(serializers.Serializer):
 
     def get_fields(self):
         return rename_field(super().get_fields(), "from_", "from")
-
 
 
 class StatsApi(APIView):

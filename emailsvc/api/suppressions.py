@@ -131,7 +131,6 @@ class SuppressionImportErrorOutputSerializer(ErrorBodySerializer):
     )
 
 
-
 # The bad rows an import answer lists; error_count says how many there were.
 MAX_REPORTED_ROW_ERRORS = 1000
 # Multipart framing around an uploaded file, on top of SUPPRESSION_IMPORT_MAX_BYTES.
