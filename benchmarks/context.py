@@ -159,7 +159,7 @@ class Bench:
         message_submit_batch), which publishes their delivery tasks after commit."""
         from django.conf import settings
 
-        from emailsvc.serializers import SendEmailInputSerializer
+        from emailsvc.api.emails_inputs import SendEmailInputSerializer
         from emailsvc.submission.submit import message_submit_batch
 
         settings.EMAIL_PROVIDER = provider  # a message keeps the provider it was accepted for

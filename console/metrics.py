@@ -12,13 +12,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from django.views.decorators.http import require_safe
 
 import core.metrics  # noqa: F401, I001 (prepares PROMETHEUS_MULTIPROC_DIR before prometheus-client loads)
@@ -27,27 +28,15 @@ from prometheus_client import REGISTRY, CollectorRegistry, multiprocess  # noqa:
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.exposition import choose_encoder  # noqa: E402
 
+from console import probes  # noqa: E402
+from core.threads import process_pool  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 # --- Read at scrape time, in the web process ---------------------------------------------
 
 SCRAPE_READ_TIMEOUT_SECONDS = 2.0
 SCRAPE_CACHE_SECONDS = 5.0
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
-
-
-def _reader_pool() -> ThreadPoolExecutor:
-    """The threads that read scrape-time sources (made after fork: threads do not survive one)."""
-    global _pool, _pool_pid
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics")
-            _pool_pid = os.getpid()
-        return _pool
-
 
 @dataclass
 class ScrapeSource:
@@ -71,7 +60,7 @@ class ScrapeSource:
             if time.monotonic() - self.read_at < SCRAPE_CACHE_SECONDS:
                 return None
             if self.pending is None or self.pending_pid != os.getpid():  # a read begun before a fork never ends here
-                self.pending, self.pending_pid = _reader_pool().submit(self._read), os.getpid()
+                self.pending, self.pending_pid = process_pool("metrics", workers=4).submit(self._read), os.getpid()
             return self.pending
 
     def _read(self) -> None:
@@ -90,32 +79,20 @@ class ScrapeSource:
             return self.ok, self.value
 
 
-def _queue_depths() -> dict[str, int]:
-    from emailsvc.delivery.queueing import delivery_queue_depths
-
-    return delivery_queue_depths()
-
-
-def _drain_report() -> dict | None:
-    from tracking.drain import drain_report
-
-    return drain_report()
-
-
 def _paused_domains() -> set[str]:
+    """The domains paused now: a pause whose wait has ended is not shown (the breaker lifts it)."""
     from django.db import connections
 
-    from emailsvc.sending_control.breaker import paused_domains
-
     try:
-        return paused_domains()
+        now = timezone.now()
+        return {p["domain"] for p in probes.sending_pauses() if p["until"] is None or p["until"] > now}
     finally:
         connections.close_all()  # this thread's connection: a scrape every few seconds does not need one kept
 
 
 SOURCES = (
-    ScrapeSource("broker", _queue_depths),
-    ScrapeSource("drain", _drain_report),
+    ScrapeSource("broker", probes.broker_depths),
+    ScrapeSource("drain", probes.drain_report),
     ScrapeSource("breaker", _paused_domains),
 )
 

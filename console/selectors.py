@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,8 +24,10 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from console import probes
 from core.addresses import address_forms, address_key
 from core.admin_lists import ADDRESS_MESSAGES_LIMIT, address_url
+from core.threads import process_pool
 from emailsvc.models import (
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,
@@ -481,72 +482,16 @@ class Probe:
     seconds: float = 0.0
 
 
-def _events_queue_url(client) -> str:
-    """The events queue's URL without creating anything (the sandbox's is looked up, not made)."""
-    if settings.SES_EVENTS_QUEUE_URL:
-        return settings.SES_EVENTS_QUEUE_URL
-    if settings.EMAIL_PROVIDER == "sandbox":
-        return client.get_queue_url(QueueName=settings.SANDBOX_EVENTS_QUEUE_NAME)["QueueUrl"]
-    return ""
-
-
-def _events_queue(timeout: float) -> dict | None:
-    from core import sqs
-
-    client = sqs.sqs_client(timeout_seconds=timeout)
-    url = _events_queue_url(client)
-    if not url:
-        return None
-    attributes = client.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return {
-        "url": url,
-        "waiting": int(attributes.get("ApproximateNumberOfMessages", 0)),
-        "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
-        "dlq": sqs.events_dlq_depth(url, client=client),
-    }
-
-
-def _short_redis(timeout: float):
-    import redis
-
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout)
-
-
-def _drain_report(timeout: float) -> dict | None:
-    from tracking.drain import DRAIN_REPORT_KEY
-
-    raw = _short_redis(timeout).get(DRAIN_REPORT_KEY)
-    if raw is None:
-        return None
-    import json
-
-    report = json.loads(raw)
-    report["age_seconds"] = round(time.time() - report.pop("at", time.time()), 1)
-    return report
-
-
-def _broker_depths(timeout: float) -> dict[str, int]:
-    from emailsvc.delivery.queueing import delivery_queue_depths
-
-    return delivery_queue_depths()
-
-
-def _limiter(timeout: float) -> dict:
-    from emailsvc.sending_control.ratelimit import rate_limit_backlog, rate_limit_from_settings
-
-    limit = rate_limit_from_settings()
-    backlog = rate_limit_backlog(limit=limit, client=_short_redis(timeout)) if limit.enabled else 0.0
-    return {"per_second": limit.per_second, "burst": limit.burst, "enabled": limit.enabled, "backlog_seconds": round(backlog, 3)}
-
-
+# The operations page's readings (console.probes), each called with the page's timeout.
 PROBES: dict[str, Callable[[float], Any]] = {
-    "events_queue": _events_queue,
-    "drain": _drain_report,
-    "broker": _broker_depths,
-    "limiter": _limiter,
+    "events_queue": lambda timeout: probes.events_queue(timeout=timeout),
+    "drain": lambda timeout: probes.drain_report(timeout=timeout),
+    "broker": lambda timeout: probes.broker_depths(),
+    "limiter": lambda timeout: probes.rate_limiter(timeout=timeout),
 }
+# Room for a page's probes while earlier ones that outlasted their deadline
+# still run to their own timeout.
+PROBE_WORKERS = 2 * len(PROBES)
 
 
 def operations_probes(*, timeout: float = 2.0, deadline: float = 4.0) -> dict[str, Probe]:
@@ -555,7 +500,7 @@ def operations_probes(*, timeout: float = 2.0, deadline: float = 4.0) -> dict[st
     reading that is not back by then is reported as such (its thread ends on
     its own timeout)."""
     results: dict[str, Probe] = {}
-    executor = ThreadPoolExecutor(max_workers=len(PROBES), thread_name_prefix="ops-probe")
+    executor = process_pool("ops-probe", workers=PROBE_WORKERS)
     started = time.monotonic()
 
     def timed(function, name):
@@ -567,13 +512,11 @@ def operations_probes(*, timeout: float = 2.0, deadline: float = 4.0) -> dict[st
             return Probe(error=f"{type(error).__name__}: {error}"[:300], seconds=round(time.monotonic() - begin, 3))
 
     futures = {name: executor.submit(timed, function, name) for name, function in PROBES.items()}
-    try:
-        for name, future in futures.items():
-            remaining = max(0.0, deadline - (time.monotonic() - started))
-            try:
-                results[name] = future.result(timeout=remaining)
-            except FutureTimeout:
-                results[name] = Probe(error=f"no answer within {deadline:g} s", seconds=deadline)
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+    for name, future in futures.items():
+        remaining = max(0.0, deadline - (time.monotonic() - started))
+        try:
+            results[name] = future.result(timeout=remaining)
+        except FutureTimeout:
+            future.cancel()  # not begun yet: it never will be
+            results[name] = Probe(error=f"no answer within {deadline:g} s", seconds=deadline)
     return results

@@ -126,13 +126,14 @@ def suppression_add_view(request: HttpRequest) -> HttpResponse:
 def message_resend_view(request: HttpRequest, message_id: int) -> HttpResponse:
     """Send the email again (to every recipient, or the posted `email` only) as
     a new email linked to it, through the submit service."""
+    from emailsvc.api.emails_inputs import send_request_validate
     from emailsvc.submission.resend import message_resend
 
     _require(request, "emailsvc.add_message")
     original = get_object_or_404(Message.objects.only("pk", "email_id"), pk=message_id)
     email = request.POST.get("email") or None
     try:
-        resent = message_resend(message_id=original.pk, by=_actor(request), email=email)
+        resent = message_resend(message_id=original.pk, by=_actor(request), validate=send_request_validate, email=email)
     except EmailsvcError as error:
         messages.error(request, f"Not resent: {error.detail}")
         return _back(request, admin_change_url(original))

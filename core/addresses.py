@@ -14,6 +14,7 @@ Imported by config/settings.py, so it depends on nothing that needs settings.
 """
 
 import re
+from email.utils import getaddresses
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
@@ -25,6 +26,10 @@ except ImportError:  # pragma: no cover - idna ships with requests/anymail
 
 _SHOWN_CHARACTERS = 100
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Characters that break a header line or cannot be stored: C0 and C1 controls
+# (CR and LF among them), Unicode line/paragraph separators, lone surrogates.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+MAX_DISPLAY_NAME = 200
 
 
 class InvalidAddress(ValueError):
@@ -40,6 +45,21 @@ def shown(value: str) -> str:
     """`value` quoted for an error message: cut short, and printable as UTF-8."""
     text = value if len(value) <= _SHOWN_CHARACTERS else value[:_SHOWN_CHARACTERS] + "…"
     return f"'{printable(text)}'"
+
+
+def json_kind(value) -> str:
+    """What a decoded JSON value is, in the words of JSON (for error messages)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string" if isinstance(value, str) else type(value).__name__
 
 
 def domain_canonical(domain: str) -> str:
@@ -122,3 +142,38 @@ def address_key(value: str) -> str:
     except InvalidAddress:
         domain = domain.strip().lower()
     return f"{local.lower()}@{domain}"
+
+
+def address_parse(value) -> tuple[str, str]:
+    """`"Jane <jane@example.com>"`, `"jane@example.com"` or `{"email", "name"}` → (name, address).
+
+    The address comes back in its canonical form (address_canonical), the
+    display name stripped. Raises InvalidAddress, its message fit for the
+    caller, for anything that cannot be sent.
+    """
+    if isinstance(value, dict):
+        name, address = value.get("name") or "", value.get("email")
+        if not isinstance(address, str):
+            raise InvalidAddress(f'An address object needs "email" as a string, not {json_kind(address)}.')
+        if not isinstance(name, str):
+            raise InvalidAddress(f"A display name must be a string, not {json_kind(name)}.")
+        if CONTROL_CHARACTERS.search(address):
+            raise InvalidAddress("An address may not contain control characters.")
+    elif isinstance(value, str):
+        if CONTROL_CHARACTERS.search(value):
+            raise InvalidAddress("An address may not contain control characters.")
+        parsed = getaddresses([value])
+        if len(parsed) != 1:
+            raise InvalidAddress(f"{shown(value)} is not one email address.")
+        name, address = parsed[0]
+    else:
+        raise InvalidAddress(f'An address must be a string or an object with "email", not {json_kind(value)}.')
+    if not address.strip():
+        given = value if isinstance(value, str) else address
+        raise InvalidAddress(f"{shown(given)} is not a valid email address.")
+    address = address_canonical(address)
+    if CONTROL_CHARACTERS.search(name):
+        raise InvalidAddress("A display name may not contain control characters.")
+    if len(name.strip()) > MAX_DISPLAY_NAME:
+        raise InvalidAddress(f"A display name may be at most {MAX_DISPLAY_NAME} characters.")
+    return name.strip(), address

@@ -1,9 +1,9 @@
 from django.urls import path
 
-from emailsvc.apis import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi, SendingResumeApi, SendingStatusApi
-from emailsvc.apis import StatsApi
-from emailsvc.apis import SuppressionDetailApi, SuppressionImportApi, SuppressionListApi
-
+from emailsvc.api.emails import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi
+from emailsvc.api.sending import SendingResumeApi, SendingStatusApi
+from emailsvc.api.stats import StatsApi
+from emailsvc.api.suppressions import SuppressionDetailApi, SuppressionImportApi, SuppressionListApi
 from emailsvc.api.templates import (
     TemplateDetailApi,
     TemplateListApi,

@@ -278,7 +278,7 @@ def test_sns_webhook_answers_503_while_the_database_is_unreachable(database_thro
 def test_a_crash_under_the_api_is_logged_once_with_its_traceback(make_client, monkeypatch, caplog):
     """Not an outage: still a 500 with its traceback, but one line, not a second
     "Internal Server Error" for the JSON answer that replaced Django's page."""
-    from emailsvc import apis
+    from emailsvc.api import emails as apis
 
     def broken_selector(*, email_id):
         raise RuntimeError("selector exploded")

@@ -8,7 +8,7 @@ import logging
 import pytest
 from rest_framework.test import APIClient
 
-from emailsvc import apis
+from emailsvc.api import emails as apis
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,8 @@ from emailsvc.api.auth import CanRead, FullAccess
 from core.sql import index_lookups
 from core.errors import EmailsvcError, ErrorBodySerializer, error_body
 from core.parsers import JsonTooDeep, json_loads_limited
-from emailsvc.serializers import EmailPageOutputSerializer, EmailSummaryOutputSerializer, cursor_page_serializer
+from core.fields import cursor_page_serializer
+from emailsvc.api.emails_outputs import EmailPageOutputSerializer, EmailSummaryOutputSerializer
 from tracking.apply import sns_notification_apply
 from tracking.normalize import MalformedEvent
 from tracking.selectors import group_analytics, group_messages

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from emailsvc.serializers import TextField
+from core.fields import TextField
 from tracking.models import WebhookDelivery
 from tracking.webhooks import EVENT_TYPE_CHOICES, EVENT_TYPES, MAX_URL_LENGTH
 

@@ -296,7 +296,7 @@ class TemplateAdmin(admin.ModelAdmin):
     @admin.action(description="Send a test email to me (latest version, sample data)")
     def send_test_to_me(self, request, queryset):
         # Through the send path a caller uses: the API's validation, then message_submit.
-        from emailsvc.serializers import send_request_validate
+        from emailsvc.api.emails_inputs import send_request_validate
         from emailsvc.submission.submit import message_submit
 
         if not request.user.email:

@@ -2,6 +2,7 @@
 
 import base64
 import logging
+from collections.abc import Callable
 
 from django.db import transaction
 
@@ -9,7 +10,6 @@ from core.addresses import address_forms, shown
 from core.errors import NotFound
 from emailsvc.models import Attachment, Message, Recipient
 from emailsvc.selectors import one_or_none
-from emailsvc.serializers import send_request_validate
 from emailsvc.submission.submit import message_submit
 
 logger = logging.getLogger(__name__)
@@ -47,19 +47,23 @@ def _send_request(original: Message, recipients: list[Recipient]) -> dict:
     return body
 
 
-def message_resend(*, message_id: int, by: str, email: str | None = None) -> Message:
+def message_resend(
+    *, message_id: int, by: str, validate: Callable[[dict], dict], email: str | None = None
+) -> Message:
     """Send an email again now, as a new email whose `retry_of` is the original.
 
     Every recipient of the original gets it again, or only `email` (any form of
-    the address) when given. It goes through the API's validation and
+    the address) when given. The request goes through `validate` — the API's
+    validation of a send request (emailsvc.api.emails_inputs.send_request_validate,
+    passed in because it belongs to the API layer above this one) — and
     `message_submit`, so today's sender policy, size limit, suppressions and
     sending pauses apply: a recipient suppressed since is `suppressed` on the
     new email, a paused domain holds it. The original's template record
     (name, version, data) is kept. `by` is logged.
 
     Raises NotFound (no such message, or `email` was not one of its
-    recipients) and whatever message_submit raises (ValidationFailed,
-    PolicyViolation, PayloadTooLarge).
+    recipients) and whatever `validate` and message_submit raise
+    (ValidationFailed, PolicyViolation, PayloadTooLarge).
     """
     original = one_or_none(Message.objects.filter(pk=message_id))
     if original is None:
@@ -70,7 +74,7 @@ def message_resend(*, message_id: int, by: str, email: str | None = None) -> Mes
         recipients = [recipient for recipient in recipients if recipient.email in forms]
         if not recipients:
             raise NotFound(f"{shown(email)} is not a recipient of email {original.email_id}.")
-    data = send_request_validate(_send_request(original, recipients))
+    data = validate(_send_request(original, recipients))
     with transaction.atomic():
         message = message_submit(api_key=original.api_key, data=data)
         link = {

@@ -9,10 +9,9 @@ from email.headerregistry import Address
 from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
-from rest_framework.exceptions import ValidationError as DrfValidationError
 
 from emailsvc import providers, status
-from core.addresses import address_key
+from core.addresses import InvalidAddress, address_key, address_parse
 from core.sql import rows_insert
 from core.errors import Conflict, EmailsvcError, PayloadTooLarge, ValidationFailed
 from emailsvc.models import (
@@ -25,7 +24,6 @@ from emailsvc.models import (
 )
 from emailsvc.submission.policy import check_sender_policy
 from emailsvc.selectors import suppressed_addresses
-from emailsvc.serializers import parse_address
 from emailsvc.sending_control.breaker import paused_domains
 from emailsvc.delivery.queueing import deliveries_enqueue
 from templates_app.errors import TemplateNotFound
@@ -110,15 +108,15 @@ def _template_apply(data: dict, templates: dict[str, TemplateVersion | TemplateN
             merged[field] = getattr(rendered, field)
     try:
         if "from" not in merged and rendered.from_email:
-            merged["from"] = parse_address(rendered.from_email)
+            merged["from"] = address_parse(rendered.from_email)
         if "from_name" not in merged and "from" not in data and rendered.from_name:
             merged["from_name"] = rendered.from_name
         if "reply_to" not in merged and rendered.reply_to:
-            merged["reply_to"] = [parse_address(item) for item in rendered.reply_to.split(",") if item.strip()]
-    except DrfValidationError as error:
+            merged["reply_to"] = [address_parse(item) for item in rendered.reply_to.split(",") if item.strip()]
+    except InvalidAddress as error:
         raise ValidationFailed(
-            f"Template '{ref}' renders a sender or reply-to that is not an address: {error.detail[0]}",
-            fields={"template": [str(error.detail[0])]},
+            f"Template '{ref}' renders a sender or reply-to that is not an address: {error}",
+            fields={"template": [str(error)]},
             code="template_render_error",
         ) from None
     if not merged.get("subject"):

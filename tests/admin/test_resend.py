@@ -7,6 +7,7 @@ import pytest
 
 from core.errors import NotFound, PolicyViolation
 from emailsvc.models import Message, Status
+from emailsvc.api.emails_inputs import send_request_validate
 from emailsvc.submission.resend import message_resend
 from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, sent_message
@@ -24,7 +25,7 @@ def test_resend_is_a_new_email_with_the_same_content_linked_to_the_original(api)
         **{"from": {"email": "billing@example.com", "name": "Billing"}},
     )
 
-    resent = message_resend(message_id=original.pk, by="admin:test")
+    resent = message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate)
 
     stored = Message.objects.get(pk=resent.pk)
     assert stored.retry_of_id == original.pk and stored.email_id != original.email_id
@@ -43,7 +44,7 @@ def test_resend_is_a_new_email_with_the_same_content_linked_to_the_original(api)
 def test_resend_to_one_address_sends_only_to_it(api):
     original = accepted_message(api, ["ann@example.com"], cc=["copy@example.com"])
 
-    resent = message_resend(message_id=original.pk, by="admin:test", email="COPY@example.com")
+    resent = message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate, email="COPY@example.com")
 
     assert list(resent.recipients.values_list("email", "role")) == [("copy@example.com", "to")]
 
@@ -52,14 +53,14 @@ def test_resend_applies_todays_suppressions_and_policy(api, settings):
     original = accepted_message(api, ["gone@example.com", "here@example.com"])
     suppression_add(email="gone@example.com", reason="hard_bounce")
 
-    resent = message_resend(message_id=original.pk, by="admin:test")
+    resent = message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate)
 
     assert dict(resent.recipients.values_list("email", "status")) == {
         "gone@example.com": Status.SUPPRESSED, "here@example.com": Status.QUEUED,
     }
     settings.ALLOWED_FROM_DOMAINS = ["other.example"]
     with pytest.raises(PolicyViolation):
-        message_resend(message_id=original.pk, by="admin:test")
+        message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate)
     assert original.retries.count() == 1
 
 
@@ -71,7 +72,7 @@ def test_resend_keeps_the_template_record(api, db):
     response = api.post("/api/v1/emails", json.dumps(body), content_type="application/json")
     original = Message.objects.get(email_id=response.json()["email_id"])
 
-    resent = Message.objects.get(pk=message_resend(message_id=original.pk, by="admin:test").pk)
+    resent = Message.objects.get(pk=message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate).pk)
 
     assert (resent.template_name, resent.template_version, resent.template_data) == ("receipt", 1, {"n": 7})
     assert (resent.subject, resent.text) == ("Receipt 7", "Paid 7")
@@ -81,7 +82,7 @@ def test_resend_of_what_does_not_exist_is_not_found(api):
     original = accepted_message(api, ["ann@example.com"])
 
     with pytest.raises(NotFound):
-        message_resend(message_id=original.pk + 1000, by="admin:test")
+        message_resend(message_id=original.pk + 1000, by="admin:test", validate=send_request_validate)
     with pytest.raises(NotFound):
-        message_resend(message_id=original.pk, by="admin:test", email="stranger@example.com")
+        message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate, email="stranger@example.com")
     assert not Message.objects.filter(retry_of=original).exists()
