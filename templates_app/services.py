@@ -313,11 +313,11 @@ def template_update(*, name: str, data: dict, created_by: str = "") -> TemplateV
     return version
 
 
-def template_delete(*, name: str, emails_pending: Callable[[str], int]) -> None:
+def template_delete(*, name: str, emails_pending: Callable[..., int]) -> None:
     """Delete a template and all its versions.
 
     Refused with TemplateInUse (409 `template_in_use`) while scheduled or queued
-    emails were submitted with it (`emails_pending(name)` counts them: the
+    emails were submitted with it (`emails_pending(name=name)` counts them: the
     emails are the sending app's, emailsvc.selectors.template_pending_messages), or while another template uses it as its
     layout. Raises NotFound (404 `template_not_found`).
     """
@@ -325,7 +325,7 @@ def template_delete(*, name: str, emails_pending: Callable[[str], int]) -> None:
         template = Template.objects.select_for_update().filter(name=name).first()
         if template is None:
             raise NotFound(f"There is no template '{name}'.", code="template_not_found")
-        pending = emails_pending(name)
+        pending = emails_pending(name=name)
         if pending:
             raise TemplateInUse(
                 f"{pending} scheduled or queued email{'s' if pending > 1 else ''} use template '{name}'; "

@@ -286,7 +286,7 @@ class TemplateDetailApi(_ByMethod):
         description="Delete the template and its versions.",
     )
     def delete(self, request, name: str):
-        template_delete(name=name, emails_pending=lambda template: template_pending_messages(name=template))
+        template_delete(name=name, emails_pending=template_pending_messages)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
