@@ -217,7 +217,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "WebhookDeliveryStatusEnum": "tracking.models.WebhookDelivery.State",
-        "WebhookEventTypeEnum": "tracking.webhooks.EVENT_TYPE_CHOICES",
+        "WebhookEventTypeEnum": "tracking.webhooks.events.EVENT_TYPE_CHOICES",
     },
 }
 

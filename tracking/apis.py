@@ -37,10 +37,8 @@ from tracking.sns import (
     sns_message_verify,
     sns_subscription_confirm,
 )
-from tracking.webhooks import (
-    webhook_deliveries,
-    webhook_delivery_get,
-    webhook_delivery_resend,
+from tracking.webhooks.deliveries import webhook_deliveries, webhook_delivery_get, webhook_delivery_resend
+from tracking.webhooks.endpoints import (
     webhook_endpoint_create,
     webhook_endpoint_delete,
     webhook_endpoint_enable,
