@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from templates_app.errors import TemplateNotFound
 from templates_app.models import TEMPLATE_NAME_PATTERN
-from templates_app.rendering import compiled_part
+from templates_app.rendering.compile import compiled_part
 from templates_app.services import MAX_SOURCE_CHARS, PARTS, template_ref_parse
 
 
