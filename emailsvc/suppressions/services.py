@@ -39,20 +39,15 @@ def suppression_add(
     source: str = "",
     note: str = "",
     expires_at: datetime | None = None,
-    keep_existing: bool = False,
 ) -> Suppression:
     """Suppress an address (idempotent: an existing entry is updated).
 
-    With keep_existing (automatic suppressions from events) an active entry is
-    left exactly as it is, so support's reason and note are never overwritten
-    (see suppression_ensure). The address is stored in its canonical form
+    Automatic suppressions from events go through suppression_ensure instead,
+    which leaves an active entry as it is. The address is stored in its canonical form
     (core.addresses), the form sends are checked with; an address without
     one (an odd address in a provider event) is stored lower-cased rather than
     refused.
     """
-    if keep_existing:
-        suppression, _ = suppression_ensure(email=email, reason=reason, source=source, note=note, expires_at=expires_at)
-        return suppression
     address = address_key(email)
     defaults = {"reason": reason, "source": source, "note": note, "expires_at": expires_at}
     suppression, _ = Suppression.objects.update_or_create(email=address, defaults=defaults)
