@@ -18,6 +18,8 @@ import re
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 
+from core.errors import ValidationFailed
+
 try:  # UTS-46 mapping (IDNA 2008), as browsers and mail clients do.
     import idna as _idna
 except ImportError:  # pragma: no cover - idna ships with requests/anymail
@@ -27,8 +29,10 @@ _SHOWN_CHARACTERS = 100
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
-class InvalidAddress(ValueError):
+class InvalidAddress(ValidationFailed, ValueError):
     """An address (or domain) that cannot be stored and sent; the message says why."""
+
+    code = "invalid_address"
 
 
 def printable(value: str) -> str:

@@ -10,7 +10,8 @@ from rest_framework.views import APIView
 from core import metrics
 from emailsvc.api.auth import CanRead, CanSend, FullAccess
 from core.pagination import NewestFirstPagination
-from core.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body
+from core.errors import EmailsvcError, ValidationFailed
+from core.responses import ErrorBodySerializer, error_body
 from emailsvc.selectors import message_get, message_list_queryset
 from emailsvc.serializers import (
     BatchInputSerializer,

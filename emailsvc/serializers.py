@@ -27,7 +27,7 @@ from rest_framework import serializers
 from rest_framework.validators import ProhibitSurrogateCharactersValidator
 
 from core.addresses import InvalidAddress, address_canonical, printable, shown
-from core.errors import ErrorBodySerializer, validation_failed_from_drf
+from core.responses import ErrorBodySerializer, validation_failed_from_drf
 from emailsvc.models import Priority, Recipient, Status, Suppression
 
 # \Z, not $: "$" also matches before a final line break.

@@ -9,7 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from emailsvc.api.auth import CanRead, FullAccess
-from core.errors import ErrorBodySerializer
+from core.responses import ErrorBodySerializer
 from emailsvc.serializers import cursor_page_serializer
 from emailsvc.selectors import template_pending_messages
 from templates_app.selectors import template_list, template_version_get, template_versions

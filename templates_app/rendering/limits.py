@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from jinja2.runtime import Macro, Undefined
 
+from templates_app.errors import TemplateRenderError
+
 # Macros calling macros: Python recursion under each call is ~6 frames deep.
 MAX_CALL_DEPTH = 50
 # Integers past this are refused (`9 ** 9 ** 9` would run for hours).
@@ -42,7 +44,7 @@ class RenderLimits:
         )
 
 
-class RenderLimitExceeded(Exception):
+class RenderLimitExceeded(TemplateRenderError):
     """A render went over one of its bounds; reported as template_render_error."""
 
 

@@ -26,7 +26,7 @@ _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class TargetRefused(Exception):
+class TargetRefused(ValidationFailed):
     """A webhook URL that may not be used; `code` is the API's error code."""
 
     def __init__(self, code: str, detail: str):
