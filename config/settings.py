@@ -192,7 +192,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["emailsvc.api.auth.CanRead"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],  # DRF's, with a nesting limit
-    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "core.responses.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -217,7 +217,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "ENUM_NAME_OVERRIDES": {
         "WebhookDeliveryStatusEnum": "tracking.models.WebhookDelivery.State",
-        "WebhookEventTypeEnum": "tracking.webhooks.EVENT_TYPE_CHOICES",
+        "WebhookEventTypeEnum": "tracking.webhooks.events.EVENT_TYPE_CHOICES",
     },
 }
 

@@ -19,6 +19,8 @@ from email.utils import getaddresses
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 
+from core.errors import ValidationFailed
+
 try:  # UTS-46 mapping (IDNA 2008), as browsers and mail clients do.
     import idna as _idna
 except ImportError:  # pragma: no cover - idna ships with requests/anymail
@@ -32,8 +34,10 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]"
 MAX_DISPLAY_NAME = 200
 
 
-class InvalidAddress(ValueError):
+class InvalidAddress(ValidationFailed, ValueError):
     """An address (or domain) that cannot be stored and sent; the message says why."""
+
+    code = "invalid_address"
 
 
 def printable(value: str) -> str:

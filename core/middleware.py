@@ -21,10 +21,9 @@ from core.errors import (
     EmailsvcError,
     NotFound,
     ValidationFailed,
-    error_body,
     error_for_status,
-    to_emailsvc_error,
 )
+from core.responses import error_body, error_response, to_emailsvc_error
 
 API_PREFIXES = ("/api/", "/webhooks/")
 # No id, group or query value the API stores can hold a control character
@@ -77,10 +76,12 @@ class JsonErrorsMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         """A view under /api/ or /webhooks/ that DRF does not wrap (DRF answers its
-        own through core.errors) raised: the database outage answer, or
-        Django's 500 as before."""
+        own through core.responses) raised: its error of the hierarchy, the
+        database outage answer, or Django's 500 as before."""
         if not request.path_info.startswith(API_PREFIXES):
             return None
+        if isinstance(exception, EmailsvcError):
+            return error_response(exception)
         error = to_emailsvc_error(exception)
         if not isinstance(error, DependencyUnavailable):
             return None

@@ -15,12 +15,16 @@ from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
+from core.errors import ValidationFailed
+
 MAX_JSON_DEPTH = 64
 _NOT_PARSED = object()
 
 
-class JsonTooDeep(ValueError):
+class JsonTooDeep(ValidationFailed, ValueError):
     """A JSON document nested more than MAX_JSON_DEPTH levels."""
+
+    code = "invalid_json"
 
     def __init__(self):
         super().__init__(f"it is nested more than {MAX_JSON_DEPTH} levels deep.")

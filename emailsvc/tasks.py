@@ -1,6 +1,7 @@
 """Celery entry points of the sending side: call the service, retry only what is transient."""
 
 from celery import shared_task
+from celery.signals import worker_init
 from django.db import close_old_connections
 
 from core import metrics
@@ -16,6 +17,19 @@ from core.taskbase import ResilientTask
 # successor this many seconds ahead, so delivery resumes within that time of
 # the database's return (the sweeper would take SWEEP_QUEUED_AFTER_SECONDS).
 DATABASE_WAIT_SECONDS = 5.0
+
+# In a worker a chunk is recorded by the process's recorder thread while the
+# task takes its next chunk. Set when this process starts as a worker, before
+# its pool starts (the pool's processes inherit it); anywhere else (`apply()`
+# in a shell, a test, the bench) a delivery task records its chunk before it
+# returns, with nothing left running behind it.
+_record_in_background = False
+
+
+@worker_init.connect(weak=False, dispatch_uid="emailsvc.record_in_background")
+def _worker_started(**kwargs) -> None:
+    global _record_in_background
+    _record_in_background = True
 
 
 class DeliveryTask(ResilientTask):
@@ -45,22 +59,18 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     def next_chunk() -> None:
         delivery_enqueue(priority=priority)
 
-    # In a worker the chunk is recorded by the process's recorder thread while
-    # this process takes its next chunk, and with the limiter on the next
-    # chunk's task is published before this chunk's last sends (run in place,
-    # e.g. `apply()`, it is recorded before the task returns).
-    in_worker = not self.request.is_eager
-    result = deliver_due(
-        priority=priority, recorded=recorded if in_worker else None, next_chunk=next_chunk if in_worker else None
-    )
+    # With the recorder, and with the limiter on, the next chunk's task is
+    # published before this chunk's last sends.
+    recorder = recorded if _record_in_background else None
+    result = deliver_due(priority=priority, recorded=recorder, next_chunk=next_chunk if recorder else None)
     if result.retry_in is not None:
         metrics.delivery_chunk_observe(result)
         raise self.retry(countdown=result.retry_in)
-    if self.request.is_eager or not result.claimed:
+    if recorder is None or not result.claimed:
         recorded(result)
     if not result.next_published:
         chunk_follow_up(priority=priority, claimed=result.claimed, chunk_size=result.chunk_size, due_later=[])
-    if not self.request.is_eager:  # what was sent is known once the recorder has recorded it
+    if recorder is not None:  # what was sent is known once the recorder has recorded it
         return {"claimed": result.claimed}
     return {"claimed": result.claimed, "sent": result.sent, "failed": result.failed, "deferred": result.deferred}
 

@@ -1,6 +1,6 @@
 """Errors of stored templates, in the project's one hierarchy (core.errors).
 
-They leave the API through `core.errors.api_exception_handler` like every
+They leave the API through `core.responses.api_exception_handler` like every
 other error, so a send naming a bad template answers 400 with a stable code.
 """
 

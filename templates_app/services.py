@@ -27,17 +27,11 @@ from markupsafe import Markup
 from core.errors import NotFound
 from templates_app.errors import TemplateExists, TemplateInUse, TemplateInvalid, TemplateNotFound, TemplateRenderError
 from templates_app.models import TEMPLATE_NAME_PATTERN, Template, TemplateVersion
-from templates_app.rendering import (
-    CompiledPart,
-    Render,
-    RenderLimits,
-    compile_mjml,
-    compiled_part,
-    html_to_text,
-    inline_css,
-    single_line,
-    syntax_problem,
-)
+from templates_app.rendering.compile import CompiledPart, compiled_part, syntax_problem
+from templates_app.rendering.limits import RenderLimits
+from templates_app.rendering.mjml import compile_mjml
+from templates_app.rendering.postprocess import html_to_text, inline_css
+from templates_app.rendering.render import Render, single_line
 from templates_app.selectors import templates_using_layout
 
 # A layout may itself have a layout; deeper chains are refused as likely mistakes.

@@ -3,7 +3,6 @@ outbound status webhook subscriptions and their deliveries."""
 
 import logging
 
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.db import transaction
 from django.http import JsonResponse
@@ -18,7 +17,8 @@ from rest_framework.views import APIView
 from core.pagination import NewestFirstPagination
 from emailsvc.api.auth import CanRead, FullAccess
 from core.sql import index_lookups
-from core.errors import EmailsvcError, ErrorBodySerializer, error_body
+from core.errors import Forbidden, ValidationFailed, error_for_status
+from core.responses import ErrorBodySerializer, error_response
 from core.parsers import JsonTooDeep, json_loads_limited
 from core.fields import cursor_page_serializer
 from emailsvc.api.emails_outputs import EmailPageOutputSerializer, EmailSummaryOutputSerializer
@@ -38,10 +38,8 @@ from tracking.sns import (
     sns_message_verify,
     sns_subscription_confirm,
 )
-from tracking.webhooks import (
-    webhook_deliveries,
-    webhook_delivery_get,
-    webhook_delivery_resend,
+from tracking.webhooks.deliveries import webhook_deliveries, webhook_delivery_get, webhook_delivery_resend
+from tracking.webhooks.endpoints import (
     webhook_endpoint_create,
     webhook_endpoint_delete,
     webhook_endpoint_enable,
@@ -87,25 +85,20 @@ class GroupAnalyticsApi(APIView):
         return Response(GroupAnalyticsOutputSerializer(group_analytics(group_id=group_id)).data)
 
 
-def _error(code: str, detail: str, status: int) -> JsonResponse:
-    """The API's error body (core.errors) from a plain Django view."""
-    error = EmailsvcError(detail, code=code)
-    return JsonResponse(error_body(error), status=status)
-
-
 @method_decorator(csrf_exempt, name="dispatch")
 class SesSnsWebhookView(View):
     """POST target of an SNS HTTPS subscription carrying SES events.
 
     Every message must carry a valid SNS signature, be fresh and come from a
     topic in SNS_ALLOWED_TOPIC_ARNS; anything else is refused with 403 and
-    changes nothing. SNS posts `text/plain` JSON, so this is a plain Django view.
+    changes nothing. SNS posts `text/plain` JSON, so this is a plain Django view;
+    the errors it raises are answered by core.middleware like every other.
     """
 
     http_method_names = ["post"]
 
     def http_method_not_allowed(self, request, *args, **kwargs):
-        response = _error("method_not_allowed", "Only POST (from Amazon SNS) is accepted here.", 405)
+        response = error_response(error_for_status(405, "Only POST (from Amazon SNS) is accepted here."))
         response["Allow"] = "POST"
         return response
 
@@ -113,31 +106,26 @@ class SesSnsWebhookView(View):
         try:
             message = json_loads_limited(request.body)
         except JsonTooDeep as error:
-            return _error("invalid_json", f"The body is not valid JSON: {error}", 400)
+            raise ValidationFailed(f"The body is not valid JSON: {error}", code="invalid_json") from None
         except (ValueError, UnicodeDecodeError):
-            return _error("invalid_json", "The body is not JSON.", 400)
+            raise ValidationFailed("The body is not JSON.", code="invalid_json") from None
         if not isinstance(message, dict):
-            return _error("invalid_json", "The body is not a JSON object.", 400)
+            raise ValidationFailed("The body is not a JSON object.", code="invalid_json")
         header_type = request.headers.get("x-amz-sns-message-type")
         if header_type and header_type != message.get("Type"):
-            return _error("sns_malformed", "x-amz-sns-message-type does not match the body's Type.", 400)
+            raise ValidationFailed("x-amz-sns-message-type does not match the body's Type.", code="sns_malformed")
         # The topic first: a stranger's message never makes us fetch a certificate.
         if message.get("TopicArn") not in settings.SNS_ALLOWED_TOPIC_ARNS:
             logger.warning("SNS message refused: topic not allowed topic=%.200s", message.get("TopicArn"))
-            return _error("sns_topic_not_allowed", "The topic is not in SNS_ALLOWED_TOPIC_ARNS.", 403)
+            raise Forbidden("The topic is not in SNS_ALLOWED_TOPIC_ARNS.", code="sns_topic_not_allowed")
         try:
             sns_message_verify(message, max_age_seconds=settings.SNS_MAX_AGE_SECONDS)
         except SnsVerificationError as error:
             logger.warning("SNS message refused code=%s", error.code)
-            return _error(error.code, error.detail, 403)
+            raise
 
         if message["Type"] == "SubscriptionConfirmation":
-            try:
-                sns_subscription_confirm(topic_arn=message["TopicArn"], token=message["Token"])
-            except (ClientError, BotoCoreError) as error:
-                # SNS sends the confirmation again; the operator sees why in the log.
-                logger.error("SNS subscription not confirmed topic=%s: %s", message["TopicArn"], error)
-                return _error("sns_confirm_failed", "The subscription could not be confirmed with Amazon SNS.", 502)
+            sns_subscription_confirm(topic_arn=message["TopicArn"], token=message["Token"])
             return JsonResponse({"status": "confirmed"})
         if message["Type"] != "Notification":
             return JsonResponse({"status": "ignored"})
@@ -145,7 +133,7 @@ class SesSnsWebhookView(View):
             applied = sns_notification_apply(message=message)
         except MalformedEvent as error:
             logger.error("SNS notification with an unreadable SES event message_id=%s: %s", message.get("MessageId"), error)
-            return _error("invalid_event", "The notification does not hold a readable SES event.", 400)
+            raise ValidationFailed("The notification does not hold a readable SES event.", code="invalid_event") from None
         outcomes = [a.outcome for a in applied]
         return JsonResponse({"status": "ok", **{name: outcomes.count(name) for name in ("applied", "duplicate", "unmatched")}})
 

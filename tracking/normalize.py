@@ -14,13 +14,15 @@ needs are read from the SES event itself.
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 
 import orjson
 from anymail.exceptions import AnymailError
 from anymail.webhooks.amazon_ses import AmazonSESTrackingWebhookView
 from django.utils.dateparse import parse_datetime
 
+from core.errors import ValidationFailed
 from tracking.models import EventType
 
 TRACKING_HEADER = "x-emailsvc-tracking-id"
@@ -48,8 +50,10 @@ _SES_TYPES = {
 _SES_OBJECT_KEYS = {"DeliveryDelay": "deliveryDelay", "Rendering Failure": "failure"}
 
 
-class MalformedEvent(ValueError):
+class MalformedEvent(ValidationFailed, ValueError):
     """The body is neither an SES event nor an SNS envelope of one."""
+
+    code = "invalid_event"
 
 
 @dataclass(frozen=True)

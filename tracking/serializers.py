@@ -2,7 +2,8 @@ from rest_framework import serializers
 
 from core.fields import TextField
 from tracking.models import WebhookDelivery
-from tracking.webhooks import EVENT_TYPE_CHOICES, EVENT_TYPES, MAX_URL_LENGTH
+from tracking.webhooks.events import EVENT_TYPE_CHOICES, EVENT_TYPES
+from tracking.webhooks.targets import MAX_URL_LENGTH
 
 
 class GroupAnalyticsOutputSerializer(serializers.Serializer):

@@ -37,15 +37,19 @@ from typing import IO, NoReturn
 from urllib.parse import urlsplit
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from django.conf import settings
 
+from core.errors import DependencyFailed, Forbidden
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "SnsConfirmFailed",
     "SnsVerificationError",
     "certificate_cache_clear",
     "certificate_remember",
@@ -84,7 +88,7 @@ _cache: OrderedDict[str, x509.Certificate] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-class SnsVerificationError(Exception):
+class SnsVerificationError(Forbidden):
     """Why a message was rejected.
 
     `code` is one of: sns_malformed, sns_certificate_url_invalid,
@@ -307,14 +311,27 @@ def _certificate_download(url: str) -> bytes:
     return body
 
 
+class SnsConfirmFailed(DependencyFailed):
+    """Amazon SNS did not take the confirmation (502); SNS sends it again."""
+
+    code = "sns_confirm_failed"
+    default_detail = "The subscription could not be confirmed with Amazon SNS."
+
+
 def sns_subscription_confirm(*, topic_arn: str, token: str) -> None:
     """Confirm a subscription through the SNS API in the topic's own region.
 
     Uses ConfirmSubscription (signed AWS call) rather than fetching SubscribeURL,
-    so nothing but the AWS endpoint is ever contacted.
+    so nothing but the AWS endpoint is ever contacted. Raises SnsConfirmFailed
+    when SNS refuses or cannot be reached (the reason is logged).
     """
     parts = topic_arn.split(":")
     region = parts[3] if len(parts) == 6 and parts[3] else settings.AWS_REGION
     client = boto3.client("sns", region_name=region, endpoint_url=settings.AWS_ENDPOINT_URL or None)
-    client.confirm_subscription(TopicArn=topic_arn, Token=token, AuthenticateOnUnsubscribe="true")
+    try:
+        client.confirm_subscription(TopicArn=topic_arn, Token=token, AuthenticateOnUnsubscribe="true")
+    except (ClientError, BotoCoreError) as error:
+        # SNS sends the confirmation again; the operator sees why in the log.
+        logger.error("SNS subscription not confirmed topic=%s: %s", topic_arn, error)
+        raise SnsConfirmFailed() from None
     logger.info("SNS subscription confirmed topic=%s", topic_arn)

@@ -5,7 +5,9 @@ from celery import shared_task
 from core import metrics
 from core.taskbase import ResilientTask
 from tracking.drain import events_drain
-from tracking.webhooks import webhook_deliveries_send, webhook_send_enqueue, webhooks_dispatch
+from tracking.webhooks.outbox import webhooks_dispatch
+from tracking.webhooks.queueing import webhook_send_enqueue
+from tracking.webhooks.sender import webhook_deliveries_send
 
 
 @shared_task(name="tracking.drain_events", base=ResilientTask, ignore_result=True)

@@ -8,7 +8,8 @@ from core.errors import Conflict
 from emailsvc.models import Message, Status
 from emailsvc.selectors import one_or_none
 from tracking.models import EngagementEvent, WebhookDelivery, WebhookEndpoint
-from tracking.webhooks import webhook_delivery_resend, webhook_endpoint_disable, webhook_endpoint_enable
+from tracking.webhooks.deliveries import webhook_delivery_resend
+from tracking.webhooks.endpoints import webhook_endpoint_disable, webhook_endpoint_enable
 
 
 @admin.register(EngagementEvent)

@@ -13,7 +13,8 @@ from rest_framework.views import APIView
 
 from core import metrics
 from core.addresses import shown
-from core.errors import EmailsvcError, ErrorBodySerializer, ValidationFailed, error_body, validation_failed_from_drf
+from core.errors import EmailsvcError, ValidationFailed
+from core.responses import ErrorBodySerializer, error_body, validation_failed_from_drf
 from core.fields import MomentField, TextField, error_list, filter_text, one_value
 from core.pagination import NewestFirstPagination
 from core.sql import index_lookups

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from core.errors import ErrorBodySerializer
+from core.responses import ErrorBodySerializer
 from core.fields import cursor_page_serializer, rename_field
 from emailsvc.models import Status
 

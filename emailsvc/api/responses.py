@@ -2,7 +2,7 @@
 
 from drf_spectacular.utils import OpenApiResponse
 
-from core.errors import ErrorBodySerializer
+from core.responses import ErrorBodySerializer
 
 ERRORS = {
     400: OpenApiResponse(ErrorBodySerializer, description="Validation error (code in `error`)"),

@@ -10,7 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.addresses import InvalidAddress, address_canonical
-from core.errors import ErrorBodySerializer, NotFound, PayloadTooLarge, ValidationFailed, error_body
+from core.errors import NotFound, PayloadTooLarge, ValidationFailed
+from core.responses import ErrorBodySerializer, error_body
 from core.fields import TextField, cursor_page_serializer
 from core.pagination import NewestFirstPagination
 from emailsvc.api.auth import CanRead, FullAccess

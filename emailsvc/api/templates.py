@@ -8,13 +8,13 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.errors import ErrorBodySerializer
 from core.fields import cursor_page_serializer
+from core.responses import ErrorBodySerializer
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.selectors import template_pending_messages
 from templates_app.errors import TemplateNotFound
 from templates_app.models import TEMPLATE_NAME_PATTERN
-from templates_app.rendering import compiled_part
+from templates_app.rendering.compile import compiled_part
 from templates_app.selectors import template_list, template_version_get, template_versions
 from templates_app.services import (
     MAX_SOURCE_CHARS,

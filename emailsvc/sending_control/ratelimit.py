@@ -50,51 +50,21 @@ if TYPE_CHECKING:
 DEFAULT_KEY = "emailsvc:ratelimit:send"
 
 # KEYS[1] bucket key; ARGV[1] emission interval T (seconds per token),
-# ARGV[2] burst (tokens), ARGV[3] tokens requested.
-# Returns the wait in seconds as a *string* ("0" when granted): Redis converts
-# a Lua number reply to an integer, which would truncate 0.07 to 0.
+# ARGV[2] burst (tokens), ARGV[3] tokens requested, ARGV[4] the longest wait
+# granted, ARGV[5] the idle start (see below).
+# A request whose wait is at most ARGV[4] seconds is granted *now* for the
+# moment its tokens come due (the caller sleeps the returned wait, then sends);
+# a longer wait takes nothing. With ARGV[4] = 0 this is plain GCRA: granted
+# only when the tokens are there, else the wait after which they would be.
+# An idle bucket books its first moment ARGV[5] seconds ahead (0: at once).
+# Grants follow one sequence of theoretical arrival times whatever the
+# callers' waits, so the same bound holds, without waiters polling Redis.
+# Returns "G<wait>" (granted; send after <wait> seconds) or "R<wait>" (refused),
+# a string: Redis converts a Lua number reply to an integer, which would
+# truncate 0.07 to 0.
 _GCRA_LUA = """
 if redis.replicate_commands then
   -- Redis < 5: TIME is non-deterministic, so replicate the effects (SET), not the script.
-  pcall(redis.replicate_commands)
-end
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tokens = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tat = tonumber(redis.call('GET', KEYS[1]))
--- Work with offsets from now: subtracting two ~1.7e9 doubles is exact enough,
--- and a full bucket gives an offset of exactly 0.
-local ahead = 0
-if tat and tat > now then
-  ahead = tat - now
-end
-local offset = ahead + tokens * interval
-local allowance = math.max(burst, tokens) * interval
--- 1 microsecond of slack absorbs float rounding (the server clock has
--- microsecond resolution anyway); it does not accumulate, as tat keeps the sum.
-local wait = offset - allowance
-if wait <= 0.000001 then
-  redis.call('SET', KEYS[1], string.format('%.17g', now + offset),
-             'PX', math.ceil(offset * 1000) + 1000)
-  return '0'
-end
--- Round up to the microsecond so that sleeping the returned wait is enough.
-return string.format('%.6f', math.ceil(wait * 1000000) / 1000000)
-"""
-
-_script_object: Script | None = None
-
-# Reservation: like the script above, but a request whose wait is at most
-# ARGV[4] seconds is granted *now* for the moment its tokens come due (the
-# caller sleeps the returned wait, then sends); a longer wait takes nothing.
-# An idle bucket books its first moment ARGV[5] seconds ahead (0: at once).
-# Grants follow the same sequence of theoretical arrival times as the
-# try-and-sleep path, so the same bound holds, without waiters polling Redis.
-# Returns "G<wait>" (granted; send after <wait> seconds) or "R<wait>" (refused).
-_RESERVE_LUA = """
-if redis.replicate_commands then
   pcall(redis.replicate_commands)
 end
 local interval = tonumber(ARGV[1])
@@ -105,6 +75,8 @@ local idle_start = tonumber(ARGV[5]) or 0
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local tat = tonumber(redis.call('GET', KEYS[1]))
+-- Work with offsets from now: subtracting two ~1.7e9 doubles is exact enough,
+-- and a full bucket gives an offset of exactly 0.
 local ahead = 0
 if tat and tat > now then
   ahead = tat - now
@@ -116,10 +88,13 @@ if ahead == 0 and idle_start > 0 then
   ahead = idle_start
 end
 local offset = ahead + tokens * interval
+-- 1 microsecond of slack absorbs float rounding (the server clock has
+-- microsecond resolution anyway); it does not accumulate, as tat keeps the sum.
 if wait <= 0.000001 then
   wait = 0
 end
 if wait > max_wait then
+  -- Rounded up to the microsecond so that sleeping the returned wait is enough.
   return 'R' .. string.format('%.6f', math.ceil(wait * 1000000) / 1000000)
 end
 redis.call('SET', KEYS[1], string.format('%.17g', now + offset), 'PX', math.ceil(offset * 1000) + 1000)
@@ -169,16 +144,6 @@ class RateLimit:
         return self.per_second > 0
 
 
-def _script(client: redis.Redis) -> Script:
-    """The GCRA script, registered once per process (redis-py's Script retries
-    with SCRIPT LOAD when the server answers NOSCRIPT, e.g. after a restart or
-    SCRIPT FLUSH, and may be called with any client)."""
-    global _script_object
-    if _script_object is None:
-        _script_object = client.register_script(_GCRA_LUA)
-    return _script_object
-
-
 def rate_limit_try(*, limit: RateLimit, tokens: int = 1, client: redis.Redis | None = None) -> float:
     """Take `tokens` now if the bucket allows it: return 0.0. Otherwise take nothing and
     return how many seconds to wait before the same request would be granted.
@@ -197,13 +162,8 @@ def rate_limit_try(*, limit: RateLimit, tokens: int = 1, client: redis.Redis | N
         raise ValueError(f"tokens must be an integer >= 1, got {tokens!r}")
     if not limit.enabled:
         return 0.0
-    client = client if client is not None else redis_client()
-    reply = _script(client)(
-        keys=[limit.key],
-        args=[repr(1.0 / limit.per_second), int(limit.burst), int(tokens)],
-        client=client,
-    )
-    return max(float(reply), 0.0)
+    granted, wait = _reserve(limit=limit, tokens=tokens, max_wait=0.0, idle_start=0.0, client=client)
+    return 0.0 if granted else wait
 
 
 def rate_limit_acquire(
@@ -232,6 +192,9 @@ def rate_limit_acquire(
 
 
 def _registered(client: redis.Redis, source: str) -> Script:
+    """A script registered once per process (redis-py's Script retries with
+    SCRIPT LOAD when the server answers NOSCRIPT, e.g. after a restart or
+    SCRIPT FLUSH, and may be called with any client)."""
     if source not in _scripts:
         _scripts[source] = client.register_script(source)
     return _scripts[source]
@@ -257,16 +220,23 @@ def rate_limit_reserve(
         raise ValueError(f"max_wait must be >= 0, got {max_wait!r}")
     if not limit.enabled:
         return True, 0.0
+    granted, wait = _reserve(limit=limit, tokens=tokens, max_wait=max_wait, idle_start=idle_start, client=client)
+    rate_limit_wait_observe(granted=granted, wait=wait)
+    return granted, wait
+
+
+def _reserve(
+    *, limit: RateLimit, tokens: int, max_wait: float, idle_start: float, client: redis.Redis | None
+) -> tuple[bool, float]:
+    """One run of the GCRA script: (granted, wait)."""
     client = client if client is not None else redis_client()
-    reply = _registered(client, _RESERVE_LUA)(
+    reply = _registered(client, _GCRA_LUA)(
         keys=[limit.key],
         args=[repr(1.0 / limit.per_second), int(limit.burst), int(tokens), repr(float(max_wait)), repr(float(idle_start))],
         client=client,
     )
     reply = reply.decode() if isinstance(reply, bytes) else str(reply)
-    granted, wait = reply[0] == "G", max(float(reply[1:]), 0.0)
-    rate_limit_wait_observe(granted=granted, wait=wait)
-    return granted, wait
+    return reply[0] == "G", max(float(reply[1:]), 0.0)
 
 
 def rate_limit_backlog(*, limit: RateLimit, client: redis.Redis | None = None) -> float:

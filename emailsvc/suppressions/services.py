@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from emailsvc.suppressions import ses_sync as ses_suppressions
 from core.addresses import address_forms, address_key
-from core.errors import ValidationFailed
+from core.errors import DependencyFailed, ValidationFailed
 from emailsvc.models import SesSuppressionLift, Suppression
 from core.outages import outage
 from emailsvc.selectors import suppressions_to_push
@@ -39,20 +39,15 @@ def suppression_add(
     source: str = "",
     note: str = "",
     expires_at: datetime | None = None,
-    keep_existing: bool = False,
 ) -> Suppression:
     """Suppress an address (idempotent: an existing entry is updated).
 
-    With keep_existing (automatic suppressions from events) an active entry is
-    left exactly as it is, so support's reason and note are never overwritten
-    (see suppression_ensure). The address is stored in its canonical form
+    Automatic suppressions from events go through suppression_ensure instead,
+    which leaves an active entry as it is. The address is stored in its canonical form
     (core.addresses), the form sends are checked with; an address without
     one (an odd address in a provider event) is stored lower-cased rather than
     refused.
     """
-    if keep_existing:
-        suppression, _ = suppression_ensure(email=email, reason=reason, source=source, note=note, expires_at=expires_at)
-        return suppression
     address = address_key(email)
     defaults = {"reason": reason, "source": source, "note": note, "expires_at": expires_at}
     suppression, _ = Suppression.objects.update_or_create(email=address, defaults=defaults)
@@ -295,8 +290,10 @@ PUSH_SETTLE_SECONDS = 300
 _PUSH_MAX_REFUSED_IN_A_ROW = 10
 
 
-class SesSyncFailed(Exception):
+class SesSyncFailed(DependencyFailed):
     """A pull or push stopped at a failed SES call; `result` holds what was done before it."""
+
+    code = "ses_sync_failed"
 
     def __init__(self, error: ses_suppressions.SesSuppressionListError, result):
         self.error = error
@@ -412,7 +409,7 @@ def ses_suppressions_push(*, everything: bool = False, client=None) -> SesPushRe
                     email=suppression.email, reason=OUR_REASONS_FOR_SES[suppression.reason], client=client
                 )
             except ses_suppressions.SesSuppressionListError as error:
-                if error.code != "BadRequestException" or len(refusals) + 1 >= _PUSH_MAX_REFUSED_IN_A_ROW:
+                if error.ses_code != "BadRequestException" or len(refusals) + 1 >= _PUSH_MAX_REFUSED_IN_A_ROW:
                     # The next push starts again at the first address not known to be pushed or refused.
                     _watermark_save(refusals_before if refusals else after_id)
                     raise SesSyncFailed(error, result) from None

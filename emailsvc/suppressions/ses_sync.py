@@ -17,18 +17,22 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
+from core.errors import DependencyFailed
+
 # ListSuppressedDestinations answers at most 1,000 entries a page.
 PAGE_SIZE = 1000
 # Errors worth trying again later: SES or the network was busy, not the request wrong.
 _TRANSIENT_CODES = {"TooManyRequestsException", "Throttling", "ThrottlingException", "InternalFailure", "ServiceUnavailable"}
 
 
-class SesSuppressionListError(Exception):
-    """A call to SES's suppression list failed; `code` is SES's error code."""
+class SesSuppressionListError(DependencyFailed):
+    """A call to SES's suppression list failed; `ses_code` is SES's error code."""
+
+    code = "ses_suppression_list_failed"
 
     def __init__(self, operation: str, code: str, message: str, *, status: int | None = None):
         self.operation = operation
-        self.code = code
+        self.ses_code = code
         self.status = status
         self.transient = code in _TRANSIENT_CODES or (status is not None and status >= 500)
         if status == 404 and code in {"404", "NotFound"}:
@@ -93,7 +97,7 @@ def suppressed_destination_delete(*, email: str, client=None) -> bool:
     try:
         _call("DeleteSuppressedDestination", client.delete_suppressed_destination, EmailAddress=email)
     except SesSuppressionListError as error:
-        if error.code == "NotFoundException":
+        if error.ses_code == "NotFoundException":
             return False
         raise
     return True

@@ -151,11 +151,12 @@ def test_message_page_links_template_and_resends(admin_client, api, db):
 
 
 def test_message_page_lists_webhook_deliveries_when_they_exist(admin_client, api, settings):
-    webhooks = pytest.importorskip("tracking.webhooks")
+    endpoints = pytest.importorskip("tracking.webhooks.endpoints")
+    outbox = pytest.importorskip("tracking.webhooks.outbox")
     settings.WEBHOOK_ALLOW_HTTP = settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True
-    endpoint, _ = webhooks.webhook_endpoint_create(url="http://127.0.0.1:9/hooks", event_types=["*"])
+    endpoint, _ = endpoints.webhook_endpoint_create(url="http://127.0.0.1:9/hooks", event_types=["*"])
     message = sent_message(api, ["hooked@example.com"])
-    webhooks.webhooks_dispatch()
+    outbox.webhooks_dispatch()
 
     overview = admin_client.get(f"/admin/emailsvc/message/{message.pk}/change/").context["overview"]
 

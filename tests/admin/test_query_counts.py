@@ -103,14 +103,15 @@ def make_sending_pauses(api, count):
 
 
 def make_webhook_endpoints(api, count):
-    from tracking.webhooks import webhook_endpoint_create
+    from tracking.webhooks.endpoints import webhook_endpoint_create
 
     for _ in range(count):
         webhook_endpoint_create(url=f"http://127.0.0.1:9/hook{_n()}", event_types=["*"])
 
 
 def make_webhook_deliveries(api, count):
-    from tracking.webhooks import webhook_endpoint_create, webhooks_dispatch
+    from tracking.webhooks.endpoints import webhook_endpoint_create
+    from tracking.webhooks.outbox import webhooks_dispatch
 
     from tracking.models import WebhookEndpoint
 

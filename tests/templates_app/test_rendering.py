@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from templates_app import rendering
+from templates_app.rendering import compile as compiling
 from templates_app.errors import TemplateRenderError
 from templates_app.models import Template, TemplateVersion
 from templates_app.services import template_render
@@ -298,13 +298,13 @@ def test_a_given_text_part_is_used_as_written():
 
 def test_rendering_a_stored_version_many_times_compiles_it_once(make_template, monkeypatch):
     calls = []
-    compile_part = rendering.compile_part
+    compile_part = compiling.compile_part
 
     def counting(source, *, html):
         calls.append(source)
         return compile_part(source, html=html)
 
-    monkeypatch.setattr(rendering, "compile_part", counting)
+    monkeypatch.setattr(compiling, "compile_part", counting)
     version = make_template("batch", subject="Hi {{ name }}", html="<p>{{ name }}</p>", text="{{ name }}")
     calls.clear()
     for index in range(500):

@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connections, transaction
 
-from emailsvc.models import Message, Recipient
+from emailsvc.models import Recipient
 from core.redisclient import redis_client
 from tests.conftest import deliver_now
 from tests.conftest import BASE_DIR, wait_for_status, wait_until

@@ -34,7 +34,6 @@ from tests.tracking.snssign import (
     trust_test_certificate,
 )
 from tracking import sns as tracking_sns
-from tracking import sns as tracking_sns
 from tracking.models import EngagementEvent
 
 pytestmark = pytest.mark.django_db

@@ -39,13 +39,9 @@ from tests.tracking.scenario import accepted_message, event, sent_message
 from tracking.apply import events_apply
 from tracking.models import WebhookDelivery, WebhookEndpoint, WebhookOutboxCursor
 from tracking.normalize import ses_body_parse
-from tracking.webhooks import (
-    RETRY_DELAYS,
-    address_allowed,
-    target_parse,
-    webhook_deliveries_send,
-    webhooks_dispatch,
-)
+from tracking.webhooks.outbox import webhooks_dispatch
+from tracking.webhooks.sender import RETRY_DELAYS, webhook_deliveries_send
+from tracking.webhooks.targets import address_allowed, target_parse
 
 pytestmark = pytest.mark.django_db
 
