@@ -80,7 +80,7 @@ def measure(bench: Bench, *, rate: int, reference: bool) -> None:
         notes.append(f"backlog {count:,} emails, more than the window can send")
         notes.append("where the time goes: waiting for the limiter by design — each send slot builds its email, "
                      "books its tokens in Redis (one script call) and sleeps until its moment, then sends")
-        notes.append("the booked moments keep rate + burst exactly (Redis's clock; tests/emailsvc/test_ratelimit.py); "
+        notes.append("the booked moments keep rate + burst exactly (Redis's clock; tests/emailsvc/sending_control/test_ratelimit.py); "
                      "a window counted after the send can hold more when some sends leave or are stamped later than "
                      "booked while the next ones are on time: a send slot waiting for a busy core, and the sink's clock "
                      "itself, a Python process reading smtp-sink's counters, stamping a whole read at once")

@@ -22,6 +22,8 @@ from rest_framework.test import APIClient
 
 from config.devservices import free_port, start_moto, stop
 from emailsvc.models import ApiKey, Message, Status
+from templates_app.models import TemplateVersion
+from templates_app.services import template_create
 from emailsvc.keys import api_key_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -294,3 +296,39 @@ def celery_worker(django_db_setup, django_db_blocker, smtp_server, moto_server, 
     worker = start_worker(_worker_env(smtp_server, moto_server), tmp_path_factory.mktemp("worker") / "worker.log")
     yield worker
     stop(worker.process)
+
+
+# --- Templates: saved through the services; API clients per permission ---
+
+@pytest.fixture
+def make_template(db):
+    """Save a template (version 1) through the service; returns its TemplateVersion."""
+
+    def make(name: str = "welcome", **fields) -> TemplateVersion:
+        fields.setdefault("subject", "Hello")
+        if not any(fields.get(part) for part in ("html", "text", "mjml")):
+            fields["html"] = "<p>Hi {{ name }}</p>"
+        return template_create(name=name, data=fields, created_by="tests")
+
+    return make
+
+
+@pytest.fixture
+def full_api(make_client):
+    return make_client(ApiKey.Permission.FULL)
+
+
+@pytest.fixture
+def read_api(make_client):
+    return make_client(ApiKey.Permission.READ_ONLY)
+
+
+@pytest.fixture(autouse=True)
+def no_stale_drain_lock():
+    """A drain killed by an earlier test must not make this test's drain skip."""
+    from core.redisclient import redis_client
+    from tracking.drain import DRAIN_LOCK_PREFIX
+
+    client = redis_client()
+    for key in client.scan_iter(match=DRAIN_LOCK_PREFIX + "*"):
+        client.delete(key)

@@ -271,7 +271,7 @@ _UPSERT = (
 
 def _entries_insert(entries: list[JournalEntry]) -> None:
     """Upsert the entries in one statement: what `bulk_create(update_conflicts=True)`
-    writes (tests/emailsvc/test_journal.py), without a model instance per row or a
+    writes (tests/emailsvc/delivery/test_journal.py), without a model instance per row or a
     psycopg array per column, since this runs for every few emails sent.
 
     PostgreSQL reads them from one JSON document, through the connection's own

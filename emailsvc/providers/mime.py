@@ -123,7 +123,7 @@ def wire_bytes(email: OutboundEmail, *, linesep: str = "\r\n") -> bytes:
     An email of the usual shape — a text and/or an HTML body, no attachments,
     every header ASCII — is written directly (`_plain_bytes`), about four times
     faster than building the email package's objects and serializing them;
-    anything else goes that way. tests/emailsvc/test_mime_bytes.py holds the
+    anything else goes that way. tests/emailsvc/providers/test_mime.py holds the
     two to the same bytes."""
     plain = _plain_bytes(email, linesep)
     return plain if plain is not None else email.message().as_bytes(linesep=linesep)
@@ -133,7 +133,7 @@ def seven_bit_bytes(email: OutboundEmail) -> bytes | None:
     """The raw MIME anymail's SES backend sends for a plain `email` — message(),
     its 8bit text parts re-encoded quoted-printable, `as_bytes()` — written
     directly; None for any other email (anymail then builds it its own way).
-    tests/emailsvc/test_mime_bytes.py holds the two to the same bytes."""
+    tests/emailsvc/providers/test_mime.py holds the two to the same bytes."""
     return _plain_bytes(email, "\n", seven_bit=True)
 
 

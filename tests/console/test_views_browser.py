@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
 from emailsvc.sending_control.breaker import sending_pause
-from tests.admin.conftest import ADDRESS
+from tests.console.conftest import ADDRESS
 from tests.conftest import BASE_DIR
 from tests.tracking.scenario import accepted_message
 

@@ -3,7 +3,7 @@
 assertions): run it by hand, it prints a table.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/4 \\
-        .venv/bin/python -m tests.admin.scale_timing [--messages 1000000] [--keep]
+        .venv/bin/python -m tests.console.scale_timing [--messages 1000000] [--keep]
 
 It creates a scratch database next to DATABASE_URL's (`emailsvc_admin_scale`),
 migrates it, fills it with INSERT … SELECT generate_series (1 recipient, 3

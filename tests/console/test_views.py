@@ -13,7 +13,7 @@ from django.utils import timezone
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
 from emailsvc.sending_control.breaker import sending_pause
 from emailsvc.suppressions.services import suppression_add
-from tests.admin.conftest import ADDRESS
+from tests.console.conftest import ADDRESS
 from tests.tracking.scenario import accepted_message, sent_message
 
 pytestmark = pytest.mark.django_db

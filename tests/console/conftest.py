@@ -10,20 +10,10 @@ import pytest
 from django.utils import timezone
 
 from emailsvc.models import Message, Suppression
-from core.redisclient import redis_client
 from tests.tracking.scenario import accepted_message, drain, sent_message
 from tests.tracking.sesevents import iso, ses_event, sns_envelope
-from tracking.drain import DRAIN_LOCK_PREFIX
 
 ADDRESS = "jane.doe@example.com"
-
-
-@pytest.fixture(autouse=True)
-def no_stale_drain_lock():
-    """A drain killed by an earlier test must not make this test's drain skip."""
-    client = redis_client()
-    for key in client.scan_iter(match=DRAIN_LOCK_PREFIX + "*"):
-        client.delete(key)
 
 
 def envelope(message: Message, event_type: str, *, at: datetime, recipients: list[str] | None = None, **details) -> dict:
