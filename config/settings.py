@@ -476,7 +476,7 @@ if SES_SUPPRESSION_SYNC or SES_SUPPRESSION_PUSH:
         "options": {"expires": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS, "queue": "emails.low"},
     }
 
-# --- Metrics (emailsvc.metrics) --------------------------------------------------
+# --- Metrics (core.metrics defines them, console.metrics serves /metrics) ------------
 # /metrics answers a scraper that sends `Authorization: Bearer <METRICS_TOKEN>`;
 # with no token it is refused, unless METRICS_PUBLIC=true (when only the scraper
 # can reach the web process's address). PROMETHEUS_MULTIPROC_DIR (read by
