@@ -16,6 +16,7 @@ from emailsvc.sending_control.breaker import breaker_check
 from core.sqs import events_queue_url, sqs_client
 from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
+from tracking.queueing import drain_helper_enqueue
 from tracking.normalize import MalformedEvent, envelope_event_id, envelope_read, ses_envelope_parse
 
 logger = logging.getLogger(__name__)
@@ -128,9 +129,7 @@ def _drain(client, queue_url: str, deadline: float, result: DrainResult, lock) -
             return
         if full and not helper_started and settings.SES_EVENTS_DRAIN_CONCURRENCY > 1:
             # A backlog: another drain may help, if a slot is free when it starts.
-            from tracking.tasks import events_drain_task
-
-            events_drain_task.apply_async(expires=settings.SES_EVENTS_DRAIN_INTERVAL_SECONDS)
+            drain_helper_enqueue()
             helper_started = True
         committed, stop = _apply_batch(messages, result)
         _delete(client, queue_url, committed, result)

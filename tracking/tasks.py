@@ -6,7 +6,7 @@ from core import metrics
 from core.taskbase import ResilientTask
 from tracking.drain import events_drain
 from tracking.webhooks.outbox import webhooks_dispatch
-from tracking.webhooks.queueing import webhook_send_enqueue
+from tracking.queueing import webhook_send_enqueue
 from tracking.webhooks.sender import webhook_deliveries_send
 
 

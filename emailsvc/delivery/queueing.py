@@ -127,3 +127,10 @@ def due_work_enqueue() -> int:
         .values("priority").annotate(n=Count("pk")).values_list("priority", "n").order_by()
     )
     return deliveries_enqueue(priorities=[p for p, n in due.items() for _ in range(min(n, 100_000))])
+
+
+def ses_suppression_delete_enqueue(*, email: str) -> None:
+    """Ask a worker to take the address off SES's account-level suppression list."""
+    from emailsvc.tasks import ses_suppression_delete_task
+
+    ses_suppression_delete_task.delay(email=email)

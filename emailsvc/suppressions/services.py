@@ -12,6 +12,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from emailsvc.delivery.queueing import ses_suppression_delete_enqueue
 from emailsvc.suppressions import ses_sync as ses_suppressions
 from core.addresses import address_forms, address_key
 from core.errors import DependencyFailed, ValidationFailed
@@ -115,10 +116,8 @@ def suppression_lift(*, email: str) -> bool:
 def _ses_lift_publish(address: str) -> None:
     """Ask a worker to take the address off SES's list now. If the broker is
     down, the pending lift waits in the database for the next periodic sync."""
-    from emailsvc.tasks import ses_suppression_delete_task
-
     try:
-        ses_suppression_delete_task.delay(email=address)
+        ses_suppression_delete_enqueue(email=address)
     except Exception as error:  # any broker failure: the lift is stored, the sync forwards it
         outage("the Celery broker").failed(
             error, action="lifted addresses go to SES's suppression list with the next periodic sync"

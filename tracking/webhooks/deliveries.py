@@ -11,7 +11,7 @@ from core.errors import Conflict, NotFound
 from emailsvc.selectors import one_or_none
 from tracking.models import WebhookDelivery, WebhookEndpoint
 from tracking.webhooks.endpoints import endpoint_lock
-from tracking.webhooks.queueing import webhook_send_enqueue
+from tracking.queueing import webhook_send_enqueue
 
 logger = logging.getLogger(__name__)
 

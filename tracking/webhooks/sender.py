@@ -26,7 +26,7 @@ from tracking.webhooks.endpoints import (
     webhook_endpoint_disable,
 )
 from tracking.webhooks.events import iso_timestamp, webhook_payload
-from tracking.webhooks.queueing import SEND_LOCK_PREFIX, SEND_QUEUED_PREFIX
+from tracking.queueing import SEND_LOCK_PREFIX, SEND_QUEUED_PREFIX
 from tracking.webhooks.transport import AttemptOutcome, webhook_post
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Publishing a sender task for an endpoint, at most one waiting or running per endpoint."""
+"""Every task tracking publishes goes out here: a webhook sender per endpoint (at most one
+waiting or running), and a helper drain when the events queue holds a backlog."""
 
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def webhook_send_enqueue(*, endpoint_pk: int) -> bool:
         return False
     webhook_send_task.apply_async(args=[endpoint_pk], expires=expires)
     return True
+
+
+def drain_helper_enqueue() -> None:
+    """Publish one more drain task to help with a backlog (it runs if a drain slot is free when it starts)."""
+    from tracking.tasks import events_drain_task
+
+    events_drain_task.apply_async(expires=settings.SES_EVENTS_DRAIN_INTERVAL_SECONDS)
