@@ -129,10 +129,9 @@ def emails_accepted_observe(*, priorities: Iterable[str], endpoint: str) -> None
 
 
 def status_changes_observe(changes: Iterable[StatusChange]) -> None:
-    """Count recipient status transitions (emailsvc.status.changes_apply) once they commit."""
-    tally = Tally(change.to_status for change in changes)
-    if tally:
-        transaction.on_commit(partial(_count, STATUS_CHANGES, "status", tally))
+    """Count committed recipient status transitions: called with the StatusChange
+    rows once their transaction has committed (emailsvc.status.status_changes_committed)."""
+    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes))
 
 
 def _count(counter: Counter, label: str, tally: Tally, **labels: str) -> None:

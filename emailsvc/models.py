@@ -365,8 +365,8 @@ class SendingPause(models.Model):
 class SendingCounts(models.Model):
     """Recipients handed to the provider, bounced and complained, per sending
     domain and hour: the rolling 24 h rates of the safety breaker read ~25 rows
-    of this instead of a day of StatusChange rows. Kept by emailsvc.status in
-    the same transaction as the transitions it counts."""
+    of this instead of a day of StatusChange rows. Fed from the StatusChange
+    rows once they commit (emailsvc.sending_control.counts)."""
 
     sending_domain = models.CharField(max_length=255)
     hour = models.DateTimeField()

@@ -3,8 +3,13 @@
 Every write of `Recipient.status`, `Message.status` and `Message.state` goes
 through this module, set-based, and each recipient transition appends one
 `StatusChange` row in the same transaction. Callers decide *what* should happen
-(the delivery engine, event apply, cancel, the sweeper); this module applies
-the precedence rules, writes the columns and records the changes.
+(the delivery engine, event apply, cancel, the sweeper); this module holds the
+rules (the status provider facts show, the soft-bounce rule, a message's
+summary), writes the columns and records the changes.
+
+What reads the changes — the Prometheus counters, the safety breaker's
+hourly counts — is handed the StatusChange rows once their transaction
+commits (`status_changes_committed`), never called from inside the writer.
 
 Lock order, the same for every writer: message rows by id, then their
 recipients. PostgreSQL gets `FOR UPDATE`; SQLite serialises writers anyway
@@ -17,6 +22,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import NamedTuple
 
 from django.db import connection, transaction
@@ -31,20 +37,59 @@ from emailsvc.models import (
     PRECEDENCE,
     Message,
     Recipient,
-    SendingCounts,
     Status,
     StatusChange,
     WorkState,
 )
+from emailsvc.sending_control.counts import sending_counts_add
 
 # --- Pure rules ---------------------------------------------------------------
 
 
-def higher_status(current: str, candidate: str) -> str:
-    """The status a recipient ends with when `candidate` is reported: never lower."""
-    if current in NOT_SENT_STATUSES and candidate not in PRECEDENCE:
-        return current
-    return candidate if PRECEDENCE.get(candidate, -1) > PRECEDENCE.get(current, -1) else current
+def status_from_facts(facts: Recipient) -> str | None:
+    """The status a recipient's provider facts show (SPEC §3 precedence), or
+    None when there are none.
+
+    The facts only accumulate (tracking.apply folds each event in once), so
+    the status derived from all of them never goes back: a late `Send` after a
+    `Delivery` still reads `delivered`, a `Delivery` after a hard bounce still
+    reads `bounced`, whatever order the events come in. A rejection outranks
+    only the states before delivery.
+    """
+    if facts.complained_at:
+        return Status.COMPLAINED
+    if facts.bounce and facts.bounce.get("type") == "Permanent":
+        return Status.BOUNCED
+    if facts.click_count:
+        return Status.CLICKED
+    if facts.open_count:
+        return Status.OPENED
+    if facts.delivered_at:
+        return Status.DELIVERED
+    if facts.rejected_at:
+        return Status.FAILED
+    if facts.bounce:
+        return Status.SOFT_BOUNCED
+    if facts.delayed:
+        return Status.DELAYED
+    if facts.sent_at:
+        return Status.SENT
+    return None
+
+
+def status_after_event(facts: Recipient, *, is_retry: bool) -> tuple[str | None, dict]:
+    """The status a recipient moves to once an event is folded into its facts,
+    and the other columns written with that change.
+
+    A soft bounce earns an email one re-send (SPEC §6.4); the re-send
+    (`is_retry`: its message is a `retry_of` another) bouncing softly too is
+    `failed`, with the bounce's subtype as its reason, and is not sent again.
+    """
+    derived = status_from_facts(facts)
+    if derived == Status.SOFT_BOUNCED and is_retry:
+        subtype = (facts.bounce or {}).get("subtype", "")
+        return Status.FAILED, {"failed_reason": f"soft-bounced again: {subtype}".strip()}
+    return derived, {}
 
 
 def summarize(statuses: Iterable[str]) -> str:
@@ -173,11 +218,9 @@ def changes_apply(
                 )
             )
         if changed_rows:
-            rows_update(Recipient, changed_rows, at=at)
+            rows_update(Recipient, dict(sorted(changed_rows.items())), at=at)  # in id order, as every writer
         if changes:
-            _status_changes_insert(changes)
-            _sending_counts_add(changes, messages)
-            metrics.status_changes_observe(changes)  # counted once this transaction commits
+            _changes_record(changes, sending_domains={mid: messages[mid].sending_domain for mid in ids if mid in messages})
 
         by_message: dict[int, list[str]] = {mid: [] for mid in ids}
         for message_id, _email, status in current.values():
@@ -202,63 +245,44 @@ def changes_apply(
     return applied
 
 
-def _status_changes_insert(changes: list[StatusChange]) -> None:
-    """Append the StatusChange rows: on PostgreSQL one INSERT … SELECT from one JSON
-    document (no model instance per row on the way in, no array adapted element
-    by element); else bulk_create."""
+def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, str]) -> None:
+    """Append the StatusChange rows of this transaction's transitions, and have
+    them read once it commits (`status_changes_committed`): every writer of a
+    recipient status goes through here, so what the readers count is exactly
+    what the table holds.
+
+    On PostgreSQL one INSERT … SELECT from one JSON document (no model instance
+    per row on the way in, no array adapted element by element); else bulk_create.
+    """
     if connection.vendor != "postgresql":
         StatusChange.objects.bulk_create(changes)
-        return
-    table = StatusChange._meta.db_table
-    rows = [
-        {"m": c.message_id, "r": c.recipient_id, "e": c.email, "f": c.from_status, "t": c.to_status,
-         "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}}
-        for c in changes
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
-            "SELECT m, r, e, f, t, a, c, d FROM json_to_recordset(%s::json) "
-            "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb)",
-            [json.dumps(rows)],
-        )
+    else:
+        table = StatusChange._meta.db_table
+        rows = [
+            {"m": c.message_id, "r": c.recipient_id, "e": c.email, "f": c.from_status, "t": c.to_status,
+             "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}}
+            for c in changes
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
+                "SELECT m, r, e, f, t, a, c, d FROM json_to_recordset(%s::json) "
+                "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb)",
+                [json.dumps(rows)],
+            )
+    # robust: the changes are committed by then; a reader that fails is logged,
+    # and must not turn the writer's committed work into an error for its caller.
+    transaction.on_commit(partial(status_changes_committed, changes, sending_domains=sending_domains), robust=True)
 
 
-# A recipient handed to the provider leaves the pending states for one of these
-# (an event may move it past `sent` before the worker records it): counted once.
-_ACCEPTED = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
-
-
-def _sending_counts_add(changes: list[StatusChange], messages: dict[int, LockedMessage]) -> None:
-    """Add this transaction's sends, bounces and complaints to the hourly counts
-    per sending domain (one upsert), which the safety breaker reads."""
-    counts: dict[tuple[str, datetime], list[int]] = {}
-    for change in changes:
-        sent = change.from_status in PENDING_STATUSES and change.to_status in _ACCEPTED
-        bounced = change.to_status == Status.BOUNCED
-        complained = change.to_status == Status.COMPLAINED
-        if not (sent or bounced or complained):
-            continue
-        domain = messages[change.message_id].sending_domain
-        row = counts.setdefault((domain, change.at.replace(minute=0, second=0, microsecond=0)), [0, 0, 0])
-        row[0] += sent
-        row[1] += bounced
-        row[2] += complained
-    if not counts:
-        return
-    table = SendingCounts._meta.db_table
-    hour_field = SendingCounts._meta.get_field("hour")
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(counts))
-    params = []
-    for (domain, hour), (sent, bounced, complained) in sorted(counts.items()):  # one lock order
-        params += [domain, hour_field.get_db_prep_save(hour, connection), sent, bounced, complained]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (sending_domain, hour, sent, bounced, complained) VALUES {values} "
-            f"ON CONFLICT (sending_domain, hour) DO UPDATE SET sent = {table}.sent + excluded.sent, "
-            f"bounced = {table}.bounced + excluded.bounced, complained = {table}.complained + excluded.complained",
-            params,
-        )
+def status_changes_committed(changes: Sequence[StatusChange], *, sending_domains: dict[int, str]) -> None:
+    """Hand committed StatusChange rows to the readers that count them: the
+    Prometheus counters and the safety breaker's hourly counts. Runs after the
+    writer's transaction commits (a rolled-back change is never counted), never
+    from inside it. `sending_domains`: {message id: sending domain}, as the
+    writer read them."""
+    metrics.status_changes_observe(changes)
+    sending_counts_add(changes=changes, sending_domains=sending_domains)
 
 
 class LockedMessage(NamedTuple):
@@ -354,7 +378,9 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
         locked = messages_lock([message_id])
         if message_id not in locked or locked[message_id].state not in CANCELLABLE_STATES:
             return False
-        pending = Recipient.objects.filter(message_id=message_id, status__in=PENDING_STATUSES).values_list("id", flat=True)
+        pending = (
+            Recipient.objects.filter(message_id=message_id, status__in=PENDING_STATUSES).order_by("id").values_list("id", flat=True)
+        )
         changes_apply(
             message_ids=[message_id],
             recipient_changes=[RecipientChange(rid, Status.CANCELLED, "cancel") for rid in pending],
@@ -364,25 +390,36 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     return True
 
 
+def _messages_lock_where(**conditions) -> list[int]:
+    """Lock the messages matching `conditions` in id order (PostgreSQL: ORDER
+    BY id … FOR UPDATE, the order every writer takes) and return their ids, sorted."""
+    return list(Message.objects.select_for_update().filter(**conditions).order_by("id").values_list("id", flat=True))
+
+
 def domain_hold(*, domain: str, at: datetime) -> int:
     """A paused domain's waiting messages (scheduled or queued) become `held`:
     no claim looks at them. How many. Their statuses do not change."""
-    return Message.objects.filter(sending_domain=domain, state__in=CLAIMABLE_STATES).update(
-        state=WorkState.HELD, updated_at=at
-    )
+    with transaction.atomic():
+        ids = _messages_lock_where(sending_domain=domain, state__in=CLAIMABLE_STATES)
+        if not ids:
+            return 0
+        return Message.objects.filter(pk__in=ids, state__in=CLAIMABLE_STATES).update(state=WorkState.HELD, updated_at=at)
 
 
 def domain_release(*, domain: str | None, at: datetime) -> list[str]:
     """`held` messages of a resumed domain (all domains when None) are `queued`
     again, each still due at its own next_attempt_at. Their priorities, one
     entry per message, so the caller can publish tasks for them."""
-    held = Message.objects.filter(state=WorkState.HELD)
-    if domain is not None:
-        held = held.filter(sending_domain=domain)
-    # Those not due yet are scheduled again, so scheduled_publish gives them their ETA task.
-    held.filter(next_attempt_at__gt=at).update(state=WorkState.SCHEDULED, updated_at=at)
-    priorities = list(held.values_list("priority", flat=True))
-    held.update(state=WorkState.QUEUED, updated_at=at)
+    conditions = {"state": WorkState.HELD} if domain is None else {"state": WorkState.HELD, "sending_domain": domain}
+    with transaction.atomic():
+        ids = _messages_lock_where(**conditions)
+        if not ids:
+            return []
+        held = Message.objects.filter(pk__in=ids, state=WorkState.HELD)
+        # Those not due yet are scheduled again, so scheduled_publish gives them their ETA task.
+        held.filter(next_attempt_at__gt=at).update(state=WorkState.SCHEDULED, updated_at=at)
+        priorities = list(held.values_list("priority", flat=True))
+        held.update(state=WorkState.QUEUED, updated_at=at)
     return priorities
 
 
@@ -411,15 +448,21 @@ def submission_statuses(
 
 def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) -> int:
     """Record the transitions of stored new recipients that did not stay pending
-    (suppressed at the door) — accepted as queued, then suppressed."""
-    rows = [
-        StatusChange(
-            message_id=r.message_id, recipient_id=r.pk, email=r.email, from_status=Status.QUEUED,
-            to_status=r.status, at=at, cause="suppressed", detail={"reason": r.failed_reason},
+    (suppressed at the door) — accepted as queued, then suppressed — through
+    the one recorder, so they are counted like any other change once the
+    submission commits. How many."""
+    rows, sending_domains = [], {}
+    for recipient in sorted(recipients, key=lambda r: r.pk):
+        if recipient.status in PENDING_STATUSES:
+            continue
+        rows.append(
+            StatusChange(
+                message_id=recipient.message_id, recipient_id=recipient.pk, email=recipient.email,
+                from_status=Status.QUEUED, to_status=recipient.status, at=at, cause="suppressed",
+                detail={"reason": recipient.failed_reason},
+            )
         )
-        for r in recipients
-        if r.status not in PENDING_STATUSES
-    ]
+        sending_domains[recipient.message_id] = recipient.message.sending_domain
     if rows:
-        StatusChange.objects.bulk_create(rows)
+        _changes_record(rows, sending_domains=sending_domains)
     return len(rows)

@@ -28,12 +28,21 @@ from emailsvc.models import Message, Status
 from emailsvc.keys import api_key_create
 from tests.conftest import wait_until
 from tests.faultproxy import TcpFaultProxy
+from tests.invariants import histories_replay
 from tests.stack import SmtpServer, Stack
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 postgres_only = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="cuts the connection to PostgreSQL (the test database is SQLite)"
 )
+
+
+@pytest.fixture(autouse=True)
+def status_histories_replay(transactional_db):
+    """Whatever a test here broke on the way, at its end every recipient's
+    status history replays to its status (tests/invariants.py)."""
+    yield
+    histories_replay()
 
 FAST = {
     "SEND_RATE_PER_SECOND": "0",

@@ -158,8 +158,8 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
     retries: set[int] = set()
     if touched:
         facts = {pk: {name: getattr(r, name) for name in FACT_FIELDS} for pk, r in touched.items()}
-        derived = {pk: _status_from_facts(recipient) for pk, recipient in touched.items()}
-        if Status.SOFT_BOUNCED in derived.values():
+        derived = {pk: status.status_from_facts(recipient) for pk, recipient in touched.items()}
+        if Status.SOFT_BOUNCED in derived.values():  # the soft-bounce rule asks whether the message is a re-send
             retries = {
                 pk
                 for pk, retry_of in Message.objects.filter(pk__in={r.message_id for r in touched.values()}).values_list(
@@ -168,18 +168,14 @@ def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> 
                 if retry_of is not None  # checked here, not in SQL: the lookup stays on the primary key
             }
         changes = []
-        for pk, recipient in touched.items():
+        for pk, recipient in sorted(touched.items()):
             if derived[pk] is None:
                 continue
             event = last_event[pk]
-            fields = {}
-            if derived[pk] == Status.SOFT_BOUNCED and recipient.message_id in retries:
-                # The one re-send a soft bounce earns bounced softly too: it fails, unsuppressed.
-                derived[pk] = Status.FAILED
-                fields = {"failed_reason": f"soft-bounced again: {(recipient.bounce or {}).get('subtype', '')}".strip()}
+            to, fields = status.status_after_event(recipient, is_retry=recipient.message_id in retries)
             changes.append(
                 status.RecipientChange(
-                    pk, derived[pk], "event", only_from=None, fields=fields,
+                    pk, to, "event", only_from=None, fields=fields,
                     detail={"event_type": event.event_type, "event_id": event.event_id},
                 )
             )
@@ -378,7 +374,7 @@ def events_relink(*, limit: int = 1000) -> int:
                 _recipient_apply(recipient, _normalized_from_row(row))
                 now = timezone.now()
                 rows_update(Recipient, {recipient.pk: {name: getattr(recipient, name) for name in FACT_FIELDS}}, at=now)
-                derived = _status_from_facts(recipient)
+                derived = status.status_from_facts(recipient)
                 if derived is not None:
                     status.changes_apply(
                         message_ids=[message_id],
@@ -443,30 +439,6 @@ def _recipient_apply(recipient: Recipient, event: NormalizedEvent) -> None:
         if recipient.rejected_at is None or at < recipient.rejected_at:
             recipient.rejected_at = at
             recipient.failed_reason = f"{kind}: {event.detail.get('reason', '')}".strip()
-
-
-def _status_from_facts(recipient: Recipient) -> str | None:
-    """The status the recipient's provider facts show (SPEC §3 precedence), or
-    None when there are none. A rejection outranks only the states before delivery."""
-    if recipient.complained_at:
-        return Status.COMPLAINED
-    if recipient.bounce and _is_hard(recipient.bounce):
-        return Status.BOUNCED
-    if recipient.click_count:
-        return Status.CLICKED
-    if recipient.open_count:
-        return Status.OPENED
-    if recipient.delivered_at:
-        return Status.DELIVERED
-    if recipient.rejected_at:
-        return Status.FAILED
-    if recipient.bounce:
-        return Status.SOFT_BOUNCED
-    if recipient.delayed:
-        return Status.DELAYED
-    if recipient.sent_at:
-        return Status.SENT
-    return None
 
 
 def _policy_request(event: NormalizedEvent) -> SuppressionRequest | None:

@@ -3,8 +3,8 @@
 SES reviews an account at a 5 % bounce rate or a 0.1 % complaint rate and
 pauses it at about 10 % / 0.5 %; a paused account stops every application of
 the organisation. The breaker pauses sending earlier, from our own figures —
-rolling 24 h rates per sending domain (`SendingCounts`, kept by
-emailsvc.status) — and only for the domain at fault: its messages wait
+rolling 24 h rates per sending domain (`SendingCounts`, fed by counts.py
+from the status changes once they commit) — and only for the domain at fault: its messages wait
 (`held`), nothing fails, the API keeps accepting, other domains keep sending.
 The account as a whole is paused when the domains still sending cross the lines
 together, and when the provider says the account stopped sending (a probe of

@@ -341,18 +341,6 @@ def _check_size(message: Message, recipients: list[Recipient], attachments: list
         )
 
 
-def message_retry_submit(*, message_id: int, email: str, at: datetime) -> Message | None:
-    """Send one recipient of a message again at `at`, as a new email linked to
-    it (`retry_of`): what a soft bounce earns once (SPEC §6.4).
-
-    The copy keeps the original's content, sender, group, tags, metadata,
-    template record and attachments, and goes to that address only. Returns
-    None — and sends nothing — when the message is itself such a retry, or
-    already has one for that address. Runs in the caller's transaction.
-    """
-    return message_retries_submit(retries=[(message_id, email)], at=at).get((message_id, email))
-
-
 _RETRY_COPIED = [
     "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
     "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "provider",
@@ -360,10 +348,17 @@ _RETRY_COPIED = [
 
 
 def message_retries_submit(*, retries: list[tuple[int, str]], at: datetime) -> dict[tuple[int, str], Message]:
-    """`message_retry_submit` for many (message id, recipient address) pairs at
-    once, set-based (the event drain applies a receive batch's soft bounces
-    together): five queries and one bulk store whatever their number. Returns
-    the new messages by pair; a pair that earns none is left out."""
+    """Send recipients of messages again at `at`, each as a new email linked to
+    its original (`retry_of`): what a soft bounce earns once (SPEC §6.4).
+
+    A copy keeps the original's content, sender, group, tags, metadata,
+    template record and attachments, and goes to that address only. A pair
+    earns none — and nothing is sent — when its message is itself such a
+    retry, or already has one for that address. Set-based (the event drain
+    applies a receive batch's soft bounces together): five queries and one
+    bulk store whatever their number, in the caller's transaction. Returns the
+    new messages by (message id, recipient address); a pair that earns none is
+    left out."""
     pairs = list(dict.fromkeys(retries))
     if not pairs:
         return {}

@@ -13,6 +13,7 @@ from emailsvc.models import Recipient
 from core.redisclient import redis_client
 from tests.conftest import deliver_now
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
+from tests.invariants import histories_replay
 from tests.tracking.sesevents import ses_event, sns_envelope
 from tracking.models import EngagementEvent
 from tracking.drain import drain_lock_name, events_drain
@@ -83,6 +84,7 @@ def test_drain_killed_before_commit_leaves_events_queued_and_next_drain_applies_
     recipient.refresh_from_db()
     assert recipient.status == "delivered"
     assert EngagementEvent.objects.count() == 1
+    histories_replay()
 
 
 def _attributes(events_queue) -> dict:

@@ -180,30 +180,39 @@ def test_a_chunk_claims_high_priority_first_then_oldest_due(api, settings, smtp)
     assert low.status == "sent"
 
 
-def test_recording_a_chunk_costs_the_same_statements_for_one_or_a_hundred(api, smtp):
-    accept(api, {"to": "single@example.org", "subject": "x", "text": "y"})
-    with CaptureQueriesContext(connection) as one:
-        assert deliver_due().claimed == 1
-    for index in range(100):
-        accept(api, {"to": [f"r{index}@example.org", f"s{index}@example.org"], "subject": "x", "text": "y"})
-    with CaptureQueriesContext(connection) as hundred:
-        assert deliver_due().claimed == 100
+def test_recording_a_chunk_costs_the_same_statements_for_one_or_a_hundred(api, smtp, django_capture_on_commit_callbacks):
     def statements(context) -> list[str]:
         # Savepoints stand for BEGIN/COMMIT outside a test; the process's heartbeat
         # goes with a claim at most every DELIVERY_HEARTBEAT_SECONDS / 2.
-        return [q["sql"] for q in context.captured_queries
-                if "SAVEPOINT" not in q["sql"] and "emailsvc_deliveryprocess" not in q["sql"]]
+        found = [q["sql"] for q in context.captured_queries
+                 if "SAVEPOINT" not in q["sql"] and "emailsvc_deliveryprocess" not in q["sql"]]
+        # SQLite claims with one statement per priority it tries, as many as the
+        # claim needs: counted as the one claim they are.
+        claims = [sql for sql in found if sql.startswith("UPDATE emailsvc_message SET state = 'sending'")]
+        return [sql for sql in found if sql not in claims[1:]]
+
+    accept(api, {"to": "single@example.org", "subject": "x", "text": "y"})
+    # What runs once the chunk's record commits (the hourly sending counts) is part of its cost.
+    with CaptureQueriesContext(connection) as one, django_capture_on_commit_callbacks(execute=True):
+        assert deliver_due().claimed == 1
+    # Read now: the connection's query log is a bounded deque, and the captured
+    # positions point elsewhere once later statements push old ones out.
+    one = statements(one)
+    for index in range(100):
+        accept(api, {"to": [f"r{index}@example.org", f"s{index}@example.org"], "subject": "x", "text": "y"})
+    with CaptureQueriesContext(connection) as hundred, django_capture_on_commit_callbacks(execute=True):
+        assert deliver_due().claimed == 100
+    hundred = statements(hundred)
 
     # the active sending pauses; claim; load messages, recipients, attachments,
     # suppressions; lock messages, read recipients, update recipients, insert
-    # status changes, add to the hourly sending counts, update messages; on
+    # status changes, update messages, then (once committed) add to the hourly sending counts; on
     # PostgreSQL two `SET LOCAL enable_seqscan = off` (core.sql.index_lookups).
     # (In a worker the record also deletes the chunk's journal entries: one more.)
-    # (SQLite: the claim is one statement per priority instead.)
-    assert len(statements(one)) == 14, statements(one)
+    assert len(one) == (14 if connection.vendor == "postgresql" else 12), one
     # SQLite splits a large INSERT to stay under its limit of bound variables.
     slack = 0 if connection.vendor == "postgresql" else 2
-    assert len(statements(hundred)) <= len(statements(one)) + slack, statements(hundred)
+    assert len(hundred) <= len(one) + slack, hundred
     assert Message.objects.filter(status="sent").count() == 101
     assert StatusChange.objects.filter(to_status="sent").count() == 201
 

@@ -20,8 +20,17 @@ from tests.conftest import wait_for_status, wait_until
 from tests.emailsvc.conftest import batch_send as _batch
 from tests.emailsvc.conftest import cancel, moto_copies, send, unique
 from tests.emailsvc.conftest import copies as _copies
+from tests.invariants import histories_replay
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(autouse=True)
+def status_histories_replay(transactional_db):
+    """Whatever a test here broke on the way, at its end every recipient's
+    status history replays to its status (tests/invariants.py)."""
+    yield
+    histories_replay()
 
 # --- SES errors through the fault proxy ------------------------------------------------
 

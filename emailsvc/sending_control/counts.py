@@ -1,0 +1,53 @@
+"""The safety breaker's counts: recipients handed to the provider, bounced and
+complained, per sending domain and hour (`SendingCounts`).
+
+Fed from committed StatusChange rows (emailsvc.status.status_changes_committed),
+so a transition rolled back is never counted; the breaker (breaker.py) reads
+the rolling 24 h from these ~25 rows per domain instead of a day of changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.db import connection
+
+from emailsvc.models import PENDING_STATUSES, PRECEDENCE, SendingCounts, Status, StatusChange
+
+# A recipient handed to the provider leaves the pending states for one of these
+# (an event may move it past `sent` before the worker records it): counted once.
+_ACCEPTED = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
+
+
+def sending_counts_add(*, changes: Sequence[StatusChange], sending_domains: dict[int, str]) -> None:
+    """Add committed sends, bounces and complaints to the hourly counts per
+    sending domain: one upsert, whatever the number of changes.
+    `sending_domains`: {message id: sending domain} of the changes' messages."""
+    counts: dict[tuple[str, datetime], list[int]] = {}
+    for change in changes:
+        sent = change.from_status in PENDING_STATUSES and change.to_status in _ACCEPTED
+        bounced = change.to_status == Status.BOUNCED
+        complained = change.to_status == Status.COMPLAINED
+        if not (sent or bounced or complained):
+            continue
+        domain = sending_domains[change.message_id]
+        row = counts.setdefault((domain, change.at.replace(minute=0, second=0, microsecond=0)), [0, 0, 0])
+        row[0] += sent
+        row[1] += bounced
+        row[2] += complained
+    if not counts:
+        return
+    table = SendingCounts._meta.db_table
+    hour_field = SendingCounts._meta.get_field("hour")
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(counts))
+    params = []
+    for (domain, hour), (sent, bounced, complained) in sorted(counts.items()):  # one lock order
+        params += [domain, hour_field.get_db_prep_save(hour, connection), sent, bounced, complained]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (sending_domain, hour, sent, bounced, complained) VALUES {values} "
+            f"ON CONFLICT (sending_domain, hour) DO UPDATE SET sent = {table}.sent + excluded.sent, "
+            f"bounced = {table}.bounced + excluded.bounced, complained = {table}.complained + excluded.complained",
+            params,
+        )
