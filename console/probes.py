@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from core.sql import database_ping
 
 
 class HealthApi(APIView):
@@ -33,8 +34,7 @@ class ReadinessApi(APIView):
     def get(self, request):
         checks = {}
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
+            database_ping()
             checks["database"] = "ok"
         except Exception as error:  # readiness reports any failure, it does not raise
             checks["database"] = f"error: {type(error).__name__}"
