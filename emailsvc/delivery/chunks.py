@@ -124,13 +124,11 @@ class ChunkResult:
     due_later: list[tuple[str, float]] = field(default_factory=list)
 
 
-
 def due_exists(priority: str) -> bool:
     levels = PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1]
     return Message.objects.filter(
         state__in=[WorkState.SCHEDULED, WorkState.QUEUED], priority__in=levels, next_attempt_at__lte=timezone.now()
     ).exists()
-
 
 
 _OUTGOING_COLUMNS = (

@@ -52,7 +52,6 @@ from emailsvc.sending_control import breaker
 from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_backlog, rate_limit_from_settings
 
 
-
 def chunk_size(limit: RateLimit) -> int:
     """Messages per claim: DELIVERY_CHUNK_SIZE, and with the limiter on about one
     second's worth of its rate, so a chunk never waits long for its tokens."""

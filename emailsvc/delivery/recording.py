@@ -46,7 +46,6 @@ def chunk_record(
     )
 
 
-
 # --- Recording while the next chunk is sent ------------------------------------------
 
 # The chunk this process's recorder thread is recording, if any, and the
@@ -128,14 +127,12 @@ def recordings_wait(timeout: float | None = None) -> None:
             logger.warning("a delivery chunk is still being recorded; the sweeper records it if this process ends")
 
 
-
 def journal_read(*, message_id: int, attempt: int) -> SendOutcome | None:
     """The journaled answer of this attempt of a message, if one was written."""
     entry = journal.journal_entries(message_ids=[message_id]).get(message_id)
     if entry is None or entry[0] != attempt:
         return None
     return SendOutcome.from_journal(entry[1])
-
 
 
 def _retry_delay(attempt: int) -> float:

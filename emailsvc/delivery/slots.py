@@ -35,6 +35,7 @@ from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_reserve
 # The engine's lines keep one logger name, whichever of its modules writes them.
 logger = logging.getLogger("emailsvc.delivery.engine")
 
+# A rate-limited slot that wakes more than half an emission interval after its
 # booked moment books a new one: sent late, it would reach the provider bunched
 # with the sends booked after it, above the rate in that second. Never less
 # than LATE_WAKE_MIN_SECONDS, the jitter of a busy process: at high rates
@@ -47,6 +48,9 @@ LATE_WAKE_MIN_SECONDS = 0.005
 # database) would delay them, and they would reach the provider bunched in
 # the first second. Smaller chunks (a single email) start at once.
 IDLE_START_SECONDS = 0.1
+
+_limiter_outage = outage("Redis")
+
 
 def _send_pool() -> ThreadPoolExecutor:
     """The send slots of this process (core.threads: made anew in a forked child)."""
@@ -242,13 +246,6 @@ def _outcome_of_error(message: Outgoing, error: DeliveryError, context: ChunkCon
     if isinstance(error, TransientDeliveryError):
         return SendOutcome(deferred=dict.fromkeys(ids, error.reason), reason=error.reason)
     return SendOutcome(failed=dict.fromkeys(ids, error.reason), reason=error.reason)
-
-
-
-_limiter_outage = outage("Redis")
-
-
-_limiter_outage = outage("Redis")
 
 
 def _journal_write(message: Outgoing, outcome: SendOutcome, context: ChunkContext) -> None:
