@@ -14,20 +14,15 @@ import time
 
 from celery import current_app
 from django.conf import settings
-from django.db import connection
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.sql import database_ping
+
 # --- The readers ----------------------------------------------------------------------------
-
-
-def database_ping() -> None:
-    """The database answers a query."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
 
 
 def broker_ping(*, timeout: float) -> None:

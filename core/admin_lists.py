@@ -26,10 +26,11 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin import ShowFacets
 from django.core.paginator import Paginator
-from django.db import connections
 from django.db.models import Max, Min
 from django.urls import reverse
 from django.utils import timezone
+
+from core.sql import table_row_estimate
 
 EXACT_COUNT_UP_TO = 10_000
 # An address with more messages than this shows its newest ones (searches and the address page).
@@ -40,13 +41,9 @@ def table_estimate(model) -> int | None:
     """Rows in the model's table as the database estimates them, without counting:
     PostgreSQL's `reltuples` when the table was analysed, else the span of its
     integer ids (min..max, from the primary key index). None when neither is known."""
-    connection = connections["default"]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
-            row = cursor.fetchone()
-        if row and row[0] is not None and row[0] > 0:
-            return int(row[0])
+    estimate = table_row_estimate(model)
+    if estimate is not None:
+        return estimate
     if model._meta.pk.get_internal_type() not in ("AutoField", "BigAutoField", "SmallAutoField"):
         return None
     bounds = model._default_manager.aggregate(low=Min("pk"), high=Max("pk"))

@@ -39,7 +39,7 @@ from prometheus_client import Counter, Histogram, multiprocess, values  # noqa: 
 
 if TYPE_CHECKING:
     from emailsvc.models import StatusChange
-    from emailsvc.delivery.engine import ChunkResult
+    from emailsvc.delivery.chunks import ChunkResult
     from tracking.drain import DrainResult
 
 logger = logging.getLogger(__name__)

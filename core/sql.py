@@ -1,11 +1,36 @@
-"""Set-based SQL the ORM does not offer: many rows updated, each with its own
-values, in one statement; bounded key lookups that stay on their index."""
+"""Every raw statement of the project, and its only database-vendor branches
+(with core.sql_engine, which holds the delivery engine's).
+
+Set-based SQL the ORM does not offer: many rows updated, each with its own
+values, in one statement; bounded key lookups that stay on their index; the
+planner guidance of the list reads; plain statements on paths that run for
+every request. Each PostgreSQL statement here earns its speed and has a test
+holding it to the ORM's answer (tests/core/test_sql.py); elsewhere the ORM.
+"""
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 import orjson
 from django.db import connection, connections, models
+from django.db.models import BooleanField, Q
+from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KeyTransform
+from django.db.models.lookups import Exact
+
+
+def is_postgresql() -> bool:
+    """Whether the database is PostgreSQL: what planner guidance, statistics and
+    array parameters need (the list reads choose their way by it)."""
+    return connection.vendor == "postgresql"
+
+
+def database_ping() -> None:
+    """One round trip to the database; raises what the driver raises when it does not answer."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
 
 
 def rows_update(model: type[models.Model], rows: dict[int, dict], *, at: datetime) -> None:
@@ -239,3 +264,135 @@ def index_lookups() -> None:
             # The same wrong estimate also starts parallel workers (two extra
             # PostgreSQL processes and tens of milliseconds) for a hundred rows.
             cursor.execute("SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0")
+
+
+# --- Plain statements on paths that run for every request -------------------------------
+
+
+def row_by_unique(model: type[models.Model], field_name: str, value) -> models.Model | None:
+    """The row of `model` whose unique `field_name` is `value`, or None.
+
+    On PostgreSQL one plain statement read into the model (no queryset built
+    and compiled: this runs for every API request); elsewhere the ORM."""
+    if not is_postgresql():
+        # Not `.first()`: its ORDER BY id may walk the primary key instead of the unique index.
+        return next(iter(model._default_manager.filter(**{field_name: value})[:1]), None)
+    fields = model._meta.concrete_fields
+    column = model._meta.get_field(field_name).column
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {', '.join(field.column for field in fields)} FROM {model._meta.db_table} WHERE {column} = %s",
+            [value],
+        )
+        row = cursor.fetchone()
+    return model.from_db(connection.alias, [field.attname for field in fields], row) if row else None
+
+
+def values_unexpired(
+    model: type[models.Model], fields: Sequence[str], *, key: str, among: Sequence, now: datetime,
+    expires: str = "expires_at",
+) -> list[tuple]:
+    """`fields` of the rows of `model` whose `key` is one of `among` and whose
+    `expires` is empty or after `now`. On PostgreSQL a plain statement with one
+    array parameter (this runs for every accept and every chunk); elsewhere the ORM."""
+    if not is_postgresql():
+        rows = model._default_manager.filter(**{f"{key}__in": among})
+        rows = rows.filter(Q(**{f"{expires}__isnull": True}) | Q(**{f"{expires}__gt": now}))
+        return list(rows.values_list(*fields))
+    meta = model._meta
+    columns = ", ".join(meta.get_field(name).column for name in fields)
+    expiry = meta.get_field(expires).column
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {columns} FROM {meta.db_table} "
+            f"WHERE {meta.get_field(key).column} = ANY(%s) AND ({expiry} IS NULL OR {expiry} > %s)",
+            [sorted(among), now],
+        )
+        return cursor.fetchall()
+
+
+def table_row_estimate(model: type[models.Model]) -> int | None:
+    """Rows in the model's table as PostgreSQL's statistics estimate them
+    (`reltuples`, without counting); None when the table was never analysed,
+    or on another database."""
+    database = connections["default"]
+    if database.vendor != "postgresql":
+        return None
+    with database.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
+        row = cursor.fetchone()
+    if row and row[0] is not None and row[0] > 0:
+        return int(row[0])
+    return None
+
+
+# --- The list reads ---------------------------------------------------------------------------
+
+
+def json_list_has(field_name: str, value: str, *, model: type[models.Model]) -> Q:
+    """The JSON list in `field_name` holds the string `value` (a GIN containment
+    on PostgreSQL; on SQLite a walk of the list with json_each)."""
+    if is_postgresql():
+        return Q(**{f"{field_name}__contains": [value]})
+    table, column = model._meta.db_table, model._meta.get_field(field_name).column
+    return Q(
+        RawSQL(
+            f'EXISTS (SELECT 1 FROM json_each("{table}"."{column}") WHERE json_each.type = \'text\' AND json_each.value = %s)',
+            [value],
+            output_field=BooleanField(),
+        )
+    )
+
+
+def json_key_is(field_name: str, key: str, value: str) -> Q:
+    """The JSON object in `field_name` maps `key` to the string `value`: a
+    containment on PostgreSQL, which the GIN index answers (exact: {"k": "v"}
+    is contained neither in {"k": ["v"]} nor in {"k": 7}); elsewhere the key's
+    value compared (the key taken as it is: one holding "__" is one key)."""
+    if is_postgresql():
+        return Q(**{f"{field_name}__contains": {key: value}})
+    return Q(Exact(KeyTransform(key, field_name), value))
+
+
+def pk_among(model: type[models.Model], ids: list[int]) -> Q:
+    """The row's primary key is one of `ids`: on PostgreSQL one array
+    parameter, which the planner does not estimate id by id; elsewhere IN."""
+    if not is_postgresql():
+        return Q(pk__in=ids)
+    meta = model._meta
+    return Q(RawSQL(f'"{meta.db_table}"."{meta.pk.column}" = ANY(%s)', [ids], output_field=BooleanField()))
+
+
+def planner_settings_set(values: dict[str, str], *, read: bool = True) -> dict[str, str]:
+    """Set these planner settings until the transaction ends (set_config(…, true),
+    PostgreSQL only) and return what they were (with `read`; else {}: putting
+    settings back needs no read). Around a statement that may fail, put them
+    back by hand rather than with `planner_settings`: an aborted transaction
+    takes no statement, and its savepoint puts them back anyway."""
+    before: dict[str, str] = {}
+    with connection.cursor() as cursor:
+        if read:
+            names = list(values)
+            cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(names)), names)
+            before = dict(zip(names, cursor.fetchone(), strict=True))
+        cursor.execute(
+            "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
+            [item for pair in values.items() for item in pair],
+        )
+    return before
+
+
+@contextmanager
+def planner_settings(**values: str) -> Iterator[None]:
+    """Planner settings for the statements inside, back as they were after.
+
+    PostgreSQL only, inside a transaction (SET LOCAL); elsewhere nothing.
+    """
+    if not is_postgresql() or not connection.in_atomic_block or not values:
+        yield
+        return
+    before = planner_settings_set(values)
+    try:
+        yield
+    finally:
+        planner_settings_set(before, read=False)

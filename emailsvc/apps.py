@@ -16,7 +16,7 @@ def _pool_process_exit(pid=None, **kwargs) -> None:
     the sweeper records it from the journal); its live gauges leave /metrics
     (core.metrics, multiprocess mode)."""
     from core.metrics import process_dead
-    from emailsvc.delivery.engine import recordings_stop
+    from emailsvc.delivery.recording import recordings_stop
 
     recordings_stop(timeout=30)
     process_dead(pid=pid)

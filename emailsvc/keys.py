@@ -5,13 +5,12 @@ import hmac
 import secrets
 from datetime import datetime, timedelta
 
-from django.db import connection
 from django.utils import timezone
 
 from emailsvc.models import (
     ApiKey,
 )
-from emailsvc.selectors import one_or_none
+from core.sql import row_by_unique
 
 API_KEY_PREFIX = "es"
 
@@ -65,13 +64,4 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
 def _key_by_prefix(prefix: str) -> ApiKey | None:
     """The key with this prefix (unique). On PostgreSQL a plain statement read
     into the model (this runs for every API request); elsewhere the ORM."""
-    if connection.vendor != "postgresql":
-        return one_or_none(ApiKey.objects.filter(prefix=prefix))
-    fields = ApiKey._meta.concrete_fields
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(field.column for field in fields)} FROM {ApiKey._meta.db_table} WHERE prefix = %s",
-            [prefix],
-        )
-        row = cursor.fetchone()
-    return ApiKey.from_db(connection.alias, [field.attname for field in fields], row) if row else None
+    return row_by_unique(ApiKey, "prefix", prefix)

@@ -27,20 +27,17 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from django.db import OperationalError, connection, transaction
 from django.db.models import BooleanField, Case, Count, Exists, OuterRef, Q, QuerySet, Value, When
-from django.db.models.expressions import RawSQL
-from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 from redis import RedisError
 
 from core.addresses import address_key
+from core.sql import is_postgresql, json_key_is, json_list_has, pk_among, planner_settings, planner_settings_set
 from emailsvc.models import Message, Recipient, Status, StatusChange
 from core.redisclient import redis_client
 
@@ -140,11 +137,6 @@ def messages_filtered(*, filters: EmailFilters, bounds: IdBounds = IdBounds()) -
         # comes twice, and the recipients' (email, message_id) index hands the
         # messages over newest first.
         rows = rows.filter(recipients__email=address_key(filters.to))
-    if connection.vendor != "postgresql":
-        for index, (key, value) in enumerate(filters.metadata):
-            # KeyTransform takes the key as it is (one holding "__" is one key).
-            name = f"_metadata_{index}"
-            rows = rows.alias(**{name: KeyTransform(key, "metadata")}).filter(**{name: value})
     if bounds.above is not None:
         rows = rows.filter(id__gt=bounds.above)
     if bounds.below is not None:
@@ -153,8 +145,7 @@ def messages_filtered(*, filters: EmailFilters, bounds: IdBounds = IdBounds()) -
 
 
 def _row_conditions(filters: EmailFilters) -> Q:
-    """The filters that test the message row itself: all but `to` (and, off
-    PostgreSQL, metadata, which messages_filtered adds)."""
+    """The filters that test the message row itself: all but `to`."""
     condition = Q()
     if len(filters.statuses) == 1:
         condition &= Q(status=filters.statuses[0])
@@ -166,11 +157,8 @@ def _row_conditions(filters: EmailFilters) -> Q:
         condition &= Q(template_name=filters.template)
     if filters.tag is not None:
         condition &= _has_tag(filters.tag)
-    if connection.vendor == "postgresql":
-        for key, value in filters.metadata:
-            # A containment, which the GIN index answers. Exact, and a string
-            # only: {"k": "v"} is contained neither in {"k": ["v"]} nor in {"k": 7}.
-            condition &= Q(metadata__contains={key: value})
+    for key, value in filters.metadata:
+        condition &= json_key_is("metadata", key, value)
     if filters.created_after is not None:
         condition &= Q(created_at__gte=filters.created_after)
     if filters.created_before is not None:
@@ -180,50 +168,10 @@ def _row_conditions(filters: EmailFilters) -> Q:
 
 def _has_tag(tag: str) -> Q:
     """`tag` is one of the message's tags (a GIN containment on PostgreSQL)."""
-    if connection.vendor == "postgresql":
-        return Q(tags__contains=[tag])
-    table = Message._meta.db_table
-    return Q(
-        RawSQL(
-            f'EXISTS (SELECT 1 FROM json_each("{table}"."tags") WHERE json_each.type = \'text\' AND json_each.value = %s)',
-            [tag],
-            output_field=BooleanField(),
-        )
-    )
+    return json_list_has("tags", tag, model=Message)
 
 
-# --- Planner guidance ---------------------------------------------------------------------
-
-
-@contextmanager
-def planner_settings(**values: str) -> Iterator[None]:
-    """Planner settings for the statements inside, back as they were after.
-
-    PostgreSQL only, inside a transaction (SET LOCAL); elsewhere nothing.
-    """
-    if connection.vendor != "postgresql" or not connection.in_atomic_block or not values:
-        yield
-        return
-    with connection.cursor() as cursor:
-        before = _settings_read(cursor, list(values))
-        _settings_apply(cursor, values)
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            _settings_apply(cursor, before)
-
-
-def _settings_read(cursor, names: list[str]) -> dict[str, str]:
-    cursor.execute("SELECT " + ", ".join(["current_setting(%s)"] * len(names)), names)
-    return dict(zip(names, cursor.fetchone(), strict=True))
-
-
-def _settings_apply(cursor, values: dict[str, str]) -> None:
-    cursor.execute(
-        "SELECT " + ", ".join(["set_config(%s, %s, true)"] * len(values)),
-        [item for pair in values.items() for item in pair],
-    )
+# --- Planner guidance (core.sql.planner_settings) ------------------------------------------
 
 
 # Read in the order of an index, stopping at the limit: neither a bitmap of a
@@ -270,7 +218,7 @@ def page_window(*, filters: EmailFilters, bounds: IdBounds, position: int | None
     read from those ids (`among`); when it holds fewer, the matches are sparse
     and the page is gathered through the filters' indexes instead (GATHERED).
     """
-    if connection.vendor != "postgresql" or not filters.unordered:
+    if not is_postgresql() or not filters.unordered:
         return None
     # Every filter but `to` tests the row itself (`to`, when given, is the ordered part).
     every = _row_conditions(replace(filters, to=None))
@@ -286,7 +234,7 @@ def page_window(*, filters: EmailFilters, bounds: IdBounds, position: int | None
 
 def among(rows: QuerySet[Message], ids: list[int]) -> QuerySet[Message]:
     """`rows` whose id is one of `ids` (one array parameter, which the planner does not estimate id by id)."""
-    return rows.filter(RawSQL(f'"{Message._meta.db_table}"."id" = ANY(%s)', [ids], output_field=BooleanField()))
+    return rows.filter(pk_among(Message, ids))
 
 
 def messages_among(ids: list[int]) -> QuerySet[Message]:
@@ -348,7 +296,7 @@ def message_status_counts(*, rows: QuerySet[Message], filters: EmailFilters, bou
     set costs a sample, never a scan.
     """
     counts = dict.fromkeys(STATUSES, 0)
-    if connection.vendor != "postgresql":
+    if not is_postgresql():
         counts.update(Counter(rows.order_by().values_list("status", flat=True)))
         return StatusCounts(counts=counts, exact=True)
     high = _top(bounds)
@@ -391,12 +339,9 @@ def statuses_read(rows: QuerySet[Message], *, unordered: bool = False, by_status
     order = ("-id",) if by_status and not unordered else ()
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                before = _settings_read(cursor, list(values))
-                _settings_apply(cursor, values)
+            before = planner_settings_set(values)
             statuses = list(rows.order_by(*order).values_list("status", flat=True)[: STATS_EXACT_LIMIT + 1])
-            with connection.cursor() as cursor:
-                _settings_apply(cursor, before)
+            planner_settings_set(before, read=False)
             return statuses
     except OperationalError as error:
         if type(error.__cause__).__name__ == "QueryCanceled":  # psycopg.errors.QueryCanceled: the time was up

@@ -2,12 +2,12 @@
 
 from datetime import datetime
 
-from django.db import connection
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
 from core.addresses import InvalidAddress, address_forms, address_key, domain_canonical, shown
 from core.errors import NotFound
+from core.sql import values_unexpired
 from emailsvc.models import Attachment, Message, Recipient, Suppression, WorkState
 
 
@@ -24,17 +24,7 @@ def suppressed_addresses(*, addresses: list[str]) -> dict[str, str]:
     keys = {address: address_key(address) for address in addresses}
     wanted = set().union(*(address_forms(address) for address in addresses))
     now = timezone.now()
-    if connection.vendor == "postgresql":  # a plain statement: this runs for every accept and every chunk
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT email, reason FROM {Suppression._meta.db_table} "
-                "WHERE email = ANY(%s) AND (expires_at IS NULL OR expires_at > %s)",
-                [sorted(wanted), now],
-            )
-            found = cursor.fetchall()
-    else:
-        rows = Suppression.objects.filter(email__in=wanted).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
-        found = rows.values_list("email", "reason")
+    found = values_unexpired(Suppression, ["email", "reason"], key="email", among=sorted(wanted), now=now)
     reasons = {address_key(email): reason for email, reason in found}
     return {address: reasons[key] for address, key in keys.items() if key in reasons}
 

@@ -7,7 +7,8 @@ from django.db import close_old_connections
 from core import metrics
 from emailsvc.models import Priority
 from emailsvc.sending_control.breaker import breaker_check, provider_probe
-from emailsvc.delivery.engine import ChunkResult, deliver_due
+from emailsvc.delivery.chunks import ChunkResult
+from emailsvc.delivery.engine import deliver_due
 from emailsvc.delivery.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
 from emailsvc.delivery.scheduling import messages_sweep, scheduled_publish
 from core.taskbase import ResilientTask

@@ -1,4 +1,5 @@
-"""Big tables for plan and timing tests: rows inserted by PostgreSQL itself (generate_series)."""
+"""Big tables for plan and timing tests: rows inserted by the database itself
+(PostgreSQL's generate_series; on SQLite a recursive series)."""
 
 import re
 
@@ -6,8 +7,9 @@ from django.db import connection, models
 
 
 def rows_fill(model: type[models.Model], count: int, values: dict[str, str], *, series: str = "g") -> None:
-    """INSERT `count` rows in one statement (PostgreSQL); `values` are SQL expressions
-    of `g` (1..count) by field name, the rest get a type's neutral value."""
+    """INSERT `count` rows in one statement; `values` are SQL expressions of
+    `g` (1..count) by field name, the rest get a type's neutral value."""
+    postgresql = connection.vendor == "postgresql"
 
     columns, expressions = [], []
     for field in model._meta.concrete_fields:
@@ -19,20 +21,40 @@ def rows_fill(model: type[models.Model], count: int, values: dict[str, str], *, 
         elif field.null:
             expressions.append("NULL")
         elif isinstance(field, models.JSONField):
-            expressions.append("'[]'::jsonb" if field.default is list else "'{}'::jsonb")
+            empty = "'[]'" if field.default is list else "'{}'"
+            expressions.append(f"{empty}::jsonb" if postgresql else empty)
         elif isinstance(field, models.DateTimeField):
-            expressions.append("now()")
+            expressions.append("now()" if postgresql else moment_now())
         elif isinstance(field, models.BooleanField):
             expressions.append("false")
         elif isinstance(field, models.IntegerField | models.PositiveIntegerField | models.PositiveSmallIntegerField):
             expressions.append("0")
         else:
             expressions.append("''")
+    insert = f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) SELECT {', '.join(expressions)}"
+    if postgresql:
+        statement = f"{insert} FROM generate_series(1, {int(count)}) AS {series}"
+    else:
+        statement = (
+            f"WITH RECURSIVE numbers({series}) AS (SELECT 1 UNION ALL SELECT {series} + 1 FROM numbers "
+            f"WHERE {series} < {int(count)}) {insert} FROM numbers"
+        )
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {model._meta.db_table} ({', '.join(columns)}) "
-            f"SELECT {', '.join(expressions)} FROM generate_series(1, {int(count)}) AS {series}"
-        )  # no parameters: the expressions use % (modulo)
+        cursor.execute(statement)  # no parameters: the expressions use % (modulo)
+
+
+def moment_now() -> str:
+    """SQL for the current time, as a timestamp column stores it."""
+    if connection.vendor == "postgresql":
+        return "now()"
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def moment_plus(moment: str, seconds: str) -> str:
+    """SQL for the timestamp `moment` plus `seconds` (SQL expressions both), as a timestamp column stores it."""
+    if connection.vendor == "postgresql":
+        return f"(({moment}) + ({seconds}) * interval '1 second')"
+    return f"strftime('%Y-%m-%d %H:%M:%f', {moment}, printf('%+.3f seconds', {seconds}))"
 
 
 def rows_fill_first_id(model: type[models.Model], count: int, values: dict[str, str], *, series: str = "g") -> int:
@@ -58,5 +80,5 @@ def status_changes_fill(count: int, *, first_message: int, first_recipient: int,
         "email": of_message(address),
         "from_status": "CASE WHEN (c - 1) % 2 = 0 THEN 'queued' ELSE 'sent' END",
         "to_status": f"CASE WHEN (c - 1) % 2 = 0 THEN 'sent' ELSE ({of_message(status)}) END",
-        "at": f"{of_message(at)} + ((c - 1) % 2) * interval '2 seconds'", "cause": "'event'",
+        "at": moment_plus(of_message(at), "((c - 1) % 2) * 2"), "cause": "'event'",
     }, series="c")

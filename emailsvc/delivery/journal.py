@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.models import Q
@@ -40,6 +39,7 @@ from django.utils import timezone
 
 from emailsvc.models import DeliveryJournal, DeliveryProcess
 from core.outages import outage
+from core.sql_engine import commit_asynchronously, journal_upsert
 
 logger = logging.getLogger(__name__)
 
@@ -263,40 +263,9 @@ class _Writer:
         return True
 
 
-_UPSERT = (
-    "ON CONFLICT (message_id) DO UPDATE SET attempt = excluded.attempt, outcome = excluded.outcome, "
-    "written_at = excluded.written_at"
-)
-
-
 def _entries_insert(entries: list[JournalEntry]) -> None:
-    """Upsert the entries in one statement: what `bulk_create(update_conflicts=True)`
-    writes (tests/emailsvc/delivery/test_journal.py), without a model instance per row or a
-    psycopg array per column, since this runs for every few emails sent.
-
-    PostgreSQL reads them from one JSON document, through the connection's own
-    driver cursor (Django's cursor wrapper costs as much as the statement here);
-    SQLite takes them as executemany rows."""
-    table = DeliveryJournal._meta.db_table
-    if connection.vendor == "postgresql":
-        document = orjson.dumps(
-            [{"m": e.message_id, "a": e.attempt, "o": e.outcome} for e in entries], option=orjson.OPT_NON_STR_KEYS
-        )
-        connection.ensure_connection()
-        with connection.wrap_database_errors, connection.connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (message_id, attempt, outcome, written_at) "
-                f"SELECT v.m, v.a, v.o, now() FROM json_to_recordset(%s::json) AS v(m bigint, a integer, o jsonb) {_UPSERT}",
-                [document.decode()],
-            )
-        return
-    written_at = DeliveryJournal._meta.get_field("written_at").get_db_prep_save(timezone.now(), connection)
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {table} (message_id, attempt, outcome, written_at) VALUES (%s, %s, %s, %s) {_UPSERT}",
-            [(e.message_id, e.attempt, orjson.dumps(e.outcome, option=orjson.OPT_NON_STR_KEYS).decode(), written_at)
-             for e in entries],
-        )
+    """Upsert the entries in one statement (core.sql_engine.journal_upsert)."""
+    journal_upsert(DeliveryJournal, [(e.message_id, e.attempt, e.outcome) for e in entries])
 
 
 def _commit_asynchronously() -> None:
@@ -306,11 +275,7 @@ def _commit_asynchronously() -> None:
     within about three wal_writer_delay (600 ms by default) — and an answer is
     only needed from the journal if its worker dies too, before recording it.
     Waiting for the disk at every write would hold every send slot back."""
-    if connection.vendor != "postgresql":
-        return
-    connection.ensure_connection()
-    with connection.wrap_database_errors, connection.connection.cursor() as cursor:
-        cursor.execute("SET synchronous_commit = off")
+    commit_asynchronously()
 
 
 def journal_write(*, message_id: int, attempt: int, outcome: dict) -> bool:

@@ -30,7 +30,8 @@ from core.redisclient import redis_client
 from emailsvc.selectors import one_or_none
 from core.sql import index_lookups
 from emailsvc.delivery import journal
-from emailsvc.delivery.engine import SendOutcome, journal_read, outcomes_record
+from emailsvc.delivery.chunks import SendOutcome
+from emailsvc.delivery.recording import journal_read, outcomes_record
 from emailsvc.delivery.queueing import deliveries_enqueue, delivery_queue_depths
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from django.utils import timezone
 from config.celery import app
 from emailsvc.models import DeliveryJournal, DeliveryProcess, Message, StatusChange
 from emailsvc.delivery import journal
-from emailsvc.delivery.engine import SendOutcome, _load
+from emailsvc.delivery.chunks import SendOutcome, chunk_load
 from emailsvc.delivery.queueing import delivery_enqueue, delivery_queue_depths
 from emailsvc.delivery.scheduling import messages_sweep
 from tests.tracking.scenario import accepted_message, event
@@ -110,7 +110,7 @@ def test_a_message_whose_workers_keep_dying_fails_after_the_attempt_limit(api):
 
 def test_the_journaled_answer_of_a_dead_worker_is_recorded_not_sent_again(api):
     message = claimed_by_a_dead_worker(accepted_message(api, ["journaled@example.com", "refused@example.com"]))
-    outgoing = _load([message.pk])[message.pk]
+    outgoing = chunk_load([message.pk])[message.pk]
     ok, refused = (r.id for r in sorted(outgoing.recipients, key=lambda r: r.email))
     journaled(message, SendOutcome(
         provider_message_id="provider-42", sent_at=ago(602), sent=[ok], failed={refused: "550 5.1.1 no such user"},
@@ -130,7 +130,7 @@ def test_the_journaled_answer_of_a_dead_worker_is_recorded_not_sent_again(api):
 
 def test_a_journal_entry_of_an_earlier_attempt_is_not_taken_for_this_one(api):
     message = claimed_by_a_dead_worker(accepted_message(api, ["again@example.com"]), attempts=1)
-    outgoing = _load([message.pk])[message.pk]
+    outgoing = chunk_load([message.pk])[message.pk]
     journaled(message, SendOutcome(provider_message_id="old", sent_at=ago(900), sent=[outgoing.recipients[0].id]))
     claimed_by_a_dead_worker(message, attempts=2)  # claimed again since; that attempt left nothing
 
@@ -162,7 +162,7 @@ def test_a_recipient_sent_by_an_earlier_attempt_is_no_evidence_for_a_pending_one
     died without an answer. The second recipient was never sent: it is queued again, not
     recorded `sent` with attempt 1's provider id."""
     message = accepted_message(api, ["first@example.com", "second@example.com"])
-    outgoing = _load([message.pk])[message.pk]
+    outgoing = chunk_load([message.pk])[message.pk]
     first, second = (r.id for r in sorted(outgoing.recipients, key=lambda r: r.email))
     claimed_by_a_dead_worker(message, attempts=1)
     journaled(message, SendOutcome(
