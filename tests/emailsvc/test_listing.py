@@ -1,7 +1,7 @@
 """GET /emails and /stats stay on their indexes on 100,000 used messages, with
 statistics that are stale (taken before the rows got their statuses, tags and
 metadata) or missing (never analysed: this machine's PostgreSQL runs with
-autovacuum off), in the style of tests/test_query_plans.py: the real requests,
+autovacuum off), in the style of tests/core/test_sql_plans.py: the real requests,
 and the sequential scans and heap rows PostgreSQL really read
 (pg_stat_xact_user_tables). No request may scan a big table, and a page —
 whatever its filter — reads a bounded number of messages (a few thousand; see
@@ -16,7 +16,7 @@ from django.utils import timezone
 from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Group, Message, Recipient, StatusChange
 from tests.tables import rows_fill
-from tests.test_query_plans import BIG_TABLES
+from tests.core.test_sql_plans import BIG_TABLES
 
 pytestmark = pytest.mark.django_db
 
