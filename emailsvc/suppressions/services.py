@@ -13,7 +13,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from emailsvc.delivery.queueing import ses_suppression_delete_enqueue
-from emailsvc.suppressions import ses_sync as ses_suppressions
+from emailsvc.suppressions import ses_sync
 from core.addresses import address_forms, address_key
 from core.errors import DependencyFailed, ValidationFailed
 from emailsvc.models import SesSuppressionLift, Suppression
@@ -130,8 +130,8 @@ def ses_lift_forward(*, email: str) -> bool:
     cannot be asked (transient: the lift stays pending), after forgetting the
     lift when SES refused for good."""
     try:
-        removed = ses_suppressions.suppressed_destination_delete(email=email)
-    except ses_suppressions.SesSuppressionListError as error:
+        removed = ses_sync.suppressed_destination_delete(email=email)
+    except ses_sync.SesSuppressionListError as error:
         if not (error.transient or error.status is None):
             SesSuppressionLift.objects.filter(email=email).delete()
         raise
@@ -147,7 +147,7 @@ def ses_lifts_forward(*, limit: int = 500) -> dict:
         try:
             ses_lift_forward(email=email)
             result["forwarded"] += 1
-        except ses_suppressions.SesSuppressionListError as error:
+        except ses_sync.SesSuppressionListError as error:
             if error.transient or error.status is None:
                 break
             result["refused"] += 1
@@ -294,7 +294,7 @@ class SesSyncFailed(DependencyFailed):
 
     code = "ses_sync_failed"
 
-    def __init__(self, error: ses_suppressions.SesSuppressionListError, result):
+    def __init__(self, error: ses_sync.SesSuppressionListError, result):
         self.error = error
         self.result = result
         super().__init__(str(error))
@@ -357,11 +357,11 @@ def ses_suppressions_pull(*, client=None) -> SesPullResult:
     """
     result = SesPullResult()
     try:
-        for page in ses_suppressions.suppressed_destination_pages(client=client):
+        for page in ses_sync.suppressed_destination_pages(client=client):
             applied = ses_suppressions_apply(summaries=page)
             for name in ("listed", "added", "existing", "skipped"):
                 setattr(result, name, getattr(result, name) + getattr(applied, name))
-    except ses_suppressions.SesSuppressionListError as error:
+    except ses_sync.SesSuppressionListError as error:
         raise SesSyncFailed(error, result) from None
     logger.info(
         "SES suppression list pulled listed=%d added=%d existing=%d skipped=%d",
@@ -393,7 +393,7 @@ def ses_suppressions_push(*, everything: bool = False, client=None) -> SesPushRe
     other failure — or refusals in a row, meaning the account takes none —
     raises SesSyncFailed, and the next push starts again from there.
     """
-    client = client or ses_suppressions.ses_client()
+    client = client or ses_sync.ses_client()
     result = SesPushResult()
     after_id = 0 if everything else _watermark()
     # Refusals not yet known to be one-offs: (the id before the first of them, their addresses).
@@ -404,10 +404,10 @@ def ses_suppressions_push(*, everything: bool = False, client=None) -> SesPushRe
     ):
         for suppression in batch:
             try:
-                ses_suppressions.suppressed_destination_put(
+                ses_sync.suppressed_destination_put(
                     email=suppression.email, reason=OUR_REASONS_FOR_SES[suppression.reason], client=client
                 )
-            except ses_suppressions.SesSuppressionListError as error:
+            except ses_sync.SesSuppressionListError as error:
                 if error.ses_code != "BadRequestException" or len(refusals) + 1 >= _PUSH_MAX_REFUSED_IN_A_ROW:
                     # The next push starts again at the first address not known to be pushed or refused.
                     _watermark_save(refusals_before if refusals else after_id)
@@ -451,6 +451,6 @@ def ses_suppressions_sync(*, pull: bool, push: bool) -> dict:
 def ses_suppression_forget(*, email: str) -> bool:
     """Take a lifted address off SES's account-level list; False if it was not on it.
 
-    Raises ses_suppressions.SesSuppressionListError when SES cannot be asked.
+    Raises ses_sync.SesSuppressionListError when SES cannot be asked.
     """
     return ses_lift_forward(email=email)
