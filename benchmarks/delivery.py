@@ -238,8 +238,9 @@ def post_office_reference(bench: Bench) -> None:
     env = stack.env(DJANGO_SETTINGS_MODULE="benchmarks.post_office_settings", SMTP_HOST="127.0.0.1",
                     SMTP_PORT=str(port))
     try:
-        import post_office  # noqa: F401 - only to know it is installed
         from importlib.metadata import version
+
+        import post_office  # noqa: F401 - only to know it is installed
 
         package = f"django-post-office {version('django-post-office')}"
     except ImportError:

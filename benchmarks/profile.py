@@ -56,9 +56,9 @@ def _write(session, results_dir: Path, target: str) -> None:
 
 
 def profile_drain(bench: Bench, results_dir: Path) -> None:
-    from benchmarks import drain
-
     from django.db import connection
+
+    from benchmarks import drain
 
     profiler = _profiler()
     prepared = drain.prepare(bench, 300 if bench.params.quick else 1000)

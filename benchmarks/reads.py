@@ -29,9 +29,9 @@ HEAVY = "heavy@example.com"  # one address in every 200 emails
 
 def fill(count: int) -> float:
     """Add `count` emails (with recipients and status changes); seconds taken."""
-    from emailsvc.models import Group, Message, Recipient
     from django.db import connection
 
+    from emailsvc.models import Group, Message, Recipient
     from tests.tables import moment_now, moment_plus, rows_fill_first_id, status_changes_fill
 
     started = time.monotonic()

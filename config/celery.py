@@ -7,6 +7,7 @@ from celery import Celery
 # Registered for redis:// before any broker connection: a worker survives a Redis outage
 # while it runs a task (kombu 5.7.0 exits with "Unrecoverable error"; see the module).
 import config.kombu_redis  # noqa: F401
+
 # Connects the receivers that keep Django's LOGGING in workers and beat and bind task ids to log lines.
 import core.logs  # noqa: F401
 

@@ -6,8 +6,8 @@ from drf_spectacular.views import (
     SpectacularSwaggerView,
 )
 
-from console.probes import HealthApi, ReadinessApi
 from console.metrics import metrics_view
+from console.probes import HealthApi, ReadinessApi
 from tracking.apis import SesSnsWebhookView
 
 urlpatterns = [

@@ -22,11 +22,12 @@ from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.http import require_safe
 
-import core.metrics  # noqa: F401, I001 (prepares PROMETHEUS_MULTIPROC_DIR before prometheus-client loads)
-
+# isort: off
+import core.metrics  # noqa: F401 (prepares PROMETHEUS_MULTIPROC_DIR before prometheus-client loads)
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.exposition import choose_encoder  # noqa: E402
+# isort: on
 
 from console import probes  # noqa: E402
 from core.threads import process_pool  # noqa: E402

@@ -24,11 +24,6 @@ from django.utils.html import format_html
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from core.addresses import InvalidAddress, address_canonical, address_key
-from core.admin_lists import admin_change_url, address_url
-from core.errors import EmailsvcError
-from emailsvc.models import Message, SendingPause, Suppression
-from emailsvc.selectors import one_or_none
 from console.selectors import (
     address_history,
     delivery_backlog,
@@ -36,6 +31,11 @@ from console.selectors import (
     sending_now,
     sending_overview,
 )
+from core.addresses import InvalidAddress, address_canonical, address_key
+from core.admin_lists import address_url, admin_change_url
+from core.errors import EmailsvcError
+from emailsvc.models import Message, SendingPause, Suppression
+from emailsvc.selectors import one_or_none
 
 
 def _actor(request: HttpRequest) -> str:

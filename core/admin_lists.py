@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import zoneinfo
 from functools import cached_property
-
 from urllib.parse import unquote
 
 from django.conf import settings

@@ -38,8 +38,8 @@ if _MULTIPROC_DIR:
 from prometheus_client import Counter, Histogram, multiprocess, values  # noqa: E402
 
 if TYPE_CHECKING:
-    from emailsvc.models import StatusChange
     from emailsvc.delivery.chunks import ChunkResult
+    from emailsvc.models import StatusChange
     from tracking.drain import DrainResult
 
 logger = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 from django.utils import timezone
 
+from core.sql import row_by_unique
 from emailsvc.models import (
     ApiKey,
 )
-from core.sql import row_by_unique
 
 API_KEY_PREFIX = "es"
 

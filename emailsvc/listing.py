@@ -37,9 +37,9 @@ from django.utils import timezone
 from redis import RedisError
 
 from core.addresses import address_key
+from core.redisclient import redis_client
 from core.sql import is_postgresql, json_key_is, json_list_has, pk_among, planner_settings, planner_settings_set
 from emailsvc.models import Message, Recipient, Status, StatusChange
-from core.redisclient import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -5,14 +5,13 @@ from celery.signals import worker_init
 from django.db import close_old_connections
 
 from core import metrics
-from emailsvc.models import Priority
-from emailsvc.sending_control.breaker import breaker_check, provider_probe
+from core.taskbase import ResilientTask
 from emailsvc.delivery.chunks import ChunkResult
 from emailsvc.delivery.engine import deliver_due
 from emailsvc.delivery.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
 from emailsvc.delivery.scheduling import messages_sweep, scheduled_publish
-from core.taskbase import ResilientTask
-
+from emailsvc.models import Priority
+from emailsvc.sending_control.breaker import breaker_check, provider_probe
 
 # While the database is away a delivery task cannot claim: it publishes its
 # successor this many seconds ahead, so delivery resumes within that time of
@@ -116,8 +115,8 @@ def ses_suppression_delete_task(self, email: str) -> bool:
     """Take a lifted address off SES's account-level list; retried while SES is busy or unreachable."""
     import logging
 
-    from emailsvc.suppressions.ses_sync import SesSuppressionListError
     from emailsvc.suppressions.services import ses_suppression_forget
+    from emailsvc.suppressions.ses_sync import SesSuppressionListError
 
     try:
         return ses_suppression_forget(email=email)

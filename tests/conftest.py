@@ -21,10 +21,10 @@ from django.db import connections
 from rest_framework.test import APIClient
 
 from config.devservices import free_port, start_moto, stop
+from emailsvc.keys import api_key_create
 from emailsvc.models import ApiKey, Message, Status
 from templates_app.models import TemplateVersion
 from templates_app.services import template_create
-from emailsvc.keys import api_key_create
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PENDING = {Status.QUEUED, Status.SENDING, Status.SCHEDULED}

@@ -24,8 +24,8 @@ import pytest
 from django.db import close_old_connections, connection, connections
 from django.test import Client
 
-from emailsvc.models import Message, Status
 from emailsvc.keys import api_key_create
+from emailsvc.models import Message, Status
 from tests.conftest import wait_until
 from tests.faultproxy import TcpFaultProxy
 from tests.invariants import histories_replay

@@ -14,13 +14,13 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from core.pagination import NewestFirstPagination
-from emailsvc.api.auth import CanRead, FullAccess
-from core.sql import index_lookups
 from core.errors import Forbidden, ValidationFailed, error_for_status
-from core.responses import ErrorBodySerializer, error_response
-from core.parsers import JsonTooDeep, json_loads_limited
 from core.fields import cursor_page_serializer
+from core.pagination import NewestFirstPagination
+from core.parsers import JsonTooDeep, json_loads_limited
+from core.responses import ErrorBodySerializer, error_response
+from core.sql import index_lookups
+from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.api.emails_outputs import EmailPageOutputSerializer, EmailSummaryOutputSerializer
 from tracking.apply import sns_notification_apply
 from tracking.normalize import MalformedEvent

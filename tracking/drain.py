@@ -12,12 +12,12 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import LockNotOwnedError, RedisError
 
 from core.redisclient import redis_client
-from emailsvc.sending_control.breaker import breaker_check
 from core.sqs import events_queue_url, sqs_client
+from emailsvc.sending_control.breaker import breaker_check
 from tracking.apply import events_apply, events_relink, events_stored
 from tracking.models import EngagementEvent
-from tracking.queueing import drain_helper_enqueue
 from tracking.normalize import MalformedEvent, envelope_event_id, envelope_read, ses_envelope_parse
+from tracking.queueing import drain_helper_enqueue
 
 logger = logging.getLogger(__name__)
 

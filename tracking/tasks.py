@@ -5,8 +5,8 @@ from celery import shared_task
 from core import metrics
 from core.taskbase import ResilientTask
 from tracking.drain import events_drain
-from tracking.webhooks.outbox import webhooks_dispatch
 from tracking.queueing import webhook_send_enqueue
+from tracking.webhooks.outbox import webhooks_dispatch
 from tracking.webhooks.sender import webhook_deliveries_send
 
 

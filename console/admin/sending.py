@@ -11,11 +11,11 @@ from django.contrib import admin, messages
 from django.db.models import Prefetch, Q
 from django.utils.html import format_html
 
+from console.selectors import address_message_ids, address_recipient_ids, message_overview
 from core.admin_lists import BigTableAdmin, address_url, admin_change_url
+from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
 from emailsvc.selectors import one_or_none, suppressions_list
-from console.selectors import address_message_ids, address_recipient_ids, message_overview
-from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.suppressions.services import suppression_add, suppression_lift
 
 # The admin home: a search box for an address or an email id, and the operations pages.

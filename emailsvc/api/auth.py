@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from emailsvc.models import ApiKey
 from emailsvc.keys import api_key_authenticate
+from emailsvc.models import ApiKey
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from rest_framework.views import APIView
 from core import metrics
 from core.addresses import shown
 from core.errors import EmailsvcError, ValidationFailed
-from core.responses import ErrorBodySerializer, error_body, validation_failed_from_drf
 from core.fields import MomentField, TextField, error_list, filter_text, one_value
 from core.pagination import NewestFirstPagination
+from core.responses import ErrorBodySerializer, error_body, validation_failed_from_drf
 from core.sql import index_lookups
 from emailsvc.api.auth import CanRead, CanSend
 from emailsvc.api.emails_inputs import (

@@ -22,8 +22,8 @@ from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerial
 from rest_framework import serializers
 
 from core.addresses import CONTROL_CHARACTERS, MAX_DISPLAY_NAME, json_kind, printable, shown
-from core.responses import validation_failed_from_drf
 from core.fields import LONG_WORD, MAX_HEADER_WORD, AddressField, AddressListField, TextField, rename_field
+from core.responses import validation_failed_from_drf
 from emailsvc.models import Priority, Recipient
 
 # \Z, not $: "$" also matches before a final line break.

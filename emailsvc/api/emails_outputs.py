@@ -2,8 +2,8 @@
 
 from rest_framework import serializers
 
-from core.responses import ErrorBodySerializer
 from core.fields import cursor_page_serializer, rename_field
+from core.responses import ErrorBodySerializer
 from emailsvc.models import Status
 
 

@@ -10,8 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.addresses import shown
-from core.responses import validation_failed_from_drf
 from core.fields import MomentField, filter_text, one_value, rename_field
+from core.responses import validation_failed_from_drf
 from core.sql import index_lookups
 from emailsvc.api.auth import CanRead
 from emailsvc.api.emails_inputs import MAX_TAG

@@ -11,9 +11,9 @@ from rest_framework.views import APIView
 
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import NotFound, PayloadTooLarge, ValidationFailed
-from core.responses import ErrorBodySerializer, error_body
 from core.fields import TextField, cursor_page_serializer
 from core.pagination import NewestFirstPagination
+from core.responses import ErrorBodySerializer, error_body
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.api.responses import ERRORS
 from emailsvc.models import Suppression

@@ -37,9 +37,9 @@ from django.db import DatabaseError, connection
 from django.db.models import Q
 from django.utils import timezone
 
-from emailsvc.models import DeliveryJournal, DeliveryProcess
 from core.outages import outage
 from core.sql_engine import commit_asynchronously, journal_upsert
+from emailsvc.models import DeliveryJournal, DeliveryProcess
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from datetime import datetime
 from celery import current_app
 from django.conf import settings
 
-from emailsvc.models import Priority
 from core.outages import outage
-from emailsvc.sending_control.ratelimit import rate_limit_from_settings
 from emailsvc.delivery.engine import chunk_size
+from emailsvc.models import Priority
+from emailsvc.sending_control.ratelimit import rate_limit_from_settings
 
 logger = logging.getLogger(__name__)
 # One line when publishing starts failing and one when it works again, per

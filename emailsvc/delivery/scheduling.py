@@ -16,8 +16,14 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from emailsvc import status
 from core.errors import Conflict, NotFound
+from core.redisclient import redis_client
+from core.sql import index_lookups
+from emailsvc import status
+from emailsvc.delivery import journal
+from emailsvc.delivery.chunks import SendOutcome
+from emailsvc.delivery.queueing import deliveries_enqueue, delivery_queue_depths
+from emailsvc.delivery.recording import journal_read, outcomes_record
 from emailsvc.models import (
     PENDING_STATUSES,
     IdempotencyKey,
@@ -26,13 +32,7 @@ from emailsvc.models import (
     Recipient,
     WorkState,
 )
-from core.redisclient import redis_client
 from emailsvc.selectors import one_or_none
-from core.sql import index_lookups
-from emailsvc.delivery import journal
-from emailsvc.delivery.chunks import SendOutcome
-from emailsvc.delivery.recording import journal_read, outcomes_record
-from emailsvc.delivery.queueing import deliveries_enqueue, delivery_queue_depths
 
 logger = logging.getLogger(__name__)
 

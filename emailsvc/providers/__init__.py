@@ -10,9 +10,6 @@ far more to set up than one send.
 
 import threading
 
-from emailsvc.models import Provider
-from emailsvc.providers.base import ProviderBackend, SendResult
-from emailsvc.providers.console import ConsoleBackend
 from emailsvc.delivery.retry import (
     AccountStoppedError,
     DeliveryError,
@@ -21,6 +18,9 @@ from emailsvc.delivery.retry import (
     TransientDeliveryError,
     classify,
 )
+from emailsvc.models import Provider
+from emailsvc.providers.base import ProviderBackend, SendResult
+from emailsvc.providers.console import ConsoleBackend
 from emailsvc.providers.mime import (
     CONFIGURATION_SET_HEADER,
     TRACKING_HEADER,

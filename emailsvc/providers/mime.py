@@ -11,9 +11,9 @@ import quopri
 import re
 from email.generator import BytesGenerator
 from email.header import Header
-from io import BytesIO
 from email.policy import compat32
 from email.utils import formataddr, formatdate, make_msgid
+from io import BytesIO
 from urllib.parse import quote
 
 from anymail.message import AnymailMessage

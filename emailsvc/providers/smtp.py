@@ -14,8 +14,8 @@ from django.conf import settings
 from django.core.mail.backends.smtp import EmailBackend as DjangoSmtpBackend
 from django.core.mail.message import sanitize_address
 
-from emailsvc.providers.base import ProviderBackend, SendResult
 from emailsvc.delivery.retry import smtp_reply_error
+from emailsvc.providers.base import ProviderBackend, SendResult
 from emailsvc.providers.mime import OutboundEmail, wire_bytes
 
 # A session used within this many seconds is taken as alive; an older one is

@@ -10,10 +10,11 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from emailsvc import providers, status
 from core.addresses import InvalidAddress, address_key, address_parse
-from core.sql import rows_insert
 from core.errors import Conflict, EmailsvcError, PayloadTooLarge, ValidationFailed
+from core.sql import rows_insert
+from emailsvc import providers, status
+from emailsvc.delivery.queueing import deliveries_enqueue
 from emailsvc.models import (
     ApiKey,
     Attachment,
@@ -22,10 +23,9 @@ from emailsvc.models import (
     Recipient,
     WorkState,
 )
-from emailsvc.submission.policy import check_sender_policy
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.sending_control.breaker import paused_domains
-from emailsvc.delivery.queueing import deliveries_enqueue
+from emailsvc.submission.policy import check_sender_policy
 from templates_app.errors import TemplateNotFound
 from templates_app.models import TemplateVersion
 from templates_app.services import template_ref_parse, template_render, template_resolve

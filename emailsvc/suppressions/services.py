@@ -12,13 +12,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from emailsvc.delivery.queueing import ses_suppression_delete_enqueue
-from emailsvc.suppressions import ses_sync
 from core.addresses import address_forms, address_key
 from core.errors import DependencyFailed, ValidationFailed
-from emailsvc.models import SesSuppressionLift, Suppression
 from core.outages import outage
+from emailsvc.delivery.queueing import ses_suppression_delete_enqueue
+from emailsvc.models import SesSuppressionLift, Suppression
 from emailsvc.selectors import suppressions_to_push
+from emailsvc.suppressions import ses_sync
 from emailsvc.suppressions.csv_rows import RowError, SuppressionRows
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from emailsvc.models import Message, Recipient, SendingPause, StatusChange
 from emailsvc.keys import api_key_create
+from emailsvc.models import Message, Recipient, SendingPause, StatusChange
 from emailsvc.sending_control.breaker import sending_pause, sending_resume
 from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
@@ -110,10 +110,9 @@ def make_webhook_endpoints(api, count):
 
 
 def make_webhook_deliveries(api, count):
+    from tracking.models import WebhookEndpoint
     from tracking.webhooks.endpoints import webhook_endpoint_create
     from tracking.webhooks.outbox import webhooks_dispatch
-
-    from tracking.models import WebhookEndpoint
 
     if not WebhookEndpoint.objects.exists():
         webhook_endpoint_create(url="http://127.0.0.1:9/hook", event_types=["*"])

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from console import metrics
 from emailsvc.sending_control.breaker import sending_pause, sending_resume
-from tracking.drain import drain_report_save
 from tests.conftest import BASE_DIR, wait_for_status, wait_until
+from tracking.drain import drain_report_save
 
 TOKEN = "metrics-test-token-0123456789"
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
 from emailsvc.sending_control.breaker import sending_pause
-from tests.console.conftest import ADDRESS
 from tests.conftest import BASE_DIR
+from tests.console.conftest import ADDRESS
 from tests.tracking.scenario import accepted_message
 
 pytestmark = pytest.mark.django_db(transaction=True)

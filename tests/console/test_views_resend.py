@@ -6,8 +6,8 @@ import json
 import pytest
 
 from core.errors import NotFound, PolicyViolation
-from emailsvc.models import Message, Status
 from emailsvc.api.emails_inputs import send_request_validate
+from emailsvc.models import Message, Status
 from emailsvc.submission.resend import message_resend
 from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, sent_message

@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Group, Message, Recipient, StatusChange
-from tests.tables import rows_fill
 from tests.core.test_sql_plans import BIG_TABLES
+from tests.tables import rows_fill
 
 pytestmark = pytest.mark.django_db
 

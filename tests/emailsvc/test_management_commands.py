@@ -5,8 +5,8 @@ import io
 import pytest
 from django.core.management import call_command
 
-from emailsvc.models import ApiKey, Suppression
 from emailsvc.keys import api_key_authenticate
+from emailsvc.models import ApiKey, Suppression
 from emailsvc.suppressions.services import suppression_add
 
 pytestmark = pytest.mark.django_db

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from templates_app.rendering import compile as compiling
 from templates_app.errors import TemplateRenderError
 from templates_app.models import Template, TemplateVersion
+from templates_app.rendering import compile as compiling
 from templates_app.services import template_render
 
 

@@ -10,9 +10,9 @@ from emailsvc.models import Message, Suppression
 from emailsvc.suppressions.services import suppression_add
 from tests.tracking.scenario import accepted_message, drain, event, sent_message
 from tests.tracking.sesevents import ses_event, sns_envelope
+from tracking.apply import event_apply, events_relink
 from tracking.models import EngagementEvent
 from tracking.normalize import ses_body_parse
-from tracking.apply import event_apply, events_relink
 
 pytestmark = pytest.mark.django_db
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from emailsvc.models import Message, Recipient, Suppression
 from core.redisclient import redis_client
+from emailsvc.models import Message, Recipient, Suppression
 from tests.conftest import wait_for_status
 from tests.tracking.scenario import detail, drain, event, sent_message
 from tests.tracking.sesevents import TOPIC_VALIDATED_MESSAGE, ses_event, sns_envelope
-from tracking.models import EngagementEvent
 from tracking.drain import drain_lock_name, events_drain
+from tracking.models import EngagementEvent
 
 pytestmark = pytest.mark.django_db
 

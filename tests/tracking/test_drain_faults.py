@@ -9,14 +9,13 @@ import time
 import pytest
 from django.db import connections, transaction
 
-from emailsvc.models import Recipient
 from core.redisclient import redis_client
-from tests.conftest import deliver_now
-from tests.conftest import BASE_DIR, wait_for_status, wait_until
+from emailsvc.models import Recipient
+from tests.conftest import BASE_DIR, deliver_now, wait_for_status, wait_until
 from tests.invariants import histories_replay
 from tests.tracking.sesevents import ses_event, sns_envelope
-from tracking.models import EngagementEvent
 from tracking.drain import drain_lock_name, events_drain
+from tracking.models import EngagementEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -31,8 +31,8 @@ from django.utils import timezone
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from emailsvc import status as status_writer
-from emailsvc.models import ApiKey, StatusChange
 from emailsvc.keys import api_key_create
+from emailsvc.models import ApiKey, StatusChange
 from tests.conftest import wait_until
 from tests.stack import Stack
 from tests.tracking.scenario import accepted_message, event, sent_message

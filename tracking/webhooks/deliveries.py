@@ -10,8 +10,8 @@ from django.utils import timezone
 from core.errors import Conflict, NotFound
 from emailsvc.selectors import one_or_none
 from tracking.models import WebhookDelivery, WebhookEndpoint
-from tracking.webhooks.endpoints import endpoint_lock
 from tracking.queueing import webhook_send_enqueue
+from tracking.webhooks.endpoints import endpoint_lock
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from django.utils import timezone
 from core.errors import NotFound, ValidationFailed
 from emailsvc.selectors import one_or_none
 from tracking.models import WebhookDelivery, WebhookEndpoint
+from tracking.queueing import webhook_send_enqueue
 from tracking.webhooks.cursor import cursor_ensure
 from tracking.webhooks.events import ALL_EVENTS, EVENT_TYPES
-from tracking.queueing import webhook_send_enqueue
 from tracking.webhooks.signing import webhook_secret_new
 from tracking.webhooks.targets import webhook_url_check
 

@@ -20,13 +20,13 @@ from core.redisclient import redis_client
 from emailsvc.models import StatusChange
 from emailsvc.selectors import one_or_none
 from tracking.models import WebhookDelivery, WebhookEndpoint
+from tracking.queueing import SEND_LOCK_PREFIX, SEND_QUEUED_PREFIX
 from tracking.webhooks.endpoints import (
     endpoint_lock,
     failing_reason,
     webhook_endpoint_disable,
 )
 from tracking.webhooks.events import iso_timestamp, webhook_payload
-from tracking.queueing import SEND_LOCK_PREFIX, SEND_QUEUED_PREFIX
 from tracking.webhooks.transport import AttemptOutcome, webhook_post
 
 logger = logging.getLogger(__name__)

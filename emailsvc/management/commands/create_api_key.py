@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from emailsvc.models import ApiKey
 from emailsvc.keys import api_key_create
+from emailsvc.models import ApiKey
 
 
 class Command(BaseCommand):

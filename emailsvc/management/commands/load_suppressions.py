@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from core.errors import EmailsvcError
 from emailsvc.models import Suppression
-from emailsvc.suppressions.services import ImportHasErrors, suppressions_import
 from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read
+from emailsvc.suppressions.services import ImportHasErrors, suppressions_import
 
 
 class Command(BaseCommand):

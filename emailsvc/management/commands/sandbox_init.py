@@ -4,8 +4,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from emailsvc.models import ApiKey
 from emailsvc.keys import api_key_create, api_key_revoke
+from emailsvc.models import ApiKey
 
 DEMO_KEY_NAME = "demo (make run)"
 

@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from emailsvc.delivery.scheduling import scheduled_publish
 from emailsvc.models import (
     ApiKey,
     Attachment,
@@ -22,9 +23,8 @@ from emailsvc.models import (
     Recipient,
     Status,
 )
-from emailsvc.delivery.scheduling import scheduled_publish
-from tests.conftest import deliver_now
 from emailsvc.suppressions.services import suppression_add
+from tests.conftest import deliver_now
 
 EMAILS = "/api/v1/emails"
 BATCH = "/api/v1/emails/batch"

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.utils import timezone
 
+from core.redisclient import redis_client
 from emailsvc import listing as selectors_list
 from emailsvc.models import ApiKey, Message, StatusChange
-from core.redisclient import redis_client
 from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
 from tests.tracking.scenario import event

@@ -9,10 +9,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from emailsvc.models import Attachment, Message, Recipient, StatusChange
 from emailsvc.delivery.engine import chunk_size, deliver_due
-from emailsvc.suppressions.services import suppression_add
+from emailsvc.models import Attachment, Message, Recipient, StatusChange
 from emailsvc.sending_control.ratelimit import rate_limit_from_settings
+from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
 
 

@@ -3,8 +3,8 @@
 import pytest
 from django.utils import timezone
 
-from emailsvc.models import DeliveryJournal
 from emailsvc.delivery.journal import JournalEntry, _entries_insert, journal_delete, journal_entries
+from emailsvc.models import DeliveryJournal
 from tests.tracking.scenario import accepted_message
 
 pytestmark = pytest.mark.django_db

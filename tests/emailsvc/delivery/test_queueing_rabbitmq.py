@@ -16,8 +16,8 @@ from django.db import connections
 from django.utils import timezone
 from kombu import Connection
 
-from emailsvc.models import Status
 from emailsvc.keys import api_key_create
+from emailsvc.models import Status
 from tests.conftest import wait_for_status
 from tests.stack import Stack
 

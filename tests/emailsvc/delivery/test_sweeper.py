@@ -9,11 +9,11 @@ import pytest
 from django.utils import timezone
 
 from config.celery import app
-from emailsvc.models import DeliveryJournal, DeliveryProcess, Message, StatusChange
 from emailsvc.delivery import journal
 from emailsvc.delivery.chunks import SendOutcome, chunk_load
 from emailsvc.delivery.queueing import delivery_enqueue, delivery_queue_depths
 from emailsvc.delivery.scheduling import messages_sweep
+from emailsvc.models import DeliveryJournal, DeliveryProcess, Message, StatusChange
 from tests.tracking.scenario import accepted_message, event
 from tracking.apply import event_apply
 from tracking.normalize import ses_body_parse

@@ -9,7 +9,9 @@ from email.policy import compat32
 from types import SimpleNamespace
 
 import pytest
-from hypothesis import given, settings as hypothesis_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from emailsvc.providers.mime import _plain_bytes, build_email, mime_bytes, wire_bytes
 

@@ -16,6 +16,7 @@ import redis
 from django.conf import settings as django_settings
 
 from config.devservices import free_port
+from core.redisclient import redis_client
 from emailsvc.sending_control.ratelimit import (
     DEFAULT_KEY,
     RateLimit,
@@ -24,7 +25,6 @@ from emailsvc.sending_control.ratelimit import (
     rate_limit_reserve,
     rate_limit_try,
 )
-from core.redisclient import redis_client
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 

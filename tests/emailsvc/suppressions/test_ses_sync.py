@@ -24,8 +24,8 @@ from botocore.exceptions import ClientError
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from emailsvc.models import SesSuppressionLift, Suppression
 from core.redisclient import redis_client
+from emailsvc.models import SesSuppressionLift, Suppression
 from emailsvc.selectors import suppressions_to_push
 from emailsvc.suppressions.services import (
     PUSH_SETTLE_SECONDS,
