@@ -18,17 +18,17 @@ recipients. PostgreSQL gets `FOR UPDATE`; SQLite serialises writers anyway
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple
 
-from django.db import connection, transaction
+from django.db import transaction
 
 from core import metrics
 from core.sql import index_lookups, rows_update
+from core.sql_engine import rows_claim, rows_lock, status_changes_insert
 from emailsvc.models import (
     CANCELLABLE_STATES,
     CLAIMABLE_STATES,
@@ -251,25 +251,9 @@ def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, s
     recipient status goes through here, so what the readers count is exactly
     what the table holds.
 
-    On PostgreSQL one INSERT … SELECT from one JSON document (no model instance
-    per row on the way in, no array adapted element by element); else bulk_create.
+    One INSERT whatever the number of rows (core.sql_engine).
     """
-    if connection.vendor != "postgresql":
-        StatusChange.objects.bulk_create(changes)
-    else:
-        table = StatusChange._meta.db_table
-        rows = [
-            {"m": c.message_id, "r": c.recipient_id, "e": c.email, "f": c.from_status, "t": c.to_status,
-             "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}}
-            for c in changes
-        ]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
-                "SELECT m, r, e, f, t, a, c, d FROM json_to_recordset(%s::json) "
-                "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb)",
-                [json.dumps(rows)],
-            )
+    status_changes_insert(StatusChange, changes)
     # robust: the changes are committed by then; a reader that fails is logged,
     # and must not turn the writer's committed work into an error for its caller.
     transaction.on_commit(partial(status_changes_committed, changes, sending_domains=sending_domains), robust=True)
@@ -298,20 +282,15 @@ class LockedMessage(NamedTuple):
 def messages_lock(ids: list[int]) -> dict[int, LockedMessage]:
     """Lock the messages (in id order, as every writer does) and read
     {id: (status, state, sending domain, attempts, claimed_by)}."""
-    table = Message._meta.db_table
-    columns = "id, status, state, sending_domain, attempts, claimed_by"
-    if connection.vendor == "postgresql":
-        sql = f"SELECT {columns} FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
-        params: list = [ids]
-    else:
-        sql = f"SELECT {columns} FROM {table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
-        params = ids
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return {row[0]: LockedMessage(*row[1:]) for row in cursor.fetchall()}
+    return {row[0]: LockedMessage(*row[1:]) for row in rows_lock(Message, ids, LockedMessage._fields)}
 
 
 # --- The delivery engine's claims ------------------------------------------------
+
+
+# The statuses a claim shows as `sending`: those of a message none of whose
+# recipients has moved on.
+_SHOWN_SENDING = (Status.QUEUED, Status.SCHEDULED)
 
 
 def messages_claim(
@@ -329,42 +308,11 @@ def messages_claim(
     put back by a chunk that ran while its domain was being paused). Commits
     before any send.
     """
-    table = Message._meta.db_table
-    now_value = Message._meta.get_field("updated_at").get_db_prep_save(now, connection)
-    set_clause = (
-        "state = 'sending', "
-        "status = CASE WHEN status IN ('queued', 'scheduled') THEN 'sending' ELSE status END, "
-        "attempts = attempts + 1, sending_started_at = %s, claimed_by = %s, updated_at = %s"
-    )
-    due = f"SELECT id FROM {table} WHERE state IN ('scheduled', 'queued') AND priority = %s AND next_attempt_at <= %s"
-    paused = sorted(paused_domains)
-    if paused:
-        due += " AND sending_domain NOT IN (" + ", ".join(["%s"] * len(paused)) + ")"
-    claimed: list[int] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # One CTE per priority, each taking what the ones before left of the limit.
-            ctes, params, taken = [], [], []
-            for index, priority in enumerate(priorities):
-                remaining = " - ".join(["%s", *[f"(SELECT count(*) FROM p{i})" for i in taken]])
-                ctes.append(f"p{index} AS ({due} ORDER BY next_attempt_at LIMIT ({remaining}) FOR UPDATE SKIP LOCKED)")
-                params += [priority, now_value, *paused, limit]
-                taken.append(index)
-            union = " UNION ALL ".join(f"SELECT id FROM p{i}" for i in taken)
-            cursor.execute(
-                f"WITH {', '.join(ctes)} UPDATE {table} SET {set_clause} WHERE id IN ({union}) RETURNING id",
-                [*params, now_value, claimed_by, now_value],
-            )
-            claimed = [row[0] for row in cursor.fetchall()]
-        else:
-            for priority in priorities:
-                if len(claimed) >= limit:
-                    break
-                cursor.execute(
-                    f"UPDATE {table} SET {set_clause} WHERE id IN ({due} ORDER BY next_attempt_at LIMIT %s) RETURNING id",
-                    [now_value, claimed_by, now_value, priority, now_value, *paused, limit - len(claimed)],
-                )
-                claimed += [row[0] for row in cursor.fetchall()]
+    with transaction.atomic():
+        claimed = rows_claim(
+            Message, waiting=CLAIMABLE_STATES, claimed=WorkState.SENDING, shown=_SHOWN_SENDING, showing=Status.SENDING,
+            priorities=priorities, limit=limit, now=now, claimed_by=claimed_by, paused_domains=paused_domains,
+        )
     return sorted(claimed)
 
 

@@ -9,12 +9,13 @@ from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
 from emailsvc import status
 from core.sql import index_lookups, rows_update
+from core.sql_engine import EventRow, counts_among, events_insert, events_unlinked
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
 from emailsvc.submission.submit import message_retries_submit
@@ -99,25 +100,7 @@ def events_stored(event_ids: set[str]) -> dict[str, int]:
     (an id with none is left out). The events of one provider event are stored
     together, in one transaction, so an id found here was applied whole: what
     carries it again is a replay, and need not even be read."""
-    if not event_ids:
-        return {}
-    if connection.vendor == "postgresql":
-        # One statement, no transaction: a count per id, each an equality
-        # probe of event_unique_per_recipient (no plan reads the whole table
-        # for one key, whatever the statistics say).
-        table = EngagementEvent._meta.db_table
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT u.e, (SELECT count(*) FROM {table} t WHERE t.event_id = u.e) "
-                "FROM unnest(%s::text[]) AS u(e)",
-                [sorted(event_ids)],
-            )
-            return {event_id: count for event_id, count in cursor.fetchall() if count}
-    return dict(
-        EngagementEvent.objects.filter(event_id__in=event_ids).order_by().values_list("event_id").annotate(
-            stored=Count("*")
-        )
-    )
+    return counts_among(EngagementEvent, "event_id", event_ids)
 
 
 def _fresh_apply(fresh: dict[tuple[str, str], NormalizedEvent], source: str) -> dict[tuple[str, str], str]:
@@ -261,65 +244,19 @@ def _correlate(events) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]
 
 
 def _events_insert(fresh, message_of, recipient_of, source: str, now) -> set[tuple[str, str]]:
-    """INSERT the events, skipping any another applier stored meanwhile; the keys inserted.
-
-    On PostgreSQL one short statement whatever the batch: the rows as one
-    JSON document the database reads once into typed columns
-    (json_to_recordset) — no statement of a thousand placeholders to parse on
-    both sides, no array adapted element by element, no JSON written out again."""
-    if connection.vendor != "postgresql":
-        return _events_insert_rows(fresh, message_of, recipient_of, source, now)
+    """INSERT the events, skipping any another applier stored meanwhile; the
+    keys inserted. One statement whatever the batch (core.sql_engine)."""
     rows = []
     for key, event in fresh.items():
         recipient = recipient_of.get(key)
-        # Each event's detail and raw text go in as JSON already (the raw text
-        # as SES published it: no JSON written out again).
         rows.append(
-            f'{{"e":{json.dumps(event.event_id)},"r":{json.dumps(event.recipient)},"t":{json.dumps(event.event_type)},'
-            f'"p":{json.dumps(event.provider_message_id)},"m":{json.dumps(message_of.get(key))},'
-            f'"c":{json.dumps(recipient.pk if recipient is not None else None)},'
-            f'"o":"{event.occurred_at.isoformat()}","d":{json.dumps(event.detail)},"w":{event.raw_text or json.dumps(event.raw)}}}'
+            EventRow(
+                event.event_id, event.recipient, event.event_type, event.provider_message_id, message_of.get(key),
+                recipient.pk if recipient is not None else None, event.occurred_at, event.detail,
+                event.raw_text or json.dumps(event.raw),  # the raw event as the JSON text it came in
+            )
         )
-    table = EngagementEvent._meta.db_table
-    sql = (
-        f"INSERT INTO {table} (event_id, recipient_email, event_type, provider_message_id, message_id, recipient_id, "
-        "occurred_at, received_at, source, detail, raw) "
-        "SELECT j.e, j.r, j.t, j.p, j.m, j.c, j.o, %s, %s, j.d, j.w "
-        "FROM json_to_recordset(%s::json) AS j(e text, r text, t text, p text, m bigint, c bigint, o timestamptz, d jsonb, w jsonb) "
-        "ON CONFLICT (event_id, recipient_email) DO NOTHING RETURNING event_id, recipient_email"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [now, source, f"[{','.join(rows)}]"])
-        return {(event_id, recipient) for event_id, recipient in cursor.fetchall()}
-
-
-def _events_insert_rows(fresh, message_of, recipient_of, source: str, now) -> set[tuple[str, str]]:
-    """`_events_insert` elsewhere (SQLite): one multi-row INSERT."""
-    meta = EngagementEvent._meta
-    names = [
-        "event_id", "recipient_email", "event_type", "provider_message_id", "message", "recipient",
-        "occurred_at", "received_at", "source", "detail", "raw",
-    ]
-    fields = [meta.get_field(name) for name in names]
-    rows = []
-    for key, event in fresh.items():
-        recipient = recipient_of.get(key)
-        values = [
-            event.event_id, event.recipient, event.event_type, event.provider_message_id, message_of.get(key),
-            recipient.pk if recipient is not None else None, event.occurred_at, now, source, event.detail,
-        ]
-        row = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]
-        row.append(event.raw_text or json.dumps(event.raw))  # the raw event as the JSON text it came in
-        rows.append(row)
-    columns = ", ".join(f.column for f in fields)
-    placeholders = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * len(rows))
-    sql = (
-        f"INSERT INTO {meta.db_table} ({columns}) VALUES {placeholders} "
-        "ON CONFLICT (event_id, recipient_email) DO NOTHING RETURNING event_id, recipient_email"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for row in rows for value in row])
-        return {(event_id, recipient) for event_id, recipient in cursor.fetchall()}
+    return events_insert(EngagementEvent, rows, received_at=now, source=source)
 
 
 def _provider_ids_learn(fresh, message_of) -> None:
@@ -345,14 +282,7 @@ def events_relink(*, limit: int = 1000) -> int:
     since = timezone.now() - ORPHAN_RELINK_WINDOW
     with transaction.atomic():
         index_lookups()  # event_orphan_received: the recent orphans only, whatever the statistics say
-        with connection.cursor() as cursor:  # after every drain run: no ORM compile for what is nearly always nothing
-            cursor.execute(
-                f"SELECT id, provider_message_id FROM {EngagementEvent._meta.db_table} "
-                # `<>`: no index answers it, so it cannot lead the planner astray
-                "WHERE message_id IS NULL AND received_at >= %s AND provider_message_id <> '' LIMIT %s",
-                [EngagementEvent._meta.get_field("received_at").get_db_prep_value(since, connection), limit],
-            )
-            orphans = cursor.fetchall()
+        orphans = events_unlinked(EngagementEvent, since=since, limit=limit)
     if not orphans:
         return 0
     messages = dict(

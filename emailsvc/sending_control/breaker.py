@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.sql_engine import any_null
 from emailsvc import status
 from emailsvc.models import SendingCounts, SendingPause
 
@@ -42,10 +43,8 @@ def paused_domains(*, now: datetime | None = None) -> set[str]:
     Pauses whose `until` has passed are lifted here, so a quota or cool-down
     wait ends without a beat task. One indexed query when nothing is paused.
     """
-    with connection.cursor() as cursor:  # the usual answer, nothing paused, without building a query
-        cursor.execute(f"SELECT 1 FROM {SendingPause._meta.db_table} WHERE resumed_at IS NULL LIMIT 1")
-        if cursor.fetchone() is None:
-            return set()
+    if not any_null(SendingPause, "resumed_at"):  # the usual answer, nothing paused, without building a query
+        return set()
     now = now or timezone.now()
     active = list(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "until"))
     expired = [domain for domain, until in active if until is not None and until <= now]

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from django.db import connection
-
+from core.sql_engine import counts_add
 from emailsvc.models import PENDING_STATUSES, PRECEDENCE, SendingCounts, Status, StatusChange
 
 # A recipient handed to the provider leaves the pending states for one of these
@@ -38,16 +37,5 @@ def sending_counts_add(*, changes: Sequence[StatusChange], sending_domains: dict
         row[2] += complained
     if not counts:
         return
-    table = SendingCounts._meta.db_table
-    hour_field = SendingCounts._meta.get_field("hour")
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * len(counts))
-    params = []
-    for (domain, hour), (sent, bounced, complained) in sorted(counts.items()):  # one lock order
-        params += [domain, hour_field.get_db_prep_save(hour, connection), sent, bounced, complained]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (sending_domain, hour, sent, bounced, complained) VALUES {values} "
-            f"ON CONFLICT (sending_domain, hour) DO UPDATE SET sent = {table}.sent + excluded.sent, "
-            f"bounced = {table}.bounced + excluded.bounced, complained = {table}.complained + excluded.complained",
-            params,
-        )
+    rows = [(domain, hour, *added) for (domain, hour), added in sorted(counts.items())]  # one lock order
+    counts_add(SendingCounts, rows, key=("sending_domain", "hour"), counters=("sent", "bounced", "complained"))

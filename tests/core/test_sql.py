@@ -8,15 +8,19 @@ anything else is prepared by its field)."""
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy
 
 from core import sql, sql_engine
 from core.sql import rows_insert
-from emailsvc.models import ApiKey, Attachment, DeliveryJournal, Message, Recipient, Suppression
+from emailsvc.models import (
+    ApiKey, Attachment, DeliveryJournal, Message, Recipient, SendingCounts, SendingPause, StatusChange, Suppression,
+)
+from tracking.models import EngagementEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -312,3 +316,216 @@ def test_commit_asynchronously_keeps_every_write():
             assert _setting("synchronous_commit") == "off"
     finally:
         connection.close()  # the setting holds for the session: no later test gets it
+
+
+# --- The status writer's statements (called by emailsvc.status only) ---------------------------
+
+
+def _recipients(messages: list[Message], per_message: int = 2) -> list[Recipient]:
+    recipients = [
+        Recipient(message=message, email=f"r{index}@example.org", role="to", status="queued")
+        for message in messages
+        for index in range(per_message)
+    ]
+    Recipient.objects.bulk_create(recipients)
+    return recipients
+
+
+def _status_changes(recipients: list[Recipient], tag: str) -> list[StatusChange]:
+    details = [{}, {"reason": "550 5.1.1 ✉ “quoted”", "n": [1, None]}, {"event_id": "e-1"}]
+    return [
+        StatusChange(message_id=r.message_id, recipient_id=r.pk, email=r.email, from_status="queued",
+                     to_status=("sent", "failed", "suppressed")[index % 3], at=AT + timedelta(seconds=index),
+                     cause=tag, detail=details[index % 3])
+        for index, r in enumerate(recipients)
+    ]
+
+
+def test_status_changes_insert_stores_what_bulk_create_stores():
+    recipients = _recipients(_store_messages("changes", 3))
+    sql_engine.status_changes_insert(StatusChange, _status_changes(recipients, "ours"))
+    StatusChange.objects.bulk_create(_status_changes(recipients, "theirs"))
+    columns = ("message_id", "recipient_id", "email", "from_status", "to_status", "at", "detail")
+    ours = list(StatusChange.objects.filter(cause="ours").order_by("id").values_list(*columns))
+    assert len(ours) == 6
+    assert ours == list(StatusChange.objects.filter(cause="theirs").order_by("id").values_list(*columns))
+
+
+def test_rows_lock_reads_what_the_orm_reads():
+    messages = _store_messages("lock", 4, attempts=2, claimed_by="worker-1")
+    ids = [messages[2].pk, messages[0].pk, 10**12]
+    fields = ("status", "state", "sending_domain", "attempts", "claimed_by")
+    with transaction.atomic():
+        locked = sql_engine.rows_lock(Message, ids, fields)
+    assert sorted(locked) == list(Message.objects.filter(pk__in=ids).order_by("id").values_list("id", *fields))
+    if connection.vendor == "postgresql":
+        assert [row[0] for row in locked] == sorted(row[0] for row in locked)  # the lock order of every writer
+
+
+def test_rows_claim_takes_the_due_rows_the_orm_reads_in_the_same_order():
+    now = AT + timedelta(hours=1)
+    plan = [  # priority, state, status, due (minutes before now; negative: not due yet), domain
+        ("high", "queued", "queued", 5, "a.example"),
+        ("high", "scheduled", "scheduled", 50, "a.example"),
+        ("high", "queued", "delivered", 30, "b.example"),  # shows what its recipients did
+        ("high", "queued", "queued", 40, "paused.example"),
+        ("high", "sending", "sending", 60, "a.example"),
+        ("high", "queued", "queued", -5, "a.example"),
+        ("normal", "queued", "queued", 20, "a.example"),
+        ("normal", "queued", "queued", 10, "a.example"),
+        ("normal", "held", "queued", 70, "a.example"),
+        ("low", "queued", "queued", 90, "a.example"),
+    ]
+    messages = [
+        Message(email_id=f"claim-{index}", from_email="sender@example.com", sending_domain=domain, provider="console",
+                text="hello", priority=priority, state=state, status=status_name, attempts=1,
+                next_attempt_at=now - timedelta(minutes=minutes))
+        for index, (priority, state, status_name, minutes, domain) in enumerate(plan)
+    ]
+    Message.objects.bulk_create(messages)
+    priorities, paused, limit = ["high", "normal", "low"], ["paused.example"], 5
+    expected: list[int] = []
+    for priority in priorities:
+        due = Message.objects.filter(state__in=["scheduled", "queued"], priority=priority, next_attempt_at__lte=now)
+        due = due.exclude(sending_domain__in=paused).order_by("next_attempt_at")
+        expected += list(due.values_list("id", flat=True)[: limit - len(expected)])
+    before = {m.pk: m for m in Message.objects.filter(pk__in=[m.pk for m in messages])}
+
+    with transaction.atomic():
+        claimed = sql_engine.rows_claim(
+            Message, waiting=("scheduled", "queued"), claimed="sending", shown=("queued", "scheduled"),
+            showing="sending", priorities=priorities, limit=limit, now=now, claimed_by="worker-7",
+            paused_domains=paused,
+        )
+
+    assert sorted(claimed) == sorted(expected) and len(expected) == limit
+    after = {m.pk: m for m in Message.objects.filter(pk__in=[m.pk for m in messages])}
+    for pk, message in after.items():
+        if pk not in expected:
+            assert (message.state, message.status, message.attempts) == (before[pk].state, before[pk].status, 1)
+            continue
+        shown = "sending" if before[pk].status in ("queued", "scheduled") else before[pk].status
+        assert (message.state, message.status, message.attempts, message.claimed_by) == ("sending", shown, 2, "worker-7")
+        assert message.sending_started_at == now and message.updated_at == now
+
+
+def test_rows_claim_takes_only_plain_constants():
+    with pytest.raises(ValueError):
+        sql_engine.rows_claim(
+            Message, waiting=("queued') OR ('1' = '1",), claimed="sending", shown=(), showing="sending",
+            priorities=["high"], limit=1, now=AT, claimed_by="", paused_domains=(),
+        )
+
+
+# --- Events and counts ------------------------------------------------------------------------
+
+
+def _event_rows(tag: str, message: Message | None, recipient: Recipient | None) -> list[sql_engine.EventRow]:
+    return [
+        sql_engine.EventRow(
+            f"{tag}-{index}", email, "Delivery" if index % 2 else "Bounce", "pm-“1”", message.pk if message else None,
+            recipient.pk if recipient else None, AT + timedelta(minutes=index),
+            {"bounce_type": "Transient", "n": [index, None], "ü": "✓"},
+            '{"eventType": "Delivery", "mail": {"messageId": "pm-“1”"}, "n": 1.5}',
+        )
+        for index, email in enumerate(["a@example.org", "b@example.org", ""])
+    ]
+
+
+def _stored_events(received_at) -> list[tuple]:
+    columns = ("event_id", "recipient_email", "event_type", "provider_message_id", "message_id", "recipient_id",
+               "occurred_at", "source", "detail", "raw")
+    rows = EngagementEvent.objects.order_by("event_id", "recipient_email")
+    if received_at is not None:
+        assert set(rows.values_list("received_at", flat=True)) == {received_at}
+    return list(rows.values_list(*columns))
+
+
+def test_events_insert_stores_what_bulk_create_ignoring_conflicts_stores():
+    (message,) = _store_messages("events", 1)
+    (recipient, _) = _recipients([message])
+    rows = _event_rows("ev", message, recipient) + _event_rows("orphan", None, None)[:1]
+    already = rows[1]._replace(event_type="Send", detail={"first": True})
+
+    def model_of(row, source="ses"):
+        return EngagementEvent(
+            event_id=row.event_id, recipient_email=row.recipient_email, event_type=row.event_type,
+            provider_message_id=row.provider_message_id, message_id=row.message_id, recipient_id=row.recipient_id,
+            occurred_at=row.occurred_at, source=source, detail=row.detail, raw=orjson.loads(row.raw),
+        )
+
+    EngagementEvent.objects.bulk_create([model_of(already)])
+    EngagementEvent.objects.bulk_create([model_of(row) for row in rows], ignore_conflicts=True)
+    by_orm = _stored_events(None)
+    EngagementEvent.objects.all().delete()
+
+    EngagementEvent.objects.bulk_create([model_of(already)])
+    EngagementEvent.objects.update(received_at=AT)
+    inserted = sql_engine.events_insert(EngagementEvent, rows, received_at=AT, source="ses")
+    assert inserted == {(row.event_id, row.recipient_email) for row in rows} - {(already.event_id, already.recipient_email)}
+    assert _stored_events(AT) == by_orm
+
+
+def test_counts_among_counts_what_the_orm_counts():
+    (message,) = _store_messages("counted", 1)
+    rows = _event_rows("cnt", message, None) + _event_rows("cnt-other", None, None)[:2]
+    rows[1] = rows[1]._replace(event_id="cnt-0")  # two recipients of one provider event
+    sql_engine.events_insert(EngagementEvent, rows, received_at=AT, source="ses")
+    among = {"cnt-0", "cnt-2", "cnt-other-1", "absent"}
+    orm = dict(EngagementEvent.objects.filter(event_id__in=among).values("event_id").annotate(n=Count("id"))
+               .values_list("event_id", "n"))
+    assert sql_engine.counts_among(EngagementEvent, "event_id", among) == orm == {"cnt-0": 2, "cnt-2": 1, "cnt-other-1": 1}
+    assert sql_engine.counts_among(EngagementEvent, "event_id", set()) == {}
+
+
+def test_events_unlinked_reads_what_the_orm_filter_reads():
+    (message,) = _store_messages("unlinked", 1)
+    rows = _event_rows("linked", message, None) + _event_rows("orphan", None, None)
+    rows.append(_event_rows("no-provider-id", None, None)[0]._replace(provider_message_id=""))
+    sql_engine.events_insert(EngagementEvent, rows, received_at=AT, source="ses")
+    old = _event_rows("old", None, None)[:1]
+    sql_engine.events_insert(EngagementEvent, old, received_at=AT - timedelta(days=2), source="ses")
+    since = AT - timedelta(days=1)
+    orm = EngagementEvent.objects.filter(message__isnull=True, received_at__gte=since).exclude(provider_message_id="")
+    expected = sorted(orm.values_list("id", "provider_message_id"))
+    assert sorted(sql_engine.events_unlinked(EngagementEvent, since=since, limit=100)) == expected
+    assert len(expected) == 3
+    assert len(sql_engine.events_unlinked(EngagementEvent, since=since, limit=2)) == 2
+
+
+def test_any_null_answers_what_exists_answers():
+    def both() -> tuple[bool, bool]:
+        return sql_engine.any_null(SendingPause, "resumed_at"), SendingPause.objects.filter(resumed_at__isnull=True).exists()
+
+    assert both() == (False, False)
+    pause = SendingPause.objects.create(domain="a.example", cause="breaker", paused_at=AT, resumed_at=AT)
+    assert both() == (False, False)
+    SendingPause.objects.create(domain="b.example", cause="breaker", paused_at=AT)
+    assert both() == (True, True)
+    pause.delete()
+    assert both() == (True, True)
+
+
+def test_counts_add_writes_what_update_or_create_with_f_adds_writes():
+    hour = AT.replace(minute=0, second=0, microsecond=0)
+    batches = [
+        [("a.example", hour, 3, 0, 1), ("b.example", hour, 1, 1, 0)],
+        [("a.example", hour, 2, 1, 0), ("a.example", hour + timedelta(hours=1), 5, 0, 0)],
+    ]
+    counters = ("sent", "bounced", "complained")
+    for batch in batches:
+        for domain, at, *added in batch:
+            row, created = SendingCounts.objects.get_or_create(
+                sending_domain=domain, hour=at, defaults=dict(zip(counters, added))
+            )
+            if not created:
+                SendingCounts.objects.filter(pk=row.pk).update(
+                    **{name: F(name) + value for name, value in zip(counters, added)}
+                )
+    columns = ("sending_domain", "hour", *counters)
+    by_orm = list(SendingCounts.objects.order_by("sending_domain", "hour").values_list(*columns))
+    SendingCounts.objects.all().delete()
+    for batch in batches:
+        sql_engine.counts_add(SendingCounts, batch, key=("sending_domain", "hour"), counters=counters)
+    assert list(SendingCounts.objects.order_by("sending_domain", "hour").values_list(*columns)) == by_orm
+    assert by_orm[0] == ("a.example", hour, 5, 1, 1)

@@ -188,6 +188,9 @@ def test_the_replay_check_sees_a_status_written_without_its_change(api, smtp):
 
 APP_PACKAGES = ("core", "emailsvc", "tracking", "templates_app", "console")
 WRITER = Path("emailsvc/status.py")
+# The raw statements the writer runs (the claim's UPDATE) live with the other
+# raw SQL, each in a function only the writer calls.
+ENGINE_SQL = Path("core/sql_engine.py")
 # SET … status = …, before any WHERE: an UPDATE writing a status column; or a
 # SET clause kept apart (`"state = 'x', status = …"`): status assigned first or after a comma.
 SQL_STATUS_WRITE = re.compile(
@@ -246,7 +249,62 @@ def test_status_columns_are_written_by_emailsvc_status_only():
     writes = {module: found for module in modules if (found := _status_writes(BASE_DIR / module))}
 
     assert WRITER in writes  # the scan finds the writer's own writes
-    assert {str(m): w for m, w in writes.items() if m != WRITER} == {}
+    assert ENGINE_SQL in writes  # the claim's UPDATE, run for the writer
+    assert {str(m): w for m, w in writes.items() if m not in (WRITER, ENGINE_SQL)} == {}
+    assert _engine_status_writes_misused(BASE_DIR) == []
+
+
+def _engine_status_writes_misused(base: Path) -> list[str]:
+    """The status writes of core/sql_engine.py that the writer does not own
+    alone: each must sit in a top-level function whose name no module but
+    emailsvc/status.py mentions (tests left out), so the statement is the
+    writer's own, kept with the other raw SQL."""
+    engine = base / ENGINE_SQL
+    functions = {
+        node.name: (node.lineno, node.end_lineno)
+        for node in ast.parse(engine.read_text()).body
+        if isinstance(node, ast.FunctionDef)
+    }
+    flagged, problems = set(), []
+    for entry in _status_writes(engine):
+        line = int(entry.split(" ", 1)[0].rsplit(":", 1)[1])
+        inside = [name for name, (first, last) in functions.items() if first <= line <= last]
+        if inside:
+            flagged.update(inside)
+        else:
+            problems.append(f"{entry} outside a function")
+    modules = [
+        path
+        for top in sorted(base.iterdir())
+        if not top.name.startswith(".") and top.name != "tests"
+        for path in ([top] if top.suffix == ".py" else sorted(top.rglob("*.py")) if top.is_dir() else [])
+        if path != engine
+    ]
+    for name in sorted(flagged):
+        pattern = re.compile(rf"\b{re.escape(name)}\b")
+        mentions = {path.relative_to(base) for path in modules if pattern.search(path.read_text())}
+        if mentions != {WRITER}:
+            problems.append(f"{ENGINE_SQL}:{name} mentioned by {sorted(map(str, mentions))}")
+    return problems
+
+
+def test_the_engine_sql_rule_catches_a_status_write_used_elsewhere(tmp_path):
+    (tmp_path / "core").mkdir()
+    (tmp_path / "emailsvc").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / ENGINE_SQL).write_text(
+        "def rows_claim():\n    return 'UPDATE t SET status = %s'\n\n\n"
+        "def rows_mark():\n    return 'UPDATE t SET status = %s'\n\n\n"
+        "def rows_read():\n    return 'SELECT status FROM t'\n\n\n"
+        "CLAUSE = \"state = 'x', status = 'y'\"\n"
+    )
+    (tmp_path / WRITER).write_text("from core.sql_engine import rows_claim, rows_mark\n")
+    (tmp_path / "emailsvc" / "views.py").write_text("from core.sql_engine import rows_mark, rows_read\n")
+    (tmp_path / "tests" / "test_x.py").write_text("from core.sql_engine import rows_claim\n")
+    assert _engine_status_writes_misused(tmp_path) == [
+        f"{tmp_path / ENGINE_SQL}:13 SQL that sets status outside a function",
+        f"{ENGINE_SQL}:rows_mark mentioned by ['emailsvc/status.py', 'emailsvc/views.py']",
+    ]
 
 
 def test_the_scan_sees_each_kind_of_status_write(tmp_path):
