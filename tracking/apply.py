@@ -13,9 +13,9 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from emailsvc import status
 from core.sql import index_lookups, rows_update
 from core.sql_engine import EventRow, counts_among, events_insert, events_unlinked
+from emailsvc import status
 from emailsvc.models import Message, Recipient, Status, Suppression
 from emailsvc.selectors import one_or_none
 from emailsvc.submission.submit import message_retries_submit

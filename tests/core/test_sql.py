@@ -18,7 +18,15 @@ from django.utils.translation import gettext_lazy
 from core import sql, sql_engine
 from core.sql import rows_insert
 from emailsvc.models import (
-    ApiKey, Attachment, DeliveryJournal, Message, Recipient, SendingCounts, SendingPause, StatusChange, Suppression,
+    ApiKey,
+    Attachment,
+    DeliveryJournal,
+    Message,
+    Recipient,
+    SendingCounts,
+    SendingPause,
+    StatusChange,
+    Suppression,
 )
 from tracking.models import EngagementEvent
 
