@@ -26,7 +26,7 @@ from emailsvc.sending_control.ratelimit import (
     rate_limit_try,
 )
 
-BASE_DIR = Path(__file__).resolve().parent.parent.parent
+BASE_DIR = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from emailsvc.models import ApiKey, Suppression
 from emailsvc.suppressions.services import suppression_add
 
 IMPORT = "/api/v1/suppressions/import"
-BASE_DIR = Path(__file__).resolve().parents[2]
+BASE_DIR = Path(__file__).resolve().parents[3]
 # Rows 7, 42 and 80 of 100 are bad; with the header on line 1 they are lines 8, 43 and 81.
 BAD_ROWS = {
     7: ("not-an-address,,,", "invalid_address"),

@@ -42,7 +42,7 @@ from emailsvc.suppressions.services import (
 from emailsvc.tasks import ses_suppression_delete_task, ses_suppressions_sync_task
 
 pytestmark = pytest.mark.django_db
-BASE_DIR = Path(__file__).resolve().parents[2]
+BASE_DIR = Path(__file__).resolve().parents[3]
 SINCE = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 
 
