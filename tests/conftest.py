@@ -286,9 +286,11 @@ def start_worker(
     return WorkerProcess(process=process, log_path=log_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker(django_db_setup, django_db_blocker, smtp_server, moto_server, tmp_path_factory):
-    """A real `celery worker` process on the test database, SMTP server and moto.
+    """A real `celery worker` process on the test database, SMTP server and moto,
+    for one test module: it stops when the module ends, so the modules after it
+    publish to a broker nobody consumes unless they start a worker themselves.
 
     Tests that use it need `@pytest.mark.django_db(transaction=True)` so the
     worker sees their committed rows.
