@@ -9,10 +9,14 @@ directly for the usual shape of email.
 import json
 import quopri
 import re
+from email import encoders
+from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.header import Header
+from email.message import EmailMessage as StdEmailMessage
+from email.mime.base import MIMEBase
 from email.policy import compat32
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from io import BytesIO
 from urllib.parse import quote
 
@@ -26,10 +30,11 @@ from core.addresses import address_key
 TRACKING_HEADER = "X-Emailsvc-Tracking-ID"
 CONFIGURATION_SET_HEADER = "X-SES-CONFIGURATION-SET"
 # RFC 5322 §2.1.1: a line may not exceed 998 characters. Header values with a
-# longer run than this without a place to fold are carried as RFC 2047 encoded
-# words, which any MIME reader joins back into the original value.
+# run without a place to fold too long for a line (with the header's name) are
+# carried as RFC 2047 encoded words, which any MIME reader joins back into the
+# original value.
 _UNFOLDABLE_RUN = 900
-_LONG_RUN = re.compile(r"[^ \t]{%d,}" % _UNFOLDABLE_RUN)
+_MAX_LINE = 998
 
 
 class OutboundEmail(AnymailMessage):
@@ -255,8 +260,57 @@ def _text_part(
 def _encode_unfoldable_headers(mime) -> None:
     headers = mime._headers  # the email package's own list of (name, value)
     for index, (name, value) in enumerate(headers):
-        if isinstance(value, str) and len(value) >= _UNFOLDABLE_RUN and _LONG_RUN.search(value):
-            headers[index] = (name, Header(value, "utf-8", header_name=name))
+        if isinstance(value, str) and len(value) >= _UNFOLDABLE_RUN - len(name):
+            longest = max((len(word) for word in value.split()), default=0)
+            if longest >= min(_UNFOLDABLE_RUN, _MAX_LINE - len(name) - 2):
+                headers[index] = (name, Header(value, "utf-8", header_name=name))
+
+
+def header_text(value: str) -> str:
+    """`value` as the text of a subject or display name that a mail reader shows
+    exactly as given. ASCII that a reader would decode (it looks like an RFC 2047
+    encoded word, `=?utf-8?q?…?=`) or trim (spaces at either end) is itself
+    carried as encoded words; so is non-ASCII text, as words short enough to
+    fold. The words are joined by spaces (a header value holds no line break
+    until it is folded)."""
+    if not value or (value.isascii() and "=?" not in value and value == value.strip(" ")):
+        return value
+    return " ".join(Header(value, "utf-8").encode().split())
+
+
+def _display_address(name: str, address: str) -> str:
+    return formataddr((header_text(name), address)) if name else address
+
+
+_DISPOSITION_POLICY = email_policy.default.clone(linesep="\n")
+
+
+def _disposition(filename: str) -> str:
+    """`attachment; filename=…` folded as RFC 2231 says: a long or non-ASCII name
+    is split over numbered parameters (`filename*0*=`, `filename*1*=`, …) on
+    lines of their own, so no line of the message grows with the name."""
+    holder = StdEmailMessage(policy=_DISPOSITION_POLICY)
+    holder.add_header("Content-Disposition", "attachment", filename=filename)
+    folded = _DISPOSITION_POLICY.fold("Content-Disposition", holder["Content-Disposition"])
+    return folded.partition(":")[2].strip()
+
+
+def _attachment_part(filename: str, content: bytes, content_type: str) -> MIMEBase:
+    """One attachment: its bytes exactly (base64), under the type the caller gave;
+    a text type names UTF-8 as its charset when the bytes are UTF-8."""
+    maintype, _, subtype = content_type.partition("/")
+    part = MIMEBase(maintype, subtype)
+    if maintype == "text":
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            part.set_param("charset", "utf-8")
+    part.set_payload(content)
+    encoders.encode_base64(part)
+    part["Content-Disposition"] = _disposition(filename)
+    return part
 
 
 def tracking_id(message) -> str:
@@ -270,20 +324,20 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
     for recipient in recipients:
         # address_key: rows stored before addresses were kept in ASCII form get it here.
-        by_role[recipient.role].append(formataddr((recipient.name, address_key(recipient.email))))
+        by_role[recipient.role].append(_display_address(recipient.name, address_key(recipient.email)))
     headers = dict(message.headers)
     headers[TRACKING_HEADER] = tracking_id(message)
     headers["Message-ID"] = make_msgid(domain=message.from_email.rpartition("@")[2])
     if settings.SES_CONFIGURATION_SET:
         headers[CONFIGURATION_SET_HEADER] = settings.SES_CONFIGURATION_SET
     email = OutboundEmail(
-        subject=message.subject,
+        subject=header_text(message.subject),
         body=message.text or message.html,
-        from_email=formataddr((message.from_name, address_key(message.from_email))),
+        from_email=_display_address(message.from_name, address_key(message.from_email)),
         to=by_role["to"],
         cc=by_role["cc"],
         bcc=by_role["bcc"],
-        reply_to=list(message.reply_to),
+        reply_to=[_display_address(*parseaddr(reply_to)) for reply_to in message.reply_to],
         headers=headers,
     )
     email.service_tags = list(message.tags)
@@ -298,5 +352,5 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     elif message.html:
         email.content_subtype = "html"
     for attachment in attachments:
-        email.attach(attachment.filename, bytes(attachment.content), attachment.content_type)
+        email.attach(_attachment_part(attachment.filename, bytes(attachment.content), attachment.content_type))
     return email

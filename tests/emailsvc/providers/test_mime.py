@@ -136,7 +136,7 @@ def _wire_both_ways(email, linesep="\r\n"):
 
 
 PLAIN = {"text and html", "text only", "html only", "long subject that folds", "spaces at the edges and runs of spaces",
-         "encoded-word look-alike", "reply-to list", "empty subject"}
+         "encoded-word look-alike", "reply-to list", "empty subject", "non-ASCII everywhere"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
@@ -147,8 +147,9 @@ def test_wire_bytes_are_the_email_packages_bytes(case, settings, fixed_date):
     for linesep in ("\r\n", "\n"):
         reference, wire = _wire_both_ways(email, linesep)
         assert wire == reference
-    # The usual shapes are written directly; the others (non-ASCII headers, a
-    # header too long to fold) go the email package's way.
+    # The usual shapes are written directly (non-ASCII subjects and names are
+    # encoded words by then); the others (a header too long to fold) go the
+    # email package's way.
     assert (_plain_bytes(email, "\r\n") is not None) == (case in PLAIN)
 
 
