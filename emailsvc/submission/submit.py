@@ -10,8 +10,9 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from core.addresses import InvalidAddress, address_key, address_parse
+from core.addresses import MAX_DISPLAY_NAME, InvalidAddress, address_key, address_parse
 from core.errors import Conflict, EmailsvcError, PayloadTooLarge, ValidationFailed
+from core.header_text import MAX_SUBJECT, header_text_problem
 from core.sql import rows_insert
 from emailsvc import providers, status
 from emailsvc.delivery.queueing import deliveries_enqueue
@@ -123,12 +124,35 @@ def _template_apply(data: dict, templates: dict[str, TemplateVersion | TemplateN
         raise ValidationFailed(
             f"Template '{ref}' has no subject: give one.", fields={"subject": ["Required."]}, code="missing_fields"
         )
+    _rendered_headers_check(ref, merged, data)
     if not merged.get("html") and not merged.get("text"):
         raise ValidationFailed(
             f"Template '{ref}' renders neither html nor text.", fields={"template": ["Empty body."]},
             code="template_render_error",
         )
     return merged, version
+
+
+def _rendered_headers_check(ref: str, merged: dict, given: dict) -> None:
+    """Hold the header texts a template rendered (subject, sender name, display
+    names) to the rules of the same fields given in the request: ValidationFailed
+    (template_render_error) naming the field."""
+    texts = []
+    if "subject" not in given:
+        texts.append(("subject", "The rendered subject", merged["subject"], MAX_SUBJECT))
+    if "from_name" not in given and merged.get("from_name"):
+        texts.append(("from_name", "The rendered from_name", merged["from_name"], MAX_DISPLAY_NAME))
+    if "from" not in given and merged.get("from"):
+        texts.append(("from", "The rendered sender's display name", merged["from"][0], MAX_DISPLAY_NAME))
+    if "reply_to" not in given:
+        noun = "A rendered reply-to display name"
+        texts += [("reply_to", noun, name, MAX_DISPLAY_NAME) for name, _ in merged.get("reply_to", [])]
+    for field, noun, value, max_length in texts:
+        problem = header_text_problem(value, noun=noun, max_length=max_length)
+        if problem:
+            raise ValidationFailed(
+                f"Template '{ref}': {problem}", fields={field: [problem]}, code="template_render_error"
+            )
 
 
 _ROLES = tuple(Recipient.Role.values)  # the enum builds this list anew on every read

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 
@@ -81,6 +82,11 @@ class Render:
         )
 
 
+_LAYOUT_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
+
 def single_line(value: str) -> str:
-    """Subjects and display names are header values: one line, no runs of spaces."""
-    return " ".join(value.split())
+    """Subjects and display names are header values: the template's own line
+    breaks and runs of spaces become one space. Any other character stays, so
+    that what template data brings (a control character) is checked, not hidden."""
+    return _LAYOUT_WHITESPACE.sub(" ", value).strip(" ")
