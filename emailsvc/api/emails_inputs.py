@@ -14,6 +14,9 @@ import mimetypes
 import re
 import threading
 from datetime import timedelta
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from urllib.parse import unquote
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -22,7 +25,8 @@ from drf_spectacular.extensions import OpenApiSerializerExtension, OpenApiSerial
 from rest_framework import serializers
 
 from core.addresses import CONTROL_CHARACTERS, MAX_DISPLAY_NAME, json_kind, printable, shown
-from core.fields import LONG_WORD, MAX_HEADER_WORD, AddressField, AddressListField, TextField, rename_field
+from core.fields import MAX_HEADER_WORD, AddressField, AddressListField, TextField, rename_field
+from core.header_text import MAX_HEADER_LINE, header_text_problem
 from core.responses import validation_failed_from_drf
 from emailsvc.models import Priority, Recipient
 
@@ -57,27 +61,103 @@ MAX_HEADER_NAME = 100
 MAX_HEADER_VALUE = 2000
 
 
+# Attachment types Amazon SES refuses (its "Unsupported attachment types"):
+# refused at the door for every provider, so an email never fails for it later.
+REFUSED_EXTENSIONS = frozenset(
+    """ade adp app asp bas bat cer chm cmd com cpl crt csh der exe fxp gadget hlp hta inf ins isp its js jse ksh
+    lib lnk mad maf mag mam maq mar mas mat mau mav maw mda mdb mde mdt mdw mdz msc msh msh1 msh2 mshxml msh1xml
+    msh2xml msi msp mst ops pcd pif plg prf prg reg scf scr sct shb shs sys ps1 ps1xml ps2 ps2xml psc1 psc2 tmp
+    url vb vbe vbs vps vsmacros vss vst vsw vxd ws wsc wsf wsh xnk""".split()
+)
+# Types whose parts the service cannot build from bytes without changing them
+# (multipart needs parts of its own, message/* is parsed and written again).
+REFUSED_CONTENT_TYPES = ("multipart/", "message/")
+_BASE64_LINE_BREAKS = re.compile(r"[ \t\r\n]+")
+_URL_SAFE = str.maketrans("-_", "+/")
+
+
+def base64_decode(text: str) -> bytes:
+    """The bytes of base64 `text` as callers write it: wrapped in lines (CRLF or
+    LF), unpadded, or URL-safe (RFC 4648 §5). Raises ValueError for anything else."""
+    compact = _BASE64_LINE_BREAKS.sub("", text)
+    if "-" in compact or "_" in compact:
+        if "+" in compact or "/" in compact:
+            raise ValueError("mixed alphabets")
+        compact = compact.translate(_URL_SAFE)
+    compact = compact.rstrip("=")
+    if len(compact) % 4 == 1:
+        raise ValueError("truncated")
+    return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+
+
+def filename_forms(filename: str) -> set[str]:
+    """`filename` and the names a mail reader may show for it: RFC 2047 encoded
+    words and RFC 2231 `charset'lang'%XX` decoded, trailing dots and spaces
+    dropped (Windows drops them)."""
+    forms = {filename}
+    if "=?" in filename:
+        try:
+            forms.add(str(make_header(decode_header(filename))))
+        except (HeaderParseError, UnicodeError, LookupError, ValueError):
+            pass
+    for form in list(forms):
+        charset, quote, rest = form.partition("'")
+        if quote and "'" in rest:
+            try:
+                forms.add(unquote(rest.partition("'")[2], encoding=charset or "ascii", errors="strict"))
+            except (UnicodeError, LookupError):
+                pass
+    return {form.rstrip(" .\t") for form in forms}
+
+
+def _attachment_error(message: str) -> serializers.ValidationError:
+    return serializers.ValidationError(message, code="invalid_attachment")
+
+
 class AttachmentInputSerializer(serializers.Serializer):
     filename = TextField(max_length=255)
-    content = TextField(help_text="Base64-encoded bytes", trim_whitespace=True)
+    content = TextField(help_text="Base64-encoded bytes (standard or URL-safe, padded or not, wrapped or not)",
+                        trim_whitespace=True, allow_blank=True)
     content_type = TextField(max_length=255, required=False)
+
+    def to_internal_value(self, data):
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        if unknown:
+            unknown_field = serializers.ErrorDetail("Unknown field.", code="invalid")
+            raise serializers.ValidationError({printable(name): [unknown_field] for name in unknown})
+        return super().to_internal_value(data)
 
     def validate_filename(self, value):
         if CONTROL_CHARACTERS.search(value) or "/" in value or "\\" in value:
-            raise serializers.ValidationError("A filename may not contain control characters or slashes.", code="invalid_attachment")
+            raise _attachment_error("A filename may not contain control characters or slashes.")
+        problem = header_text_problem(value, noun="A filename", blank=False)
+        if problem:
+            raise _attachment_error(problem)
+        for form in filename_forms(value):
+            extension = form.rpartition(".")[2].lower() if "." in form else ""
+            if extension in REFUSED_EXTENSIONS:
+                raise _attachment_error(
+                    f"Attachments of type .{extension} are refused (Amazon SES does not send them): {shown(value)}."
+                )
         return value
 
     def validate_content(self, value):
         try:
-            return base64.b64decode(value, validate=True)
+            return base64_decode(value)
         except (binascii.Error, ValueError):
-            raise serializers.ValidationError("content is not valid base64.", code="invalid_attachment") from None
+            raise _attachment_error("content is not valid base64.") from None
 
     def validate(self, attrs):
         content_type = attrs.get("content_type") or mimetypes.guess_type(attrs["filename"])[0] or "application/octet-stream"
         if not re.fullmatch(r"[\w.+-]+/[\w.+-]+", content_type, re.ASCII):
             raise serializers.ValidationError(
                 {"content_type": [serializers.ErrorDetail(f"{shown(content_type)} is not a MIME type.", code="invalid_attachment")]}
+            )
+        if content_type.lower().startswith(REFUSED_CONTENT_TYPES):
+            raise serializers.ValidationError(
+                {"content_type": [serializers.ErrorDetail(
+                    f"{shown(content_type)} cannot be an attachment's type: attach the file as "
+                    "application/octet-stream (or its own type).", code="invalid_attachment")]}
             )
         attrs["content_type"] = content_type
         return attrs
@@ -146,6 +226,37 @@ def _strings(value):
             stack.extend(node)
 
 
+_ADDRESS_FIELDS = ("to", "cc", "bcc", "from", "reply_to")
+_ADDRESS_KEYS = frozenset({"email", "name"})
+
+
+def _address_object_problems(data: dict):
+    """(field, message) for each address object given with keys other than email and name."""
+    for field in _ADDRESS_FIELDS:
+        given = data.get(field)
+        for item in given if isinstance(given, list) else [given]:
+            if isinstance(item, dict) and (unknown := sorted(set(item) - _ADDRESS_KEYS)):
+                names = ", ".join(shown(str(key)) for key in unknown)
+                yield field, f"Unknown field in an address object: {names} (an address object has email and name)."
+
+
+def _identifier(value: str | None, noun: str) -> str | None:
+    """An id as given, or ValidationError: never trimmed into another id."""
+    if value is None:
+        return value
+    if not value.strip():
+        raise serializers.ValidationError(f"{noun} may not be blank.", code="invalid_field")
+    if value != value.strip():
+        raise serializers.ValidationError(f"{noun} may not begin or end with spaces.", code="invalid_field")
+    return value
+
+
+def _long_word(name: str, value: str) -> str | None:
+    """The first run of `value` without a space too long to fit on one header line after `name: `."""
+    limit = min(MAX_HEADER_WORD, MAX_HEADER_LINE - len(name) - 2)
+    return next((word for word in value.split() if len(word) > limit), None)
+
+
 class SendEmailInputSerializer(serializers.Serializer):
     """The body of POST /api/v1/emails."""
 
@@ -161,11 +272,14 @@ class SendEmailInputSerializer(serializers.Serializer):
     )
     html = TextField(required=False, allow_blank=True, trim_whitespace=False)
     text = TextField(required=False, allow_blank=True, trim_whitespace=False)
-    group_id = TextField(required=False, allow_null=True, max_length=200, single_line=True, refuse_blank=True)
+    group_id = TextField(
+        required=False, allow_null=True, max_length=200, single_line=True, refuse_blank=True, trim_whitespace=False
+    )
     email_id = TextField(
         required=False,
         max_length=200,
         refuse_blank=True,
+        trim_whitespace=False,
         validators=[
             RegexValidator(
                 EMAIL_ID_PATTERN,
@@ -186,7 +300,7 @@ class SendEmailInputSerializer(serializers.Serializer):
         ),
     )
     tags = serializers.ListField(
-        child=TextField(max_length=MAX_TAG, noun="A tag", single_line=True, refuse_blank=True),
+        child=TextField(max_length=MAX_TAG, noun="A tag", single_line=True, refuse_blank=True, trim_whitespace=False),
         required=False,
         max_length=MAX_TAGS,
     )
@@ -195,7 +309,7 @@ class SendEmailInputSerializer(serializers.Serializer):
     )
     attachments = AttachmentInputSerializer(many=True, required=False)
     template = TextField(
-        required=False, max_length=120, single_line=True, refuse_blank=True,
+        required=False, max_length=120, single_line=True, refuse_blank=True, trim_whitespace=False,
         help_text="A stored template: `name` (its latest version) or `name@version`. It gives the subject, "
         "html, text and default sender; fields given here win.",
     )
@@ -228,11 +342,38 @@ class SendEmailInputSerializer(serializers.Serializer):
             value = None
         for name in unknown:
             errors[printable(name)] = [serializers.ErrorDetail("Unknown field.", code="invalid")]
+        for name, problem in _address_object_problems(data):
+            errors[name] = [*errors.get(name, []), serializers.ErrorDetail(problem, code="invalid")]
         if errors and not data.get("template") and "subject" not in data:
             # Required unless a template gives it: reported with the other missing fields.
             errors.setdefault("subject", [serializers.ErrorDetail("This field is required.", code="required")])
         if errors:
             raise serializers.ValidationError(errors)
+        return value
+
+    def validate_subject(self, value):
+        problem = header_text_problem(value, noun="The subject", blank=False)
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid_field")
+        return value
+
+    def validate_from_name(self, value):
+        problem = header_text_problem(value, noun="from_name")
+        if problem:
+            raise serializers.ValidationError(problem, code="invalid_field")
+        return value
+
+    def validate_group_id(self, value):
+        return _identifier(value, "group_id")
+
+    def validate_template(self, value):
+        return _identifier(value, "template")
+
+    def validate_tags(self, value):
+        for tag in value:
+            _identifier(tag, "A tag")
+            if problem := header_text_problem(tag, noun="A tag"):
+                raise serializers.ValidationError(problem, code="invalid_field")
         return value
 
     def validate_email_id(self, value):
@@ -256,14 +397,16 @@ class SendEmailInputSerializer(serializers.Serializer):
                 problems.append(f"The header '{name}' may not be set by callers.")
             elif CONTROL_CHARACTERS.search(header_value.replace("\t", " ")):
                 problems.append(f"The value of '{name}' may not contain line breaks or control characters.")
+            elif problem := header_text_problem(header_value.replace("\t", " "), noun=f"The value of '{name}'"):
+                problems.append(problem)
             elif len(header_value) > MAX_HEADER_VALUE:
                 problems.append(
                     f"The value of '{name}' is {len(header_value)} characters; at most {MAX_HEADER_VALUE} are allowed."
                 )
-            elif header_value.isascii() and (long_word := LONG_WORD.search(header_value)):
+            elif header_value.isascii() and (long_word := _long_word(name, header_value)):
                 problems.append(
-                    f"The value of '{name}' has {len(long_word.group())} characters without a space; at most "
-                    f"{MAX_HEADER_WORD} fit on one line of an email header."
+                    f"The value of '{name}' has {len(long_word)} characters without a space; with its name, at "
+                    f"most {MAX_HEADER_LINE - len(name) - 2} fit on one line of an email header."
                 )
         if problems:
             raise serializers.ValidationError([serializers.ErrorDetail(p, code="invalid_header") for p in problems])
@@ -311,6 +454,12 @@ class SendEmailInputSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"to": [serializers.ErrorDetail(f"{total} recipients in to, cc and bcc; at most {settings.MAX_RECIPIENTS} are allowed.", code="too_many_recipients")]}
             )
+        for role in ("to", "cc", "bcc", "reply_to", "from"):
+            given = attrs.get(role)
+            for name, _ in ([given] if role == "from" and given else given or []):
+                if problem := header_text_problem(name, noun="A display name"):
+                    error = serializers.ErrorDetail(problem, code="invalid_address")
+                    raise serializers.ValidationError({role: [error]})
         if attrs.get("template"):
             return attrs  # the template gives what is missing; checked once it is rendered
         if not attrs.get("subject"):
