@@ -18,15 +18,22 @@ BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 # at spaces, so an ASCII run without one must fit on a line with its header name.
 MAX_HEADER_LINE = 998
 MAX_SUBJECT = 998
+# A display name is carried as one encoded word (mail readers differ on the space
+# between several): 500 octets of UTF-8 are at most 680 characters of base64,
+# which fit on a line with the address.
+MAX_DISPLAY_NAME_OCTETS = 500
 MAX_HEADER_WORD = 900
 _LONG_WORD = re.compile(r"[^ \t]{%d,}" % (MAX_HEADER_WORD + 1))
 
 
-def header_text_problem(value: str, *, noun: str, max_length: int | None = None, blank: bool = True) -> str | None:
+def header_text_problem(
+    value: str, *, noun: str, max_length: int | None = None, blank: bool = True, display_name: bool = False
+) -> str | None:
     """Why `value` cannot be the text of a header, in words fit for the caller, or None.
 
     `noun` names the value ("The subject"); `max_length` caps its characters;
-    `blank=False` refuses an empty or whitespace-only value.
+    `blank=False` refuses an empty or whitespace-only value; `display_name`
+    holds it to MAX_DISPLAY_NAME_OCTETS.
     """
     if _SURROGATE.search(value):
         return f"{noun} may not contain unpaired surrogate characters."
@@ -42,6 +49,9 @@ def header_text_problem(value: str, *, noun: str, max_length: int | None = None,
         return f"{noun} may not be empty or only spaces."
     if max_length is not None and len(value) > max_length:
         return f"{noun} is {len(value)} characters; at most {max_length} are allowed."
+    if display_name and len(value.encode()) > MAX_DISPLAY_NAME_OCTETS:
+        octets = len(value.encode())
+        return f"{noun} is {octets} octets of UTF-8; at most {MAX_DISPLAY_NAME_OCTETS} fit in an email header."
     if value.isascii() and (long_word := _LONG_WORD.search(value)):
         return (
             f"{noun} has {len(long_word.group())} characters without a space; at most "

@@ -358,7 +358,7 @@ class SendEmailInputSerializer(serializers.Serializer):
         return value
 
     def validate_from_name(self, value):
-        problem = header_text_problem(value, noun="from_name")
+        problem = header_text_problem(value, noun="from_name", display_name=True)
         if problem:
             raise serializers.ValidationError(problem, code="invalid_field")
         return value
@@ -457,7 +457,7 @@ class SendEmailInputSerializer(serializers.Serializer):
         for role in ("to", "cc", "bcc", "reply_to", "from"):
             given = attrs.get(role)
             for name, _ in ([given] if role == "from" and given else given or []):
-                if problem := header_text_problem(name, noun="A display name"):
+                if problem := header_text_problem(name, noun="A display name", display_name=True):
                     error = serializers.ErrorDetail(problem, code="invalid_address")
                     raise serializers.ValidationError({role: [error]})
         if attrs.get("template"):

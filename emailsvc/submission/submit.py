@@ -148,7 +148,7 @@ def _rendered_headers_check(ref: str, merged: dict, given: dict) -> None:
         noun = "A rendered reply-to display name"
         texts += [("reply_to", noun, name, MAX_DISPLAY_NAME) for name, _ in merged.get("reply_to", [])]
     for field, noun, value, max_length in texts:
-        problem = header_text_problem(value, noun=noun, max_length=max_length)
+        problem = header_text_problem(value, noun=noun, max_length=max_length, display_name=field != "subject")
         if problem:
             raise ValidationFailed(
                 f"Template '{ref}': {problem}", fields={field: [problem]}, code="template_render_error"
