@@ -11,6 +11,7 @@ import quopri
 import re
 from email import encoders
 from email import policy as email_policy
+from email.charset import Charset
 from email.generator import BytesGenerator
 from email.header import Header
 from email.message import EmailMessage as StdEmailMessage
@@ -267,19 +268,32 @@ def _encode_unfoldable_headers(mime) -> None:
 
 
 def header_text(value: str) -> str:
-    """`value` as the text of a subject or display name that a mail reader shows
-    exactly as given. ASCII that a reader would decode (it looks like an RFC 2047
-    encoded word, `=?utf-8?q?…?=`) or trim (spaces at either end) is itself
-    carried as encoded words; so is non-ASCII text, as words short enough to
-    fold. The words are joined by spaces (a header value holds no line break
-    until it is folded)."""
-    if not value or (value.isascii() and "=?" not in value and value == value.strip(" ")):
+    """`value` as the text of a subject that a mail reader shows exactly as given.
+
+    ASCII that a reader would decode (it looks like an RFC 2047 encoded word,
+    `=?utf-8?q?…?=`) or trim (spaces at either end), or whose first word cannot
+    share a line with the header's name (readers would take the fold for a
+    leading space), is itself carried as encoded words; so is non-ASCII text.
+    The words are short enough for the first to fit beside `Subject: `, and
+    joined by spaces (which readers drop between encoded words)."""
+    if not value or (
+        value.isascii() and "=?" not in value and value == value.strip(" ")
+        and len(value.split(" ", 1)[0]) <= _FIRST_WORD
+    ):
         return value
-    return " ".join(Header(value, "utf-8").encode().split())
+    return " ".join(Header(value, "utf-8", maxlinelen=_FIRST_WORD).encode().split())
+
+
+_FIRST_WORD = 64
+_UTF8 = Charset("utf-8")
 
 
 def _display_address(name: str, address: str) -> str:
-    return formataddr((header_text(name), address)) if name else address
+    """`Name <address>`; a name that looks like an encoded word is one itself, so
+    a reader shows it as written (formataddr encodes a non-ASCII name as one)."""
+    if name.isascii() and "=?" in name:
+        name = _UTF8.header_encode(name)
+    return formataddr((name, address)) if name else address
 
 
 _DISPOSITION_POLICY = email_policy.default.clone(linesep="\n")
