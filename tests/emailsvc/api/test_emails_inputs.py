@@ -291,3 +291,138 @@ def test_schema_and_docs_are_served(client, db):
     assert "/api/v1/emails" in spec["paths"]
     assert "ErrorBody" in spec["components"]["schemas"]
     assert client.get("/api/docs/").status_code == 200
+
+
+# --- header text, attachments and ids: refused at the door, never altered ----------------
+
+BIDI_CONTROLS = ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069",
+                 "\u200e", "\u200f", "\u061c"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def attachment(filename="report.pdf", content=b"%PDF-1.4", **extra):
+    return {"filename": filename, "content": b64(content), **extra}
+
+
+def refused(response, code: str, field: str):
+    assert response.status_code == 400, response.json()
+    body = response.json()
+    assert body["error"] == code, body
+    assert field in body["fields"], body
+    assert not Message.objects.exists()
+    return body
+
+
+@pytest.mark.parametrize("control", BIDI_CONTROLS, ids=[f"U+{ord(c):04X}" for c in BIDI_CONTROLS])
+def test_bidi_controls_are_refused_in_subject_names_filenames_and_header_values(api, control):
+    """Unicode bidi controls make a header read differently from what it holds."""
+    refused(post(api, {**VALID, "subject": f"Invoice {control}fdp.exe"}), "invalid_field", "subject")
+    refused(post(api, {**VALID, "from_name": f"Bank{control}"}), "invalid_field", "from_name")
+    named = {"email": "jane@example.com", "name": f"Jane{control}"}
+    refused(post(api, {**VALID, "to": named}), "invalid_address", "to")
+    refused(post(api, {**VALID, "cc": f"Jo{control}e <joe@example.com>"}), "invalid_address", "cc")
+    refused(post(api, {**VALID, "from": f"Shop{control} <shop@example.com>"}), "invalid_address", "from")
+    refused(post(api, {**VALID, "attachments": [attachment(f"invoice{control}fdp.pdf")]}), "invalid_attachment",
+            "attachments[0].filename")
+    refused(post(api, {**VALID, "headers": {"X-Note": f"a{control}b"}}), "invalid_header", "headers")
+    refused(post(api, {**VALID, "tags": [f"t{control}"]}), "invalid_field", "tags")
+
+
+@pytest.mark.parametrize("subject", ["   ", "\u3000", " \u00a0 "])
+def test_a_whitespace_only_subject_is_refused(api, subject):
+    body = refused(post(api, {**VALID, "subject": subject}), "invalid_field", "subject")
+    assert "only spaces" in body["detail"]
+
+
+@pytest.mark.parametrize("value", ["abc\n", "abc ", " abc", "abc\t"])
+def test_an_email_id_with_edge_whitespace_is_refused_not_trimmed(api, value):
+    refused(post(api, {**VALID, "email_id": value}), "invalid_field", "email_id")
+
+
+@pytest.mark.parametrize("field, value", [("group_id", "signup "), ("group_id", " signup"), ("tags", ["vip "]),
+                                          ("template", "welcome ")])
+def test_other_identifiers_with_edge_spaces_are_refused_not_trimmed(api, field, value):
+    body = refused(post(api, {**VALID, field: value}), "invalid_field", field)
+    assert "begin or end with spaces" in body["detail"]
+
+
+def test_unknown_keys_in_an_attachment_are_refused_like_unknown_fields(api):
+    response = post(api, {**VALID, "attachments": [{**attachment(), "disposition": "inline"}]})
+    body = refused(response, "invalid_field", "attachments[0].disposition")
+    assert body["fields"]["attachments[0].disposition"] == ["Unknown field."]
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "bcc", "reply_to", "from"])
+def test_unknown_keys_in_an_address_object_are_refused_like_unknown_fields(api, field):
+    value = {"email": "jane@example.com", "name": "Jane", "nmae": "typo"}
+    body = refused(post(api, {**VALID, field: value if field == "from" else [value]}), "invalid_field", field)
+    assert "'nmae'" in body["fields"][field][0]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["multipart/mixed", "Multipart/Alternative", "message/rfc822", "message/partial"]
+)
+def test_multipart_and_message_attachment_types_are_refused(api, content_type):
+    response = post(api, {**VALID, "attachments": [attachment("part.eml", content_type=content_type)]})
+    refused(response, "invalid_attachment", "attachments[0].content_type")
+
+
+SES_REFUSED = ["setup.exe", "run.BAT", "x.js", "s.scr", "v.vbs", "a.ps1", "m.msh1xml", "trailing.exe.", "spaces.exe  ",
+               "dots.exe. . ", "=?utf-8?q?invoice=2Eexe?=", "=?UTF-8?B?aW52b2ljZS5leGU=?=", "utf-8''invoice%2Eexe",
+               "=?utf-8?q?r=C3=A9sum=C3=A9=2Escr?="]
+
+
+@pytest.mark.parametrize("filename", SES_REFUSED)
+def test_attachment_types_ses_refuses_are_refused_by_their_real_extension(api, filename):
+    body = refused(post(api, {**VALID, "attachments": [attachment(filename)]}), "invalid_attachment",
+                   "attachments[0].filename")
+    assert "Amazon SES" in body["detail"]
+
+
+@pytest.mark.parametrize("filename", ["report.pdf", "exe", "notes.exe.txt", "archive.zip", "=?utf-8?q?report=2Epdf?="])
+def test_other_attachment_names_are_accepted(api, filename):
+    assert post(api, {**VALID, "attachments": [attachment(filename)]}).status_code == 202
+
+
+CONTENT = bytes(range(256)) * 3
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        base64.encodebytes(CONTENT).decode(),  # wrapped at 76 columns, LF
+        base64.encodebytes(CONTENT).decode().replace("\n", "\r\n"),  # wrapped, CRLF
+        base64.b64encode(CONTENT).decode().rstrip("="),  # unpadded
+        base64.urlsafe_b64encode(CONTENT).decode(),  # URL-safe
+        base64.urlsafe_b64encode(CONTENT).decode().rstrip("="),  # URL-safe, unpadded
+    ],
+    ids=["wrapped-lf", "wrapped-crlf", "unpadded", "url-safe", "url-safe-unpadded"],
+)
+def test_base64_as_callers_write_it_is_decoded_to_the_same_bytes(api, encoded):
+    response = post(api, {**VALID, "attachments": [{"filename": "blob.bin", "content": encoded}]})
+    assert response.status_code == 202, response.json()
+    stored = Message.objects.get(email_id=response.json()["email_id"]).attachments.get()
+    assert bytes(stored.content) == CONTENT
+
+
+@pytest.mark.parametrize("encoded", ["QUJD$", "QUJDR", "QU-J/", "Q===", "QU JD!"])
+def test_what_is_not_base64_is_refused(api, encoded):
+    refused(post(api, {**VALID, "attachments": [{"filename": "a.bin", "content": encoded}]}), "invalid_attachment",
+            "attachments[0].content")
+
+
+def test_a_zero_byte_attachment_is_accepted(api):
+    response = post(api, {**VALID, "attachments": [{"filename": "empty.txt", "content": ""}]})
+    assert response.status_code == 202, response.json()
+    stored = Message.objects.get(email_id=response.json()["email_id"]).attachments.get()
+    assert (bytes(stored.content), stored.size, stored.content_type) == (b"", 0, "text/plain")
+
+
+def test_a_header_value_that_cannot_fit_beside_its_long_name_is_refused(api):
+    name = "X-" + "n" * 98
+    response = post(api, {**VALID, "headers": {name: "v" * 899}})
+    body = refused(response, "invalid_header", "headers")
+    assert "fit on one line" in body["detail"]

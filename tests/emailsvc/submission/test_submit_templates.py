@@ -157,3 +157,55 @@ def test_a_template_send_through_ses_reaches_moto(api, settings, celery_worker, 
     (sent,) = [m for m in moto_server.sent_raw_messages() if m["id"] == message.provider_message_id]
     assert "Subject: Receipt 42" in sent["raw_data"]
     assert "Order 42" in sent["raw_data"]
+
+
+# --- header texts rendered from template data: the rules of the same fields given directly ----
+
+HEADERS = {"subject": "{{ s }}", "text": "Hi", "from_email": "team@example.com", "from_name": "{{ n }}",
+           "reply_to": "{{ r }} <help@example.com>"}
+FINE = {"s": "Subject", "n": "Team", "r": "Help desk"}
+
+
+@pytest.fixture
+def headers_template(db):
+    return template_create(name="headers", data=dict(HEADERS), created_by="tests")
+
+
+def send_headers(api, **data):
+    body = {"to": "jane@example.org", "template": "headers", "template_data": {**FINE, **data}}
+    return post(api, "/api/v1/emails", body)
+
+
+@pytest.mark.parametrize("value", ["Ding\x07", "a\x1fb", "a\x85b", "a\u2028b", "x\x00y", "lone \ud800 surrogate",
+                                   "Invoice \u202efdp.exe", "a\u2066b\u2069", "\u200fname"])
+@pytest.mark.parametrize("field", ["s", "n", "r"])
+def test_control_bidi_and_surrogate_characters_rendered_into_a_header_are_refused(api, headers_template, field, value):
+    """Control characters, bidi controls and lone surrogates from template data (today's 500 for a surrogate)."""
+    response = send_headers(api, **{field: value})
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error"] == "template_render_error", body
+    # A reply-to address with a control character is no address at all: named as the template's.
+    assert {"s": {"subject"}, "n": {"from_name"}, "r": {"reply_to", "template"}}[field] & set(body["fields"])
+    assert not Message.objects.exists()
+
+
+def test_a_rendered_subject_is_held_to_998_characters(api, headers_template):
+    assert send_headers(api, s="word " * 199).status_code == 202  # 994 characters once trimmed
+    response = send_headers(api, s="word " * 200 + "more")
+    assert (response.status_code, response.json()["error"]) == (400, "template_render_error")
+    assert "at most 998" in response.json()["detail"]
+
+
+def test_a_whitespace_only_rendered_subject_is_missing(api, headers_template):
+    response = send_headers(api, s="  \n  ")
+    assert (response.status_code, response.json()["error"]) == (400, "missing_fields")
+
+
+def test_rendered_header_texts_that_look_like_encoded_words_reach_the_reader_as_written(api, headers_template, smtp):
+    response = send_headers(api, s="=?utf-8?q?Fake?= subject", n="=?utf-8?b?QWRtaW4=?=")
+    assert response.status_code == 202, response.json()
+    deliver_now()
+    (mail,) = smtp.wait_for(response.json()["email_id"])
+    assert mail.message["Subject"] == "=?utf-8?q?Fake?= subject"
+    assert mail.message["From"].addresses[0].display_name == "=?utf-8?b?QWRtaW4=?="
