@@ -163,6 +163,15 @@ class AttachmentInputSerializer(serializers.Serializer):
         return attrs
 
 
+class AttachmentInputSchema(OpenApiSerializerExtension):
+    target_class = AttachmentInputSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = super().map_serializer(auto_schema, direction)
+        schema["additionalProperties"] = False
+        return schema
+
+
 class SendAtField(serializers.DateTimeField):
     """ISO-8601 date-time; one without a zone is UTC. At most SEND_AT_MAX_DAYS ahead."""
 

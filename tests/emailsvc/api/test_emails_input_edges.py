@@ -503,6 +503,7 @@ def test_schema_states_the_real_constraints(client, db):
     assert send["to"]["oneOf"][1]["maxItems"] == 50
     assert send["reply_to"]["oneOf"][1]["maxItems"] == 10
     assert send["to"]["oneOf"][0]["oneOf"][1]["required"] == ["email"]
+    assert schemas["AttachmentInput"]["additionalProperties"] is False
     assert send["tags"]["maxItems"] == 50
     assert send["tags"]["items"]["maxLength"] == 128
     assert schemas["PriorityEnum"]["enum"] == ["high", "normal", "low"]
