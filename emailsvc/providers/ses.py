@@ -37,7 +37,17 @@ def shared_client():
         return _client
 
 
-class _SendEmailPayload(AmazonSESV2SendEmailPayload):
+class _RawPayload(AmazonSESV2SendEmailPayload):
+    """anymail's SendEmail payload of raw MIME. Its raw message is the email's own
+    message(), attachments included: anymail's own view of the attachments
+    (which decodes a text/* attachment as UTF-8, and fails on other bytes) is
+    not needed and not made."""
+
+    def prepped_attachments(self, attachments):
+        return list(attachments)
+
+
+class _SendEmailPayload(_RawPayload):
     """anymail's SendEmail payload; the raw MIME of a plain email is written
     directly (`seven_bit_bytes`: the bytes anymail's own message() →
     quoted-printable → as_bytes gives, without building the email package's
@@ -91,7 +101,7 @@ class _SendEmailPayload(AmazonSESV2SendEmailPayload):
             if raw is not None:
                 self.params["Content"] = {"Raw": {"Data": raw}}
                 return
-            stock = AmazonSESV2SendEmailPayload(message, self.defaults, self.backend)
+            stock = _RawPayload(message, self.defaults, self.backend)
             self.params, self.all_recipients, self.mime_message = stock.params, stock.all_recipients, stock.mime_message
             stock.finalize_payload()
             return

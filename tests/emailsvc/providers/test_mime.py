@@ -5,6 +5,7 @@ test_delivery.py.)"""
 
 import random
 from email import message_from_bytes
+from email import policy as email_policy
 from email.policy import compat32
 from types import SimpleNamespace
 
@@ -295,3 +296,29 @@ def test_any_email_reaches_ses_as_anymail_writes_it(subject, text, html, name, t
         assert fast == reference
     finally:
         django.core.mail.message.formatdate, emailsvc.providers.mime.formatdate = before
+
+
+def test_ses_raw_mime_folds_long_filenames_and_keeps_attachment_bytes(settings, fixed_date):
+    """The SES path (anymail's raw MIME, 8bit parts re-encoded) keeps lines within
+    998 octets and every attachment's name, type and bytes."""
+    filename = "Рахунок-фактура для бібліотеки — березень " * 5 + "(копія).pdf"
+    latin1 = "Grüße\r\nZeile\rCR\n".encode("latin-1")
+    attachments = [
+        _attachment(filename, b"%PDF", "application/pdf"), _attachment("l.txt", latin1, "text/plain"),
+        _attachment("empty.bin", b"", "application/octet-stream"),
+    ]
+    email = build_email(_message(subject="=?utf-8?q?literal?="), _to("customer@example.com", name="=?x?="), attachments)
+    from emailsvc.providers.ses import _AnymailBackend, _SendEmailPayload
+
+    payload = _SendEmailPayload(email, {}, _AnymailBackend(fail_silently=False))
+    payload.finalize_payload()
+    raw = payload.params["Content"]["Raw"]["Data"]
+    assert max(len(line) for line in raw.split(b"\n")) <= 998
+    parsed = message_from_bytes(raw, policy=email_policy.default)
+    assert parsed["Subject"] == "=?utf-8?q?literal?="
+    assert parsed["To"].addresses[0].display_name == "=?x?="
+    parts = [(p.get_filename(), p.get_content_type(), p.get_payload(decode=True)) for p in parsed.iter_attachments()]
+    assert parts == [
+        (filename, "application/pdf", b"%PDF"), ("l.txt", "text/plain", latin1),
+        ("empty.bin", "application/octet-stream", b""),
+    ]
