@@ -15,6 +15,9 @@ from templates_app.rendering.limits import (
     RenderState,
 )
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_LAYOUT_WHITESPACE = re.compile(r"[ \t\r\n]+")
+
 
 def _template_line(error: BaseException) -> int | None:
     """The template line an error was raised at (Jinja rewrites tracebacks so
@@ -68,6 +71,10 @@ class Render:
             where_line = f"line {line}: " if line else ""
             message = f"{where_line}{failure}"
             raise TemplateRenderError(f"{where}: {message}", fields={part: [message]}) from None
+        if _SURROGATE.search(output):
+            # From template data: no email (nor JSON answer) can carry it as UTF-8.
+            message = "The output holds an unpaired surrogate character (U+D800-U+DFFF) from the data."
+            raise TemplateRenderError(f"{where}: {message}", fields={part: [message]})
         return output
 
     def finish(self) -> None:
@@ -80,9 +87,6 @@ class Render:
             fields=fields,
             variables=names,
         )
-
-
-_LAYOUT_WHITESPACE = re.compile(r"[ \t\r\n]+")
 
 
 def single_line(value: str) -> str:

@@ -55,6 +55,20 @@ def test_subject_and_sender_name_are_one_line_whatever_the_data():
     assert "\n" not in rendered.from_name and "\r" not in rendered.from_name
 
 
+def test_only_the_templates_own_line_breaks_and_spaces_are_collapsed_in_one_line_parts():
+    data = {"name": "a\x07b\u00a0c\x1fd"}
+    rendered = render(data, subject="  Hi\n   {{ name }}  ", text="x", from_name="{{ name }}")
+    assert rendered.subject == "Hi a\x07b\u00a0c\x1fd"  # kept, so the send refuses the control characters
+    assert rendered.from_name == "a\x07b\u00a0c\x1fd"
+
+
+@pytest.mark.parametrize("part", ["subject", "html", "text", "from_name"])
+def test_an_unpaired_surrogate_reaching_any_part_is_a_render_error(part):
+    fields = {"subject": "s", "text": "t", part: "x{{ v }}y"}
+    error = render_error({"v": "\udc80"}, **fields)
+    assert part in error.fields and "surrogate" in str(error)
+
+
 def test_json_null_prints_as_nothing():
     assert render({"middle": None}, text="a{{ middle }}b").text == "ab"
 

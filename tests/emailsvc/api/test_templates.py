@@ -1,6 +1,8 @@
 """The templates REST API (/api/v1/templates…) through DRF's client: shapes,
 permissions and error codes."""
 
+import json
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -68,6 +70,16 @@ def test_render_defaults_to_the_sample_data_and_takes_data_and_a_version(full_ap
         format="json",
     ).json()
     assert given["subject"] == "Welcome <b>Jo</b>" and given["html"] == "<h1>Hi &lt;b&gt;Jo&lt;/b&gt;</h1>"
+
+
+@pytest.mark.parametrize("part", ["first_name", "product"])
+def test_render_with_an_unpaired_surrogate_in_the_data_is_400_not_500(full_api, part):
+    create(full_api)
+    data = {"first_name": "Jane", "product": "Acme", part: "a\ud800b"}
+    body = json.dumps({"data": data})  # \ud800 escaped, as a client writes it
+    response = full_api.post("/api/v1/templates/welcome/render", body, content_type="application/json")
+    assert (response.status_code, response.json()["error"]) == (400, "template_render_error")
+    assert "surrogate" in response.json()["detail"]
 
 
 def test_render_with_a_missing_variable_is_400_naming_it(full_api):
