@@ -46,6 +46,7 @@ _ATTACHMENT_GROWTH = 1.4
 _HEADER_GROWTH = 2.0
 _PER_HEADER_LINE = 100
 _PER_ATTACHMENT = 1024
+_FILENAME_GROWTH = 4  # %XX per octet in RFC 2231 continuations, plus their parameter names
 _FIXED_PART = 16 * 1024
 
 
@@ -70,6 +71,7 @@ def _estimated_size(message: Message, recipients: list[Recipient], attachments: 
         body * _BODY_GROWTH
         + sum(attachment.size for attachment in attachments) * _ATTACHMENT_GROWTH
         + len(attachments) * _PER_ATTACHMENT
+        + sum(_utf8_size(attachment.filename) for attachment in attachments) * _FILENAME_GROWTH
         + sum(_utf8_size(text) for text in header_texts) * _HEADER_GROWTH
         + header_lines * _PER_HEADER_LINE
         + _FIXED_PART
