@@ -115,7 +115,7 @@ def _attachment_error(message: str) -> serializers.ValidationError:
 
 
 class AttachmentInputSerializer(serializers.Serializer):
-    filename = TextField(max_length=255)
+    filename = TextField(max_length=255, trim_whitespace=False)
     content = TextField(help_text="Base64-encoded bytes (standard or URL-safe, padded or not, wrapped or not)",
                         trim_whitespace=True, allow_blank=True)
     content_type = TextField(max_length=255, required=False)
@@ -139,6 +139,8 @@ class AttachmentInputSerializer(serializers.Serializer):
                 raise _attachment_error(
                     f"Attachments of type .{extension} are refused (Amazon SES does not send them): {shown(value)}."
                 )
+        if value != value.strip():  # mail readers drop them: the file would arrive renamed
+            raise _attachment_error("A filename may not begin or end with spaces.")
         return value
 
     def validate_content(self, value):

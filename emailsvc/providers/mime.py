@@ -289,10 +289,15 @@ _UTF8 = Charset("utf-8")
 
 
 def _display_address(name: str, address: str) -> str:
-    """`Name <address>`; a name that looks like an encoded word is one itself, so
-    a reader shows it as written (formataddr encodes a non-ASCII name as one)."""
+    """`Name <address>`, the name as a reader shows it: one that looks like an
+    encoded word is one itself (formataddr encodes a non-ASCII name as one); an
+    ASCII one with a run of spaces is quoted (readers take the words of an
+    unquoted name one space apart)."""
     if name.isascii() and "=?" in name:
         name = _UTF8.header_encode(name)
+    elif name.isascii() and "  " in name:
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}" <{address}>'
     return formataddr((name, address)) if name else address
 
 

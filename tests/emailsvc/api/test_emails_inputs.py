@@ -382,6 +382,11 @@ def test_attachment_types_ses_refuses_are_refused_by_their_real_extension(api, f
     assert "Amazon SES" in body["detail"]
 
 
+@pytest.mark.parametrize("filename", [" report.pdf", "report.pdf ", "\u3000report.pdf"])
+def test_a_filename_with_edge_spaces_is_refused_not_renamed(api, filename):
+    refused(post(api, {**VALID, "attachments": [attachment(filename)]}), "invalid_attachment", "attachments[0].filename")
+
+
 @pytest.mark.parametrize("filename", ["report.pdf", "exe", "notes.exe.txt", "archive.zip", "=?utf-8?q?report=2Epdf?="])
 def test_other_attachment_names_are_accepted(api, filename):
     assert post(api, {**VALID, "attachments": [attachment(filename)]}).status_code == 202
