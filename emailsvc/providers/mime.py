@@ -317,7 +317,7 @@ def _disposition(filename: str) -> str:
 def _attachment_part(filename: str, content: bytes, content_type: str) -> MIMEBase:
     """One attachment: its bytes exactly (base64), under the type the caller gave;
     a text type names UTF-8 as its charset when the bytes are UTF-8."""
-    maintype, _, subtype = content_type.partition("/")
+    maintype, subtype = content_type.split("/", 1)  # ValueError for a type the API would not store
     part = MIMEBase(maintype, subtype)
     if maintype == "text":
         try:
