@@ -14,7 +14,7 @@ import mimetypes
 import re
 import threading
 from datetime import timedelta
-from email.errors import HeaderParseError
+from email.errors import CharsetError, HeaderParseError
 from email.header import decode_header, make_header
 from urllib.parse import unquote
 
@@ -98,7 +98,7 @@ def filename_forms(filename: str) -> set[str]:
     if "=?" in filename:
         try:
             forms.add(str(make_header(decode_header(filename))))
-        except (HeaderParseError, UnicodeError, LookupError, ValueError):
+        except (HeaderParseError, CharsetError, UnicodeError, LookupError, ValueError):
             pass
     for form in list(forms):
         charset, quote, rest = form.partition("'")

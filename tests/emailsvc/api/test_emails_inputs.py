@@ -387,7 +387,11 @@ def test_a_filename_with_edge_spaces_is_refused_not_renamed(api, filename):
     refused(post(api, {**VALID, "attachments": [attachment(filename)]}), "invalid_attachment", "attachments[0].filename")
 
 
-@pytest.mark.parametrize("filename", ["report.pdf", "exe", "notes.exe.txt", "archive.zip", "=?utf-8?q?report=2Epdf?="])
+@pytest.mark.parametrize(
+    "filename",
+    ["report.pdf", "exe", "notes.exe.txt", "archive.zip", "=?utf-8?q?report=2Epdf?=", "=?é?q?x.pdf?=",
+     "rot13''report%2Epdf", "=?zlib?b?eA==?=.pdf"],
+)
 def test_other_attachment_names_are_accepted(api, filename):
     assert post(api, {**VALID, "attachments": [attachment(filename)]}).status_code == 202
 
