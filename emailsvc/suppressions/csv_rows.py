@@ -30,7 +30,7 @@ from datetime import UTC, datetime, time
 
 from django.utils import dateparse, timezone
 
-from core.addresses import InvalidAddress, address_canonical, printable, shown
+from core.addresses import CONTROL_CHARACTERS, InvalidAddress, address_canonical, printable, shown
 from core.errors import PayloadTooLarge, ValidationFailed
 from emailsvc.models import Suppression
 
@@ -39,9 +39,6 @@ COLUMNS = ("email", "reason", "note", "expires_at")
 IGNORED_COLUMNS = ("id", "source", "created_at")
 MAX_ADDRESS_LENGTH = 320  # Suppression.email; RFC 3696
 MAX_NOTE_LENGTH = 2000
-# A note may run over lines; other control characters (NUL above all, which
-# PostgreSQL cannot store in text) are refused.
-_NOTE_CONTROLS = {chr(c) for c in range(32) if chr(c) not in "\t\n\r"} | {"\x7f"}
 
 
 class CsvUnreadable(ValidationFailed):
@@ -162,8 +159,13 @@ def _row(cells: dict[str, str], *, line: int, default_reason: str, now: datetime
     note = cells.get("note", "")
     if len(note) > MAX_NOTE_LENGTH:
         return RowError(line, "invalid_field", f"The note has {len(note)} characters; at most {MAX_NOTE_LENGTH}.")
-    if _NOTE_CONTROLS.intersection(note):
-        return RowError(line, "invalid_field", "The note may not contain control characters.")
+    # Control characters, line breaks among them: a note that runs over lines
+    # is most often a stray quote that swallowed the rows after it.
+    if control := CONTROL_CHARACTERS.search(note):
+        return RowError(
+            line, "invalid_field",
+            f"The note may not contain control characters (line breaks, tabs); it has U+{ord(control.group()):04X}.",
+        )
     try:
         expires_at = _expires_at(cells.get("expires_at", ""), now)
     except ValueError as error:

@@ -131,7 +131,9 @@ def test_line_numbers_count_blank_lines_and_multi_line_cells(full):
     csv = '\ufeffemail;note\n\nok@example.com;"two\nlines"\nbad;\n\n"also bad";x\n'  # BOM, semicolons
     body = send_csv(full, csv).json()
     assert body["error"] == "import_has_errors"
-    assert [(e["line"], e["error"]) for e in body["errors"]] == [(5, "invalid_address"), (7, "invalid_address")]
+    assert [(e["line"], e["error"]) for e in body["errors"]] == [
+        (3, "invalid_field"), (5, "invalid_address"), (7, "invalid_address"),
+    ]
     assert body["rows"] == 3
 
 
