@@ -12,6 +12,7 @@ from django.db.models import Prefetch, Q
 from django.utils.html import format_html
 
 from console.selectors import address_message_ids, address_recipient_ids, message_overview
+from core.addresses import InvalidAddress, address_canonical
 from core.admin_lists import BigTableAdmin, address_url, admin_change_url
 from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
@@ -30,14 +31,17 @@ def _address_link(address: str):
 
 
 class SuppressionForm(forms.ModelForm):
-    email = forms.EmailField(max_length=320)
+    email = forms.CharField(max_length=320)
 
     class Meta:
         model = Suppression
         fields = ("email", "reason", "note", "expires_at", "source")
 
     def clean_email(self):
-        return self.cleaned_data["email"].strip().lower()
+        try:
+            return address_canonical(self.cleaned_data["email"])
+        except InvalidAddress as error:
+            raise forms.ValidationError(str(error), code="invalid_address") from None
 
 
 @admin.register(Suppression)
