@@ -33,6 +33,9 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Characters that break a header line or cannot be stored: C0 and C1 controls
 # (CR and LF among them), Unicode line/paragraph separators, lone surrogates.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Lower-case ASCII without quotes, spaces or A-labels: its key is itself, valid or
+# not (the form every stored address has), so the hot paths skip the validator.
+_ALREADY_KEY = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9.-]+")
 MAX_DISPLAY_NAME = 200
 
 
@@ -175,6 +178,8 @@ def address_key(value: str) -> str:
     rows) and for lookups: a suppression must not fail on an odd address, and
     must still match the canonical form whenever the address has one.
     """
+    if _ALREADY_KEY.fullmatch(value) and "xn--" not in value:
+        return value
     canonical, problem = _canonical(value)
     if not problem:
         return canonical

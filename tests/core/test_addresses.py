@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from core.addresses import InvalidAddress, address_canonical, address_forms, address_key, address_parse
+from core.addresses import InvalidAddress, _canonical, address_canonical, address_forms, address_key, address_parse
 from emailsvc.models import Recipient, Status, Suppression
 from tests.conftest import deliver_now
 from tests.tracking.sesevents import ses_event, sns_envelope
@@ -241,3 +241,13 @@ def test_one_mailbox_in_any_spelling_is_one_address_to_send_suppress_import_and_
     assert list(Suppression.objects.filter(email__contains=local).values_list("email", "reason")) == [
         (mailbox, "complaint")
     ]
+
+
+@hypothesis_settings(max_examples=2000, deadline=None)
+@given(value=st.text(alphabet=st.sampled_from(list("az09.-+_%!'@")), max_size=30))
+def test_a_lower_case_ascii_address_is_its_own_key_valid_or_not(value):
+    canonical, problem = _canonical(value)
+    if not problem:
+        assert address_key(value) == canonical == value
+    elif value.count("@") == 1:
+        assert address_key(value) == value
