@@ -9,6 +9,7 @@ sent stays as it was recorded)."""
 from collections import defaultdict
 
 from django.db import migrations
+from django.db.models import Q
 from django.utils import timezone
 
 from core.addresses import address_key
@@ -20,16 +21,16 @@ _REASON_RANK = {"complaint": 0, "hard_bounce": 1, "unsubscribe": 2, "manual": 3,
 def _suppressions_merge(apps, schema_editor):
     Suppression = apps.get_model("emailsvc", "Suppression")
     now = timezone.now()
-    groups = defaultdict(list)
-    for row in Suppression.objects.order_by("pk").iterator(chunk_size=2000):
-        groups[address_key(row.email)].append(row)
-    for canonical, rows in groups.items():
-        if len(rows) == 1 and rows[0].email == canonical:
-            continue
+    odd = defaultdict(list)  # canonical form → the rows stored in another form
+    for pk, email in Suppression.objects.values_list("pk", "email").iterator(chunk_size=5000):
+        if (canonical := address_key(email)) != email:
+            odd[canonical].append(pk)
 
-        def active(row):
-            return row.expires_at is None or row.expires_at > now
+    def active(row):
+        return row.expires_at is None or row.expires_at > now
 
+    for canonical, pks in odd.items():
+        rows = list(Suppression.objects.filter(Q(pk__in=pks) | Q(email=canonical)))
         keep = min(rows, key=lambda r: (not active(r), _REASON_RANK.get(r.reason, 9), r.created_at, r.pk))
         if active(keep):
             expiries = [r.expires_at for r in rows if active(r)]
