@@ -251,3 +251,18 @@ def test_a_lower_case_ascii_address_is_its_own_key_valid_or_not(value):
         assert address_key(value) == canonical == value
     elif value.count("@") == 1:
         assert address_key(value) == value
+
+
+@hypothesis_settings(max_examples=1000, deadline=None)
+@given(
+    value=st.text(alphabet=st.characters(exclude_categories=[]), max_size=40)
+    | st.from_regex(r'\s*"?[^@]{0,8}"?@\[?[^@]{0,20}\]?\s*')
+)
+def test_any_text_is_refused_or_canonical_never_an_exception(value):
+    try:
+        canonical = address_canonical(value)
+    except InvalidAddress:
+        pass
+    else:
+        assert address_canonical(canonical) == canonical
+    assert isinstance(address_key(value), str)
