@@ -254,7 +254,7 @@ class WebhookDeliveriesApi(APIView):
         query = WebhookDeliveriesQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         endpoint = webhook_endpoint_get(endpoint_id=endpoint_id)
-        paginator = NewestFirstPagination()
+        paginator = NewestFirstPagination(filters=WebhookDeliveriesQuerySerializer._declared_fields)
         page = paginator.paginate_queryset(
             webhook_deliveries(endpoint=endpoint, status=query.validated_data.get("status")), request, view=self
         )
