@@ -11,12 +11,30 @@ from binascii import Error as Base64Error
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlencode
 
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 from rest_framework.pagination import Cursor, CursorPagination
 
 from core.addresses import shown
 from core.errors import ValidationFailed
+from core.responses import ErrorBodySerializer
 
 PAGINATION_PARAMETERS = ("cursor", "limit")
+
+
+class PageQuerySerializer(serializers.Serializer):
+    """The query of a list without filters of its own (what the schema states)."""
+
+    cursor = serializers.CharField(required=False, allow_blank=True, help_text="From `next` or `previous` of a page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Items a page (default 50)")
+
+
+# The answer of a list to a query it cannot follow (for the schema).
+BAD_PAGE_QUERY = {
+    400: OpenApiResponse(
+        ErrorBodySerializer, description="invalid_cursor; invalid_field (`limit`, or an unknown parameter)"
+    )
+}
 
 
 def query_parameters_check(query, allowed: Iterable[str]) -> None:

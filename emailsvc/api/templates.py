@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.fields import cursor_page_serializer
-from core.pagination import CheckedCursorPagination
+from core.pagination import BAD_PAGE_QUERY, CheckedCursorPagination, PageQuerySerializer
 from core.responses import ErrorBodySerializer
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.selectors import template_pending_messages
@@ -212,7 +212,12 @@ class _NewestVersionFirst(CheckedCursorPagination):
 class TemplateListApi(_ByMethod):
     @extend_schema(
         operation_id="list_templates",
-        responses={200: cursor_page_serializer(TemplateSummaryOutputSerializer, "TemplatePageOutputSerializer"), **ERRORS},
+        parameters=[PageQuerySerializer],
+        responses={
+            200: cursor_page_serializer(TemplateSummaryOutputSerializer, "TemplatePageOutputSerializer"),
+            **ERRORS,
+            **BAD_PAGE_QUERY,
+        },
         description="Every template, by name, cursor-paginated (`limit` ≤ 500, default 50; follow `next`).",
     )
     def get(self, request):
@@ -288,9 +293,11 @@ class TemplateDetailApi(_ByMethod):
 class TemplateVersionListApi(_ByMethod):
     @extend_schema(
         operation_id="list_template_versions",
+        parameters=[PageQuerySerializer],
         responses={
             200: cursor_page_serializer(TemplateVersionSummaryOutputSerializer, "TemplateVersionPageOutputSerializer"),
             **ERRORS,
+            **BAD_PAGE_QUERY,
             **NOT_FOUND,
         },
         description="The version history, newest first, cursor-paginated.",
