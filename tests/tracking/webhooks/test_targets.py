@@ -1,7 +1,10 @@
 """Webhook targets: a broken IPv6 literal is a 400 naming the URL, and an IPv6
 address that carries an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64, 6to4,
-Teredo) is judged by that IPv4 address — when a caller subscribes, and again
-before every delivery, where the host is resolved (getaddrinfo) once more."""
+Teredo) is judged by that IPv4 address — as a literal host or in a name's DNS
+answers, when a caller subscribes, and again before every delivery, where the
+host is resolved once more (a name that rebinds)."""
+
+import socket
 
 import pytest
 
@@ -94,3 +97,49 @@ def test_the_embedded_ipv4_is_judged_again_before_every_delivery(api, admin_api,
     delivery = WebhookDelivery.objects.get()
     assert delivery.status == "pending" and delivery.last_error.startswith("webhook_target_not_allowed"), form
     assert address in delivery.last_error or "resolves to" in delivery.last_error
+
+
+# --- The same forms in DNS answers ------------------------------------------------------
+# A name whose answers the test sets; every other name resolves as usual. (No
+# resolver on this machine can be told what to answer, so the answers are set
+# where the service asks for them, socket.getaddrinfo.)
+REBINDING_HOST = "hooks.rebinding.example"
+
+
+@pytest.fixture
+def dns_answers(monkeypatch) -> list[str]:
+    answers: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != REBINDING_HOST:
+            return resolve(host, port, *args, **kwargs)
+        return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port, 0, 0)) for address in answers]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers
+
+
+@pytest.mark.parametrize(("address", "form"), INTERNAL_BEHIND_IPV6)
+def test_a_name_answering_an_ipv6_address_carrying_an_internal_ipv4_is_refused(admin_api, dns_answers, address, form):
+    dns_answers[:] = ["2606:2800:21f:cb07:6820:80da:af6b:8b2c", address]
+
+    response = _subscribe(admin_api, f"https://{REBINDING_HOST}/hooks")
+
+    assert response.status_code == 400, (form, response.content)
+    assert response.json()["error"] == "webhook_target_not_allowed", form
+    assert address in response.json()["detail"], form
+
+
+@pytest.mark.parametrize(("address", "form"), INTERNAL_BEHIND_IPV6[1::2])
+def test_a_name_that_rebinds_to_such_an_address_gets_nothing(api, admin_api, dns_answers, address, form):
+    dns_answers[:] = ["2002:808:808::1"]  # 6to4 around a public address: allowed
+    assert _subscribe(admin_api, f"http://{REBINDING_HOST}:9/hooks").status_code == 201
+    dns_answers[:] = [address]
+    sent_message(api, ["jane@example.com"])
+
+    for endpoint_pk in webhooks_dispatch().due_endpoints:
+        webhook_deliveries_send(endpoint_pk=endpoint_pk)
+
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == "pending" and delivery.last_error.startswith("webhook_target_not_allowed"), form
