@@ -129,17 +129,25 @@ def admin_time_zone(request) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(settings.TIME_ZONE)
 
 
+# The search box (`q`) drops a NUL itself (a pasted term keeps its other characters).
+_SEARCH_PARAMETER = "q"
+
+
 def _holds_nul(query) -> bool:
-    return any("\x00" in key or any("\x00" in value for value in values) for key, values in query.lists())
+    return any(
+        "\x00" in key or (key != _SEARCH_PARAMETER and any("\x00" in value for value in values))
+        for key, values in query.lists()
+    )
 
 
 class AdminTimezoneMiddleware:
     """Shows admin pages in the operator's time zone (admin_time_zone); the API
     is untouched (it answers in UTC ISO-8601).
 
-    It also answers an admin page whose query holds a NUL (a filter, a search,
-    a parameter name) with an ordinary 400 page: nothing stored holds one, and
-    PostgreSQL refuses it in a query (a list filter passes it on as it is)."""
+    It also answers an admin page whose query holds a NUL (in a filter or a
+    parameter name; the search drops it) with an ordinary 400 page: nothing
+    stored holds one, and PostgreSQL refuses it in a query (a list filter
+    passes it on as it is)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
