@@ -85,7 +85,7 @@ class SuppressionListInputSerializer(serializers.Serializer):
         help_text="The start of the address (any case); an index lookup, fast on any list size",
     )
     active = serializers.BooleanField(required=False, help_text="true: leave out expired entries; false: only them")
-    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of a page")
+    cursor = serializers.CharField(required=False, allow_blank=True, help_text="From `next` or `previous` of a page")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Entries a page (default 50)")
 
 
@@ -165,7 +165,7 @@ class SuppressionListApi(_ReadsAndWrites):
     @extend_schema(
         operation_id="list_suppressions",
         parameters=[SuppressionListInputSerializer],
-        responses={200: SuppressionPageOutputSerializer, **ERRORS, 404: OpenApiResponse(ErrorBodySerializer, description="An invalid cursor")},
+        responses={200: SuppressionPageOutputSerializer, **ERRORS},
         description=(
             "Suppressed addresses, newest first, cursor-paginated (`limit` ≤ 500, default 50; follow `next`). "
             "Pages stay stable while entries are added. Filters: `reason`, `created_after`/`created_before`, "
@@ -175,7 +175,7 @@ class SuppressionListApi(_ReadsAndWrites):
     def get(self, request):
         query = _validated(SuppressionListInputSerializer, request.query_params.dict())
         filters = {name: value for name, value in query.items() if name not in ("cursor", "limit")}
-        paginator = NewestFirstPagination()
+        paginator = NewestFirstPagination(filters=SuppressionListInputSerializer._declared_fields)
         page = paginator.paginate_queryset(suppressions_list(**filters), request, view=self)
         return paginator.get_paginated_response(SuppressionOutputSerializer(page, many=True).data)
 
