@@ -1,7 +1,8 @@
-"""/api/v1/suppressions: list, add, read, lift and import suppressed addresses (SPEC §4)."""
+"""/api/v1/suppressions: list, add, read, lift, import and export suppressed addresses (SPEC §4)."""
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
@@ -18,7 +19,7 @@ from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.api.responses import ERRORS
 from emailsvc.models import Suppression
 from emailsvc.selectors import suppression_get, suppressions_list
-from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read
+from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read, suppressions_csv
 from emailsvc.suppressions.services import ImportHasErrors, suppression_ensure, suppression_lift, suppressions_import
 
 # A note may run over lines; other control characters (NUL above all) are refused.
@@ -309,3 +310,40 @@ class SuppressionImportApi(APIView):
                 "errors": reported,
             }
         )
+
+
+class SuppressionExportInputSerializer(SuppressionListInputSerializer):
+    """The query of GET /suppressions/export: the list's filters, without paging."""
+
+    cursor = None
+    limit = None
+
+
+class SuppressionExportApi(APIView):
+    permission_classes = [CanRead]
+
+    def perform_content_negotiation(self, request, force=False):
+        # The file is CSV whatever Accept asks for; an error answer is the JSON error body.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        operation_id="export_suppressions",
+        parameters=[SuppressionExportInputSerializer],
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="`email,reason,note,expires_at`"),
+            **ERRORS,
+        },
+        description=(
+            "The suppressed addresses as a CSV file (`email,reason,note,expires_at`, UTF-8, newest first), streamed, "
+            "that POST /suppressions/import reads back unchanged. The filters of GET /suppressions: `reason`, "
+            "`created_after`/`created_before`, `search`, `prefix`, `active` (`active=true` leaves out expired entries, "
+            "which an import refuses). A cell that a spreadsheet would run as a formula (starting with `=`, `+`, `-` "
+            "or `@`) is written behind a `'`; the import drops it."
+        ),
+    )
+    def get(self, request):
+        filters = _validated(SuppressionExportInputSerializer, request.query_params.dict())
+        rows = suppressions_csv(suppressions_list(**filters))
+        response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="suppressions-{timezone.now():%Y-%m-%d}.csv"'
+        return response
