@@ -21,9 +21,10 @@ file exported imports back unchanged.
 
 Formulas: a spreadsheet runs a cell starting with `=`, `+`, `-` or `@` (an
 address may start with the first three, a note with any). An export writes
-such a cell behind a `'`, which a spreadsheet shows as text and does not save;
-an import drops a `'` before one of those characters or before another `'`
-(an exported cell that started with `'` was written behind a second one).
+such a cell behind a `'`, so a spreadsheet reads it as text, and a cell that
+already starts with `'` and one of them (or `''`) behind one more; an import
+drops a `'` before one of those characters or before another `'`, so every
+cell reads back as it was.
 
 Line numbers are the file's own, counting the header as line 1; a quoted cell
 spanning lines is reported at the line where its row starts. An address given
