@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import NotFound, PayloadTooLarge, ValidationFailed
 from core.fields import TextField, cursor_page_serializer
-from core.pagination import NewestFirstPagination
+from core.pagination import NewestFirstPagination, query_parameters_check
 from core.responses import ErrorBodySerializer, error_body
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.api.responses import ERRORS
@@ -338,11 +338,13 @@ class SuppressionExportApi(APIView):
             "that POST /suppressions/import reads back unchanged. The filters of GET /suppressions: `reason`, "
             "`created_after`/`created_before`, `search`, `prefix`, `active` (`active=true` leaves out expired entries, "
             "which an import refuses). A cell that a spreadsheet would run as a formula (starting with `=`, `+`, `-` "
-            "or `@`) is written behind a `'`; the import drops it."
+            "or `@`) is written behind a `'`; the import drops it. An unknown parameter (`cursor` and `limit` among "
+            "them: the file is never paged) is 400 invalid_field."
         ),
     )
     def get(self, request):
         filters = _validated(SuppressionExportInputSerializer, request.query_params.dict())
+        query_parameters_check(request.query_params, SuppressionExportInputSerializer._declared_fields)
         rows = suppressions_csv(suppressions_list(**filters))
         response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="suppressions-{timezone.now():%Y-%m-%d}.csv"'

@@ -108,6 +108,7 @@ def test_the_filters_of_the_list_select_the_same_entries(reader):
         {"prefix": "x" * 321},
         {"search": "a\u2028b"},
         {"unknown": "1"},
+        {"reason": "manual", "Reason": "manual"},
     ],
 )
 def test_a_bad_filter_is_answered_as_the_list_answers_it(reader, query):
@@ -129,6 +130,8 @@ def test_keys_and_accept_headers(make_client):
         assert make_client(permission).get(EXPORT).status_code == 200
     reader = make_client(ApiKey.Permission.READ_ONLY)
     assert rows_of(body(reader.get(EXPORT, HTTP_ACCEPT="text/csv")))[1][0] == "jane@example.com"
+    paged = reader.get(EXPORT, {"limit": "10"})
+    assert paged.status_code == 400 and "limit" in paged.json()["fields"]  # the file is never paged
     refused = reader.get(EXPORT, {"reason": "nope"}, HTTP_ACCEPT="text/csv")
     assert refused.status_code == 400
     assert refused.json()["error"] == "invalid_field"
