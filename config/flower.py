@@ -13,6 +13,10 @@ anyone who reaches its port. This wrapper refuses to start it unless
 then runs `celery -A config flower` with the given options. Flower reads
 FLOWER_BASIC_AUTH from the environment itself, so the password never appears
 on a command line (`ps`). `make run` generates a password (config.devservices).
+
+Flower's own `/metrics` (its Prometheus figures: task names, worker names,
+counts) answers without credentials; here it asks for the same ones as every
+other page. `/healthcheck` (a bare "OK") stays open for probes.
 """
 
 import os
@@ -55,9 +59,22 @@ def main(argv: list[str]) -> int:
         return EXIT_REFUSED
     if not (os.environ.get("FLOWER_BASIC_AUTH") or os.environ.get("FLOWER_AUTH")):
         print("config.flower: WARNING: Flower starts WITHOUT authentication (FLOWER_UNAUTHENTICATED=true).", file=sys.stderr)
-    command = [sys.executable, "-m", "celery", "-A", "config", "flower", *argv]
-    os.execv(sys.executable, command)  # Flower takes this process over (signals, exit code)
-    return 0  # pragma: no cover - execv does not return
+    _metrics_behind_auth()
+    from celery.bin.celery import main as celery_main
+
+    sys.argv = ["celery", "-A", "config", "flower", *argv]
+    return celery_main()  # Flower runs in this process (signals, exit code)
+
+
+def _metrics_behind_auth() -> None:
+    """Flower's /metrics handler, authenticated as its pages are (tornado's
+    `authenticated`: Flower's basic auth answers 401, its OAuth2 login redirects)."""
+    from flower.views.monitor import Metrics
+    from tornado.web import authenticated
+
+    if not getattr(Metrics.get, "_emailsvc_authenticated", False):
+        Metrics.get = authenticated(Metrics.get)
+        Metrics.get._emailsvc_authenticated = True
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI / ReDoc static files: the docs work offline
     "anymail",
+    "import_export",
     "emailsvc",
     "tracking",
     "templates_app",

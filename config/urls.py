@@ -21,6 +21,8 @@ urlpatterns = [
     path("api/v1/", include("emailsvc.urls")),
     path("api/v1/", include("tracking.urls")),
     path("webhooks/ses/", SesSnsWebhookView.as_view(), name="webhook-ses"),
+    # Without the slash too: SNS does not follow the redirect APPEND_SLASH would answer.
+    path("webhooks/ses", SesSnsWebhookView.as_view()),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),
     path("metrics", metrics_view, name="metrics"),

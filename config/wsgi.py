@@ -1,6 +1,11 @@
 import os
 
-from django.core.wsgi import get_wsgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_wsgi_application()
+django.setup(set_prefix=False)  # as django.core.wsgi.get_wsgi_application does
+
+from core.middleware import WsgiHandler  # noqa: E402  (needs the apps loaded)
+
+# Django's handler, with a request that leaves a charset which is not a text encoding unused (core.middleware).
+application = WsgiHandler()

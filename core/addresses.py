@@ -1,8 +1,10 @@
 """The one canonical form of an email address (SPEC §3, §4).
 
 Every address the service stores or looks up — recipients, from, reply-to,
-suppressions, the domain allowlists — is in this form: the local part
-lower-cased, the domain lower-cased and IDNA-encoded to ASCII A-labels
+suppressions, events, the domain allowlists — is in this form, computed by
+email-validator: quotes the local part does not need removed (`"jane"@x` and
+`"j\\ane"@x` are `jane@x`), the local part lower-cased, the domain
+UTS-46-normalised, lower-cased and IDNA-encoded to ASCII A-labels
 (`user@bücher.example` → `user@xn--bcher-kva.example`). SES reports events
 with the ASCII form, and suppression lookups and de-duplication compare
 strings, so one form is what makes them match.
@@ -13,11 +15,11 @@ not ASCII cannot be sent and is refused here.
 Imported by config/settings.py, so it depends on nothing that needs settings.
 """
 
+import functools
 import re
 from email.utils import getaddresses
 
-from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.validators import validate_email
+import email_validator as _email_validator
 
 from core.errors import ValidationFailed
 
@@ -31,6 +33,9 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Characters that break a header line or cannot be stored: C0 and C1 controls
 # (CR and LF among them), Unicode line/paragraph separators, lone surrogates.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# Lower-case ASCII without quotes, spaces or A-labels: its key is itself, valid or
+# not (the form every stored address has), so the hot paths skip the validator.
+_ALREADY_KEY = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]+@[a-z0-9.-]+")
 MAX_DISPLAY_NAME = 200
 
 
@@ -87,27 +92,60 @@ def domain_canonical(domain: str) -> str:
 def address_canonical(value: str) -> str:
     """The canonical form of a bare address (no display name).
 
-    Raises InvalidAddress when it is not a valid address, or when its local
-    part is not ASCII.
+    Raises InvalidAddress when it is not a valid address, when its local part
+    is not ASCII, or when it is one a transactional service must not send to:
+    an IP literal or a domain without a dot (`localhost`) after the '@',
+    special-use names (`.local`, `.invalid`, `.onion`, `.arpa`), '%' or '!'
+    (source routing through a relay) before it, or a local part that needs
+    quotes (spaces, '@', quotes).
     """
+    canonical, problem = _canonical(value)
+    if problem:
+        raise InvalidAddress(problem)
+    return canonical
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(value: str) -> tuple[str, str]:
+    """(the canonical form, "") or ("", why the address is refused)."""
     address = value.strip()
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
-        raise InvalidAddress(f"{shown(value)} is not a valid email address.")
+        return "", f"{shown(value)} is not a valid email address."
     if not local.isascii():
-        raise InvalidAddress(
+        return "", (
             f"{shown(value)} cannot be sent: the part before '@' must be ASCII "
             "(internationalised local parts, SMTPUTF8, are not supported)."
         )
+    if domain.startswith("["):
+        return "", f"{shown(value)} cannot be sent: an IP address after '@' is not accepted; give a domain name."
+    if domain.isascii() and "." not in domain:
+        return "", f"{shown(value)} cannot be sent: the domain after '@' needs a dot (not 'localhost' or a bare name)."
+    if "%" in local or "!" in local:
+        return "", (
+            f"{shown(value)} cannot be sent: '%' and '!' before '@' route mail through another host "
+            "and are not accepted."
+        )
     try:
-        canonical = f"{local.lower()}@{domain_canonical(domain)}"
-    except InvalidAddress as error:
-        raise InvalidAddress(f"{shown(value)} is not a valid email address: {error}") from None
-    try:
-        validate_email(canonical)
-    except DjangoValidationError:
-        raise InvalidAddress(f"{shown(value)} is not a valid email address.") from None
-    return canonical
+        validated = _email_validator.validate_email(
+            address,
+            check_deliverability=False,
+            allow_smtputf8=False,
+            allow_quoted_local=True,
+            allow_domain_literal=False,
+            allow_display_name=False,
+            # Lets `.test` (RFC 2606, for tests and sandboxes) through; the
+            # other special-use names (.local, .localhost, .invalid…) are refused.
+            test_environment=True,
+        )
+    except _email_validator.EmailNotValidError as error:
+        return "", f"{shown(value)} is not a valid email address: {printable(str(error))}"
+    if validated.ascii_local_part.startswith('"'):
+        return "", (
+            f"{shown(value)} cannot be sent: a part before '@' that needs quotes (spaces, '@', quotes, "
+            "backslashes, two dots in a row) is not accepted."
+        )
+    return f"{validated.ascii_local_part.lower()}@{validated.ascii_domain.lower()}", ""
 
 
 def _domain_unicode(domain: str) -> str | None:
@@ -120,24 +158,31 @@ def _domain_unicode(domain: str) -> str | None:
 
 def address_forms(value: str) -> set[str]:
     """Every form a stored row may hold the address in: the canonical one, and —
-    for rows stored lower-cased before there was a canonical form — the address
-    as given and with its domain in Unicode."""
+    for rows stored before there was one canonical form — the address as given
+    lower-cased, with its domain in Unicode, and with its local part in quotes."""
     key = address_key(value)
     local, _, domain = key.rpartition("@")
     forms = {key, value.strip().lower()}
+    if local and not local.startswith('"'):
+        forms.add(f'"{local}"@{domain}')
     if "xn--" in domain and (unicode_domain := _domain_unicode(domain)):
         forms.add(f"{local}@{unicode_domain}")
     return forms
 
 
 def address_key(value: str) -> str:
-    """The canonical form of a valid address; for any other, the same
-    normalisation without the checks. Never raises.
+    """The canonical form of a valid address — the same for every spelling of
+    it; for any other, the same normalisation without the checks. Never raises.
 
     For addresses that come from elsewhere (provider events, the admin, old
     rows) and for lookups: a suppression must not fail on an odd address, and
     must still match the canonical form whenever the address has one.
     """
+    if _ALREADY_KEY.fullmatch(value) and "xn--" not in value:
+        return value
+    canonical, problem = _canonical(value)
+    if not problem:
+        return canonical
     local, at, domain = value.strip().rpartition("@")
     if not at:
         return value.strip().lower()

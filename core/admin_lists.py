@@ -24,10 +24,12 @@ from urllib.parse import unquote
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin import ShowFacets
+from django.core.exceptions import SuspiciousOperation
 from django.core.paginator import Paginator
 from django.db.models import Max, Min
 from django.urls import reverse
 from django.utils import timezone
+from django.views.defaults import bad_request
 
 from core.sql import table_row_estimate
 
@@ -127,9 +129,25 @@ def admin_time_zone(request) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(settings.TIME_ZONE)
 
 
+# The search box (`q`) drops a NUL itself (a pasted term keeps its other characters).
+_SEARCH_PARAMETER = "q"
+
+
+def _holds_nul(query) -> bool:
+    return any(
+        "\x00" in key or (key != _SEARCH_PARAMETER and any("\x00" in value for value in values))
+        for key, values in query.lists()
+    )
+
+
 class AdminTimezoneMiddleware:
     """Shows admin pages in the operator's time zone (admin_time_zone); the API
-    is untouched (it answers in UTC ISO-8601)."""
+    is untouched (it answers in UTC ISO-8601).
+
+    It also answers an admin page whose query holds a NUL (in a filter or a
+    parameter name; the search drops it) with an ordinary 400 page: nothing
+    stored holds one, and PostgreSQL refuses it in a query (a list filter
+    passes it on as it is)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -140,6 +158,8 @@ class AdminTimezoneMiddleware:
             self.prefix = reverse("admin:index")
         if not request.path.startswith(self.prefix):
             return self.get_response(request)
+        if _holds_nul(request.GET):
+            return bad_request(request, SuspiciousOperation("The query holds a NUL character."))
         zone = admin_time_zone(request)
         request.admin_time_zone = zone
         # Django renders a TemplateResponse before it leaves the innermost

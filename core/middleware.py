@@ -8,12 +8,26 @@ DRF failing because the database is unreachable (503 with Retry-After, as DRF
 views answer it), and paths that no view should see. This middleware turns
 those into the same `{"error", "detail"}` body; the admin and the rest of the
 site keep Django's HTML pages.
+
+It also refuses, on every URL, a request whose Content-Type names a charset
+that is not a text encoding (`rot13`, `zlib`, `base64`, …, or no codec at
+all): the API answers 400 `invalid_charset`, the admin and other pages an
+ordinary 400 page. Django decodes the query string and a form body with the
+charset the request names, and fails with such a codec as it builds the
+request, before any middleware (an unhandled error: a 500 from the server):
+the request classes of `WsgiHandler` and `AsgiHandler` (config.wsgi,
+config.asgi) leave such a charset unused, so the request reaches this
+middleware.
 """
 
 import re
 
 from django.core.exceptions import SuspiciousOperation
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.core.handlers.wsgi import WSGIHandler, WSGIRequest
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.http import parse_header_parameters
+from django.views.defaults import bad_request
 
 from core.addresses import shown
 from core.errors import (
@@ -32,6 +46,42 @@ API_PREFIXES = ("/api/", "/webhooks/")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def _text_charset(name: str) -> bool:
+    """Whether bytes can be decoded to text with the charset `name`."""
+    try:
+        b"a".decode(name, "ignore")  # b"" would pass: no codec is tried on nothing
+    except (LookupError, UnicodeError, ValueError):  # unknown, a bytes-to-bytes codec, or "undefined"
+        return False
+    return True
+
+
+class _TextCharsetOnly:
+    """A request that decodes with the charset its Content-Type names only when
+    that is a text encoding (Django tries any codec); content_params keep it."""
+
+    def _set_content_type_params(self, meta):
+        self.content_type, self.content_params = parse_header_parameters(meta.get("CONTENT_TYPE", ""))
+        charset = self.content_params.get("charset")
+        if charset is not None and _text_charset(charset):
+            self.encoding = charset
+
+
+class WsgiRequest(_TextCharsetOnly, WSGIRequest):
+    pass
+
+
+class AsgiRequest(_TextCharsetOnly, ASGIRequest):
+    pass
+
+
+class WsgiHandler(WSGIHandler):
+    request_class = WsgiRequest
+
+
+class AsgiHandler(ASGIHandler):
+    request_class = AsgiRequest
+
+
 def _json_error(error: EmailsvcError) -> JsonResponse:
     return JsonResponse(error_body(error), status=error.http_status)
 
@@ -43,6 +93,12 @@ class JsonErrorsMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        charset = request.content_params.get("charset")
+        if charset is not None and not _text_charset(charset):
+            problem = f"The Content-Type names the charset {shown(charset)}, which is not a text encoding."
+            if request.path_info.startswith(API_PREFIXES):
+                return _json_error(ValidationFailed(problem, code="invalid_charset"))
+            return bad_request(request, SuspiciousOperation(problem))
         if not request.path_info.startswith(API_PREFIXES):
             return self.get_response(request)
         if _CONTROL.search(request.path_info):

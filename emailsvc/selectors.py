@@ -5,7 +5,7 @@ from datetime import datetime
 from django.db.models import Prefetch, Q, QuerySet
 from django.utils import timezone
 
-from core.addresses import InvalidAddress, address_forms, address_key, domain_canonical, shown
+from core.addresses import InvalidAddress, address_canonical, address_forms, address_key, domain_canonical, shown
 from core.errors import NotFound
 from core.sql import values_unexpired
 from emailsvc.models import Attachment, Message, Recipient, Suppression, WorkState
@@ -74,8 +74,13 @@ def one_or_none(queryset: QuerySet):
 
 
 def _search_term(value: str) -> str:
-    """A search term in the form addresses are stored in: lower case, and an
-    internationalised domain (or part of one) in IDNA form when it has one."""
+    """A search term in the form addresses are stored in: a whole address in its
+    canonical form; a part of one in lower case, an internationalised domain (or
+    part of one) in IDNA form when it has one."""
+    try:
+        return address_canonical(value)
+    except InvalidAddress:
+        pass
     term = value.strip().lower()
     if term.isascii():
         return term

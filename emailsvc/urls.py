@@ -3,7 +3,12 @@ from django.urls import path
 from emailsvc.api.emails import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi
 from emailsvc.api.sending import SendingResumeApi, SendingStatusApi
 from emailsvc.api.stats import StatsApi
-from emailsvc.api.suppressions import SuppressionDetailApi, SuppressionImportApi, SuppressionListApi
+from emailsvc.api.suppressions import (
+    SuppressionDetailApi,
+    SuppressionExportApi,
+    SuppressionImportApi,
+    SuppressionListApi,
+)
 from emailsvc.api.templates import (
     TemplateDetailApi,
     TemplateListApi,
@@ -22,6 +27,7 @@ urlpatterns = [
     path("sending-status/resume", SendingResumeApi.as_view(), name="sending-resume"),
     path("suppressions", SuppressionListApi.as_view(), name="suppressions"),
     path("suppressions/import", SuppressionImportApi.as_view(), name="suppressions-import"),
+    path("suppressions/export", SuppressionExportApi.as_view(), name="suppressions-export"),
     # <path:…>: an address may hold "/" (RFC 5322 allows it before the "@").
     path("suppressions/<path:email>", SuppressionDetailApi.as_view(), name="suppression-detail"),
     path("templates", TemplateListApi.as_view(), name="templates"),

@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from core.errors import Forbidden, ValidationFailed, error_for_status
 from core.fields import cursor_page_serializer
-from core.pagination import NewestFirstPagination
+from core.pagination import BAD_PAGE_QUERY, NewestFirstPagination, PageQuerySerializer
 from core.parsers import JsonTooDeep, json_loads_limited
 from core.responses import ErrorBodySerializer, error_response
 from core.sql import index_lookups
@@ -61,7 +61,8 @@ class GroupEmailsApi(APIView):
 
     @extend_schema(
         operation_id="list_group_emails",
-        responses={200: EmailPageOutputSerializer, **READ_ERRORS},
+        parameters=[PageQuerySerializer],
+        responses={200: EmailPageOutputSerializer, **READ_ERRORS, **BAD_PAGE_QUERY},
         description="The emails of a group, newest first, cursor-paginated (`limit` ≤ 500, default 50).",
     )
     def get(self, request, group_id: str):
@@ -156,7 +157,12 @@ class WebhookListApi(APIView):
 
     @extend_schema(
         operation_id="list_webhooks",
-        responses={200: cursor_page_serializer(WebhookOutputSerializer, "WebhookPageOutputSerializer"), **WEBHOOK_ERRORS},
+        parameters=[PageQuerySerializer],
+        responses={
+            200: cursor_page_serializer(WebhookOutputSerializer, "WebhookPageOutputSerializer"),
+            **WEBHOOK_ERRORS,
+            **BAD_PAGE_QUERY,
+        },
         description="The status-change webhooks, newest first, cursor-paginated (`limit` ≤ 500, default 50).",
     )
     def get(self, request):
@@ -238,10 +244,12 @@ class WebhookDeliveriesApi(APIView):
 
     @extend_schema(
         operation_id="list_webhook_deliveries",
-        parameters=[ENDPOINT_ID, WebhookDeliveriesQuerySerializer],
+        parameters=[ENDPOINT_ID, WebhookDeliveriesQuerySerializer, PageQuerySerializer],
         responses={
             200: cursor_page_serializer(WebhookDeliveryOutputSerializer, "WebhookDeliveryPageOutputSerializer"),
-            400: OpenApiResponse(ErrorBodySerializer, description="invalid_field (status)"),
+            400: OpenApiResponse(
+                ErrorBodySerializer, description="invalid_field (status, limit, an unknown parameter); invalid_cursor"
+            ),
             **WEBHOOK_ERRORS,
             **WEBHOOK_NOT_FOUND,
         },
@@ -254,7 +262,7 @@ class WebhookDeliveriesApi(APIView):
         query = WebhookDeliveriesQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         endpoint = webhook_endpoint_get(endpoint_id=endpoint_id)
-        paginator = NewestFirstPagination()
+        paginator = NewestFirstPagination(filters=WebhookDeliveriesQuerySerializer._declared_fields)
         page = paginator.paginate_queryset(
             webhook_deliveries(endpoint=endpoint, status=query.validated_data.get("status")), request, view=self
         )

@@ -22,6 +22,7 @@ from anymail.exceptions import AnymailError
 from anymail.webhooks.amazon_ses import AmazonSESTrackingWebhookView
 from django.utils.dateparse import parse_datetime
 
+from core.addresses import address_key
 from core.errors import ValidationFailed
 from tracking.models import EventType
 
@@ -234,11 +235,12 @@ def _header(mail: dict, name: str) -> str:
 
 
 def _bare_address(recipient: str) -> str:
-    """SES reports `destination` as given, possibly `Name <a@b>`; facts key on the address."""
+    """SES reports `destination` as given, possibly `Name <a@b>`; facts key on the
+    address in its canonical form, so an event for any spelling of it matches."""
     recipient = recipient.strip()
     if recipient.endswith(">") and "<" in recipient:
         recipient = recipient[recipient.rindex("<") + 1 : -1]
-    return recipient.lower()
+    return address_key(recipient)
 
 
 def _timestamp(value) -> datetime | None:

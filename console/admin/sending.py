@@ -6,17 +6,34 @@ counts (core.admin_lists). The address page, the message actions and the
 operations pages are the operator console (console.views).
 """
 
+import tablib
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Prefetch, Q
+from django.core.exceptions import ValidationError
+from django.db.models import Max, Prefetch, Q
 from django.utils.html import format_html
+from import_export import resources
+from import_export.admin import ImportExportMixin
+from import_export.formats.base_formats import CSV
+from import_export.forms import ImportForm
+from import_export.results import RowResult
 
 from console.selectors import address_message_ids, address_recipient_ids, message_overview
+from core.addresses import InvalidAddress, address_canonical
 from core.admin_lists import BigTableAdmin, address_url, admin_change_url
+from core.errors import EmailsvcError
 from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
 from emailsvc.selectors import one_or_none, suppressions_list
-from emailsvc.suppressions.services import suppression_add, suppression_lift
+from emailsvc.suppressions.csv_rows import (
+    COLUMNS,
+    SuppressionRows,
+    csv_text,
+    suppression_cells,
+    suppression_rows_read,
+)
+from emailsvc.suppressions.services import suppression_add, suppression_lift, suppressions_import
 
 # The admin home: a search box for an address or an email id, and the operations pages.
 admin.site.index_template = "admin/console/index.html"
@@ -30,19 +47,122 @@ def _address_link(address: str):
 
 
 class SuppressionForm(forms.ModelForm):
-    email = forms.EmailField(max_length=320)
+    email = forms.CharField(max_length=320)
 
     class Meta:
         model = Suppression
         fields = ("email", "reason", "note", "expires_at", "source")
 
     def clean_email(self):
-        return self.cleaned_data["email"].strip().lower()
+        try:
+            return address_canonical(self.cleaned_data["email"])
+        except InvalidAddress as error:
+            raise forms.ValidationError(str(error), code="invalid_address") from None
+
+
+# The rows an import page lists (valid or bad); the totals count them all.
+MAX_LISTED_IMPORT_ROWS = 1000
+
+
+class SuppressionDataset(tablib.Dataset):
+    """A CSV file read by emailsvc.suppressions.csv_rows: its valid rows (one
+    per address) and its bad rows (their line only), in `rows` everything the
+    read found."""
+
+    def __init__(self, rows: SuppressionRows):
+        super().__init__(headers=["line", *COLUMNS])
+        self.rows = rows
+        for row in rows.valid:
+            expires_at = row.expires_at.isoformat() if row.expires_at else ""
+            self.append([row.line, row.email, row.reason, row.note, expires_at])
+        for error in rows.errors:
+            self.append([error.line, "", "", "", ""])
+
+
+class SuppressionCsv(CSV):
+    """The API's CSV (emailsvc.suppressions.csv_rows) for the admin: read from
+    the file's bytes with the API import's rules and limits, written with the
+    export's columns."""
+
+    # create_dataset gets the bytes: csv_text says where a file is not UTF-8.
+    def is_binary(self):
+        return True
+
+    def get_read_mode(self):
+        return "rb"
+
+    def create_dataset(self, in_stream):
+        return SuppressionDataset(
+            suppression_rows_read(csv_text(in_stream), max_rows=settings.SUPPRESSION_IMPORT_MAX_ROWS)
+        )
+
+
+class SuppressionImportForm(ImportForm):
+    def clean_import_file(self):
+        upload = self.cleaned_data["import_file"]
+        if upload.size > settings.SUPPRESSION_IMPORT_MAX_BYTES:
+            raise forms.ValidationError(
+                f"The CSV file is larger than {settings.SUPPRESSION_IMPORT_MAX_BYTES:,} bytes; split it.",
+                code="payload_too_large",
+            )
+        return upload
+
+
+class SuppressionResource(resources.ModelResource):
+    """Suppressions as the API's CSV. An export writes its rows as
+    `GET /api/v1/suppressions/export` does; an import is the API's
+    all-or-nothing import (suppressions_import): any bad row, nothing is
+    imported and each bad row is shown with its line (the header is line 1)."""
+
+    class Meta:
+        model = Suppression
+        fields = COLUMNS
+        export_order = COLUMNS
+        import_id_fields = ("email",)
+
+    def export_resource(self, instance, selected_fields=None, **kwargs):
+        cells = dict(zip(COLUMNS, suppression_cells(instance), strict=True))
+        return [cells[field.column_name] for field in self.get_export_fields(selected_fields)]
+
+    def import_data_inner(self, dataset, dry_run, raise_errors, using_transactions, collect_failed_rows, **kwargs):
+        # In import_data's transaction: a dry run (the preview) is rolled back.
+        rows = dataset.rows if isinstance(dataset, SuppressionDataset) else suppression_rows_read(
+            dataset.export("csv"), max_rows=settings.SUPPRESSION_IMPORT_MAX_ROWS
+        )
+        result = self.get_result_class()()
+        result.total_rows = rows.read
+        if rows.errors:  # listed by line and message: the bad cells are in the message
+            for error in rows.errors[:MAX_LISTED_IMPORT_ROWS]:
+                problem = ValidationError(f"Line {error.line}: {error.detail} ({error.error})", code=error.error)
+                result.append_invalid_row(error.line, {}, problem)
+            result.totals[RowResult.IMPORT_TYPE_INVALID] = len(rows.errors)
+            return result
+        result.diff_headers = list(COLUMNS)
+        newest = Suppression.objects.aggregate(newest=Max("id"))["newest"] or 0
+        source = f"admin:{kwargs.get('user') or ''} ({kwargs.get('file_name') or 'import'})"
+        outcome = suppressions_import(rows=rows, partial=False, source=source)
+        added = set(Suppression.objects.filter(id__gt=newest).values_list("email", flat=True))
+        for row in rows.valid[:MAX_LISTED_IMPORT_ROWS]:
+            listed = RowResult()
+            listed.import_type = RowResult.IMPORT_TYPE_NEW if row.email in added else RowResult.IMPORT_TYPE_SKIP
+            listed.diff = [row.email, row.reason, row.note, row.expires_at.isoformat() if row.expires_at else ""]
+            listed.object_repr = row.email
+            result.append_row_result(listed)
+        result.totals[RowResult.IMPORT_TYPE_NEW] = outcome.imported
+        result.totals[RowResult.IMPORT_TYPE_SKIP] = outcome.existing + outcome.duplicates
+        return result
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(BigTableAdmin):
+class SuppressionAdmin(ImportExportMixin, BigTableAdmin):
+    """Also the CSV import and export (SuppressionResource): the API's
+    columns and rules, so a file exported here or by the API imports back."""
+
     form = SuppressionForm
+    resource_classes = [SuppressionResource]
+    formats = [SuppressionCsv]
+    import_form_class = SuppressionImportForm
+    skip_admin_log = True  # an import may hold 100,000 rows; each entry's source names the admin user
     list_display = ("email", "reason", "source", "created_at", "expires_at", "history")
     list_filter = ("reason",)
     search_help_text = "An address (exact), or the start of one: 'jane', 'jane@exa'."
@@ -76,6 +196,18 @@ class SuppressionAdmin(BigTableAdmin):
     def delete_queryset(self, request, queryset):
         for suppression in queryset:
             suppression_lift(email=suppression.email)
+
+    def has_import_permission(self, request):
+        return self.has_add_permission(request)
+
+    def has_export_permission(self, request):
+        return self.has_view_permission(request)
+
+    def add_data_read_fail_error_to_form(self, form, e):
+        if isinstance(e, EmailsvcError):  # the file as a whole: not UTF-8, no header, too many rows
+            form.add_error("import_file", f"{e.detail} ({e.code})")
+        else:
+            super().add_data_read_fail_error_to_form(form, e)
 
 
 # --- Messages ------------------------------------------------------------------------

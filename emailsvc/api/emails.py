@@ -78,7 +78,7 @@ class EmailListInputSerializer(serializers.Serializer):
         required=False, default=False,
         help_text="true: add `stats`, the emails of the whole filter (every page) counted per status",
     )
-    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of a page")
+    cursor = serializers.CharField(required=False, allow_blank=True, help_text="From `next` or `previous` of a page")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Emails a page (default 50)")
 
 
@@ -202,7 +202,7 @@ class EmailsApi(APIView):
             created_before=query.get("created_before"),
             metadata=tuple(query["metadata"]),
         )
-        paginator = NewestFirstPagination()
+        paginator = NewestFirstPagination(filters=request.query_params)  # checked above
         cursor = paginator.decode_cursor(request)
         with transaction.atomic():  # the page, its recipients and the counts: one snapshot, bounded lookups by key
             index_lookups()

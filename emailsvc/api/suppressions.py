@@ -1,7 +1,8 @@
-"""/api/v1/suppressions: list, add, read, lift and import suppressed addresses (SPEC §4)."""
+"""/api/v1/suppressions: list, add, read, lift, import and export suppressed addresses (SPEC §4)."""
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from django.http import StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_field
@@ -12,13 +13,13 @@ from rest_framework.views import APIView
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import NotFound, PayloadTooLarge, ValidationFailed
 from core.fields import TextField, cursor_page_serializer
-from core.pagination import NewestFirstPagination
+from core.pagination import NewestFirstPagination, query_parameters_check
 from core.responses import ErrorBodySerializer, error_body
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.api.responses import ERRORS
 from emailsvc.models import Suppression
 from emailsvc.selectors import suppression_get, suppressions_list
-from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read
+from emailsvc.suppressions.csv_rows import csv_text, suppression_rows_read, suppressions_csv
 from emailsvc.suppressions.services import ImportHasErrors, suppression_ensure, suppression_lift, suppressions_import
 
 # A note may run over lines; other control characters (NUL above all) are refused.
@@ -85,7 +86,7 @@ class SuppressionListInputSerializer(serializers.Serializer):
         help_text="The start of the address (any case); an index lookup, fast on any list size",
     )
     active = serializers.BooleanField(required=False, help_text="true: leave out expired entries; false: only them")
-    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of a page")
+    cursor = serializers.CharField(required=False, allow_blank=True, help_text="From `next` or `previous` of a page")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Entries a page (default 50)")
 
 
@@ -165,7 +166,7 @@ class SuppressionListApi(_ReadsAndWrites):
     @extend_schema(
         operation_id="list_suppressions",
         parameters=[SuppressionListInputSerializer],
-        responses={200: SuppressionPageOutputSerializer, **ERRORS, 404: OpenApiResponse(ErrorBodySerializer, description="An invalid cursor")},
+        responses={200: SuppressionPageOutputSerializer, **ERRORS},
         description=(
             "Suppressed addresses, newest first, cursor-paginated (`limit` ≤ 500, default 50; follow `next`). "
             "Pages stay stable while entries are added. Filters: `reason`, `created_after`/`created_before`, "
@@ -175,7 +176,7 @@ class SuppressionListApi(_ReadsAndWrites):
     def get(self, request):
         query = _validated(SuppressionListInputSerializer, request.query_params.dict())
         filters = {name: value for name, value in query.items() if name not in ("cursor", "limit")}
-        paginator = NewestFirstPagination()
+        paginator = NewestFirstPagination(filters=SuppressionListInputSerializer._declared_fields)
         page = paginator.paginate_queryset(suppressions_list(**filters), request, view=self)
         return paginator.get_paginated_response(SuppressionOutputSerializer(page, many=True).data)
 
@@ -309,3 +310,42 @@ class SuppressionImportApi(APIView):
                 "errors": reported,
             }
         )
+
+
+class SuppressionExportInputSerializer(SuppressionListInputSerializer):
+    """The query of GET /suppressions/export: the list's filters, without paging."""
+
+    cursor = None
+    limit = None
+
+
+class SuppressionExportApi(APIView):
+    permission_classes = [CanRead]
+
+    def perform_content_negotiation(self, request, force=False):
+        # The file is CSV whatever Accept asks for; an error answer is the JSON error body.
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        operation_id="export_suppressions",
+        parameters=[SuppressionExportInputSerializer],
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.STR, description="`email,reason,note,expires_at`"),
+            **ERRORS,
+        },
+        description=(
+            "The suppressed addresses as a CSV file (`email,reason,note,expires_at`, UTF-8, newest first), streamed, "
+            "that POST /suppressions/import reads back unchanged. The filters of GET /suppressions: `reason`, "
+            "`created_after`/`created_before`, `search`, `prefix`, `active` (`active=true` leaves out expired entries, "
+            "which an import refuses). A cell that a spreadsheet would run as a formula (starting with `=`, `+`, `-` "
+            "or `@`) is written behind a `'`; the import drops it. An unknown parameter (`cursor` and `limit` among "
+            "them: the file is never paged) is 400 invalid_field."
+        ),
+    )
+    def get(self, request):
+        filters = _validated(SuppressionExportInputSerializer, request.query_params.dict())
+        query_parameters_check(request.query_params, SuppressionExportInputSerializer._declared_fields)
+        rows = suppressions_csv(suppressions_list(**filters))
+        response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="suppressions-{timezone.now():%Y-%m-%d}.csv"'
+        return response

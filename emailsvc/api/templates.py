@@ -4,11 +4,11 @@ keys write."""
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
-from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.fields import cursor_page_serializer
+from core.pagination import BAD_PAGE_QUERY, CheckedCursorPagination, PageQuerySerializer
 from core.responses import ErrorBodySerializer
 from emailsvc.api.auth import CanRead, FullAccess
 from emailsvc.selectors import template_pending_messages
@@ -200,24 +200,24 @@ def _actor(request) -> str:
     return f"api-key:{request.auth.name} ({request.auth.prefix})"
 
 
-class _ByName(CursorPagination):
+class _ByName(CheckedCursorPagination):
     ordering = ("name",)
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
+    integer_position = False
 
 
-class _NewestVersionFirst(CursorPagination):
+class _NewestVersionFirst(CheckedCursorPagination):
     ordering = ("-version",)
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
 
 
 class TemplateListApi(_ByMethod):
     @extend_schema(
         operation_id="list_templates",
-        responses={200: cursor_page_serializer(TemplateSummaryOutputSerializer, "TemplatePageOutputSerializer"), **ERRORS},
+        parameters=[PageQuerySerializer],
+        responses={
+            200: cursor_page_serializer(TemplateSummaryOutputSerializer, "TemplatePageOutputSerializer"),
+            **ERRORS,
+            **BAD_PAGE_QUERY,
+        },
         description="Every template, by name, cursor-paginated (`limit` ≤ 500, default 50; follow `next`).",
     )
     def get(self, request):
@@ -293,9 +293,11 @@ class TemplateDetailApi(_ByMethod):
 class TemplateVersionListApi(_ByMethod):
     @extend_schema(
         operation_id="list_template_versions",
+        parameters=[PageQuerySerializer],
         responses={
             200: cursor_page_serializer(TemplateVersionSummaryOutputSerializer, "TemplateVersionPageOutputSerializer"),
             **ERRORS,
+            **BAD_PAGE_QUERY,
             **NOT_FOUND,
         },
         description="The version history, newest first, cursor-paginated.",

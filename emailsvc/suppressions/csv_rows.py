@@ -1,6 +1,7 @@
-"""Suppression lists as CSV: every row read and validated in one place, for the
-API's import (`POST /api/v1/suppressions/import`) and `manage.py load_suppressions`.
-(The admin's CSV import goes through django-import-export.)
+"""Suppression lists as CSV: every row read and validated in one place, and
+every row written the same way, for the API (`POST /api/v1/suppressions/import`,
+`GET /api/v1/suppressions/export`), `manage.py load_suppressions` and the
+admin's import and export (console.admin.sending, through django-import-export).
 
 The format: UTF-8 (a byte-order mark is fine), comma-separated (a header with
 semicolons or tabs and no comma switches to that delimiter), a header row
@@ -13,10 +14,17 @@ first, then one suppression per row::
 `email` is required; `reason` (hard_bounce, complaint, soft_bounce_limit,
 manual, unsubscribe; empty: the importer's default, `manual` unless told),
 `note` and `expires_at` (ISO-8601 date or date-time, in the future; a date is
-midnight UTC; empty: never expires) are optional. The columns `id`, `source`
-and `created_at` (those of the admin's export) are read past: the importer
-sets the source. Any other column is refused, so a misspelt header never drops
-a column silently. Blank lines are skipped.
+midnight UTC; empty: never expires) are optional; the importer sets the
+source. Any other column is refused, so a misspelt header never drops a column
+silently. Blank lines are skipped. An export writes these four columns, so a
+file exported imports back unchanged.
+
+Formulas: a spreadsheet runs a cell starting with `=`, `+`, `-` or `@` (an
+address may start with the first three, a note with any). An export writes
+such a cell behind a `'`, so a spreadsheet reads it as text, and a cell that
+already starts with `'` and one of them (or `''`) behind one more; an import
+drops a `'` before one of those characters or before another `'`, so every
+cell reads back as it was.
 
 Line numbers are the file's own, counting the header as line 1; a quoted cell
 spanning lines is reported at the line where its row starts. An address given
@@ -25,23 +33,23 @@ twice is imported once (the first row wins) and counted as a duplicate.
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 
+from django.db.models import QuerySet
 from django.utils import dateparse, timezone
 
-from core.addresses import InvalidAddress, address_canonical, printable, shown
+from core.addresses import CONTROL_CHARACTERS, InvalidAddress, address_canonical, printable, shown
 from core.errors import PayloadTooLarge, ValidationFailed
 from emailsvc.models import Suppression
 
 COLUMNS = ("email", "reason", "note", "expires_at")
-# The admin export's other columns: accepted in a header, their cells not read.
-IGNORED_COLUMNS = ("id", "source", "created_at")
+# A cell starting with one of these is a formula to a spreadsheet.
+FORMULA_STARTS = ("=", "+", "-", "@")
 MAX_ADDRESS_LENGTH = 320  # Suppression.email; RFC 3696
 MAX_NOTE_LENGTH = 2000
-# A note may run over lines; other control characters (NUL above all, which
-# PostgreSQL cannot store in text) are refused.
-_NOTE_CONTROLS = {chr(c) for c in range(32) if chr(c) not in "\t\n\r"} | {"\x7f"}
+EXPORT_CHUNK_ROWS = 1000  # rows read by one query of an export
 
 
 class CsvUnreadable(ValidationFailed):
@@ -86,6 +94,48 @@ class SuppressionRows:
     read: int = 0  # data rows (blank lines and the header not counted)
 
 
+def cell_escaped(value: str) -> str:
+    """A cell as an export writes it: never a formula (see the module docstring)."""
+    if value.startswith(FORMULA_STARTS) or (value.startswith("'") and value[1:].startswith((*FORMULA_STARTS, "'"))):
+        return "'" + value
+    return value
+
+
+def cell_unescaped(value: str) -> str:
+    """A cell as an import reads it: the export's escape undone."""
+    if value.startswith("'") and value[1:].startswith((*FORMULA_STARTS, "'")):
+        return value[1:]
+    return value
+
+
+def suppression_cells(suppression: Suppression) -> list[str]:
+    """One suppression as an export's row (COLUMNS), ready for csv.writer."""
+    expires_at = suppression.expires_at.isoformat() if suppression.expires_at else ""
+    return [cell_escaped(value) for value in (suppression.email, suppression.reason, suppression.note, expires_at)]
+
+
+def suppressions_csv(rows: QuerySet[Suppression]) -> Iterator[str]:
+    """An export of `rows` as CSV text, the header first, then a piece per
+    EXPORT_CHUNK_ROWS suppressions, newest first: each piece is one query (the
+    ids below the last one written), so the table is never read into memory
+    at once and no cursor stays open between pieces."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(COLUMNS)
+    rows = rows.order_by("-id").only("id", "email", "reason", "note", "expires_at")
+    below = None
+    while True:
+        chunk = list((rows if below is None else rows.filter(id__lt=below))[:EXPORT_CHUNK_ROWS])
+        writer.writerows(suppression_cells(suppression) for suppression in chunk)
+        if text := buffer.getvalue():
+            yield text
+        buffer.seek(0)
+        buffer.truncate()
+        if len(chunk) < EXPORT_CHUNK_ROWS:
+            return
+        below = chunk[-1].id
+
+
 def csv_text(data: bytes) -> str:
     """The text of an uploaded file: UTF-8, with or without a byte-order mark."""
     try:
@@ -115,7 +165,7 @@ def _header(cells: list[str], line: int) -> list[str]:
                 f"it holds an address ({shown(cells[0])})."
             )
         raise CsvUnreadable(f"The header (line {line}) has no 'email' column; the columns are {', '.join(COLUMNS)}.")
-    unknown = [name for name in names if name not in COLUMNS + IGNORED_COLUMNS]
+    unknown = [name for name in names if name not in COLUMNS]
     if unknown:
         raise CsvUnreadable(
             f"Unknown column {shown(unknown[0])} in the header (line {line}); the columns are {', '.join(COLUMNS)}."
@@ -162,8 +212,13 @@ def _row(cells: dict[str, str], *, line: int, default_reason: str, now: datetime
     note = cells.get("note", "")
     if len(note) > MAX_NOTE_LENGTH:
         return RowError(line, "invalid_field", f"The note has {len(note)} characters; at most {MAX_NOTE_LENGTH}.")
-    if _NOTE_CONTROLS.intersection(note):
-        return RowError(line, "invalid_field", "The note may not contain control characters.")
+    # Control characters, line breaks among them: a note that runs over lines
+    # is most often a stray quote that swallowed the rows after it.
+    if control := CONTROL_CHARACTERS.search(note):
+        return RowError(
+            line, "invalid_field",
+            f"The note may not contain control characters (line breaks, tabs); it has U+{ord(control.group()):04X}.",
+        )
     try:
         expires_at = _expires_at(cells.get("expires_at", ""), now)
     except ValueError as error:
@@ -206,7 +261,7 @@ def suppression_rows_read(
                 )
                 continue
             row = _row(
-                {name: cell.strip() for name, cell in zip(names, cells, strict=False)},
+                {name: cell_unescaped(cell.strip()) for name, cell in zip(names, cells, strict=False)},
                 line=line, default_reason=default_reason, now=now,
             )
             if isinstance(row, RowError):

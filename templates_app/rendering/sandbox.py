@@ -1,11 +1,19 @@
 """The Jinja sandbox narrowed to JSON data: guarded operators, filters and
-lookups, every loop and buffer join charged to the render's budget."""
+lookups, every loop and buffer join charged to the render's budget.
+
+Only data becomes text: what a template prints, formats (`format`, `%`),
+joins (`~`, `join`) or hands to a filter that writes text is a string, a
+number, a boolean, null or a list or object of those. A template internal
+(range, namespace(), a macro, `loop`, the iterator `map` or `select` give)
+would print as a Python repr with a memory address: it is a render error.
+"""
 
 from __future__ import annotations
 
 import inspect
 import re
 import types
+from collections.abc import Iterator
 from functools import wraps
 
 from jinja2 import nodes, pass_environment
@@ -48,6 +56,41 @@ def _check_format(template: str) -> None:
                 raise SecurityError(f"Format widths above {MAX_FORMAT_WIDTH} are not allowed.")
 
 
+_DATA_TYPES = (str, int, float, bool, type(None), range)
+# Filters that iterate over their first argument: an iterator another filter
+# gave (`map`, `select`, ...) is what they are for.
+_ITERATING_FILTERS = frozenset(
+    {"batch", "count", "first", "groupby", "join", "last", "length", "list", "map", "max", "min", "random",
+     "reject", "rejectattr", "reverse", "select", "selectattr", "slice", "sort", "sum", "unique"}
+)
+
+
+def _internal(value):
+    """The first template internal found in `value` (walked through lists and
+    objects), or None when it is all data."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _DATA_TYPES) or isinstance(item, Undefined):
+            continue
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            return item
+    return None
+
+
+def _check_data(value, use: str) -> None:
+    """SecurityError unless `value` is data (see the module docstring)."""
+    internal = _internal(value)
+    if internal is not None:
+        hint = " (add |list or |join to an iterator)" if isinstance(internal, Iterator) else ""
+        raise SecurityError(f"{kind_of(internal)} cannot be {use}: only strings, numbers, lists and objects{hint}.")
+
+
 def _size(value) -> int:
     return len(value) if isinstance(value, str) else len(value) * LIST_ITEM_SIZE
 
@@ -74,6 +117,7 @@ def _check_binop(operator: str, left, right, limits: RenderLimits) -> None:
                 raise RenderLimitExceeded(f"A value larger than {limits.max_bytes} characters.")
     elif operator == "%" and isinstance(left, str):
         _check_format(left)
+        _check_data(right, "formatted")
 
 
 def _bounded_range(*args) -> range:
@@ -155,6 +199,7 @@ def _guarded_join(join):
         if attribute is not None:
             value = map(make_attrgetter(eval_ctx.environment, attribute), value)
         items = list(value)
+        _check_data([items, d], "joined")
         state = RENDER_STATE.get()
         if state is not None:
             size = sum(len(str(item)) for item in items) + len(str(d)) * max(len(items) - 1, 0)
@@ -188,6 +233,9 @@ ALLOWED_FILTERS = (
 
 def _guard_filter(name: str, func):
     pre_check = _PRE_CHECKS.get(name)
+    # The context, eval context or environment Jinja passes first is not the template's.
+    passed = 1 if _pyattr(func, "jinja_pass_arg", None) is not None else 0
+    iterates = name in _ITERATING_FILTERS
 
     @wraps(func)  # keeps jinja_pass_arg (context / environment as first argument)
     def guarded(*args, **kwargs):
@@ -197,6 +245,10 @@ def _guard_filter(name: str, func):
             # budget ("x"|center(10**9) would allocate while saving): refusing
             # here makes it leave the call to render time.
             raise RuntimeError("Filters run only inside a render.")
+        given = list(args[passed:])
+        if iterates and given and isinstance(given[0], Iterator):
+            given.pop(0)
+        _check_data([given, kwargs], f"given to {name}()")
         if pre_check is not None:
             pre_check(state.limits, _bound_args(func, args, kwargs))
         result = func(*args, **kwargs)
@@ -226,6 +278,7 @@ def _finalize(value):
     if value is None:
         return ""
     if not isinstance(value, Undefined):
+        _check_data(value, "printed")
         state = RENDER_STATE.get()
         if state is not None:
             state.charge(len(value) if isinstance(value, str) else len(str(value)))
@@ -378,6 +431,7 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
 
     def guarded_join(self, join, parts):
         """`a ~ b`: sized before the string is built."""
+        _check_data(list(parts), "joined")
         strings = [part if isinstance(part, str) else str(part) for part in parts]
         charge_total(sum(len(s) for s in strings))
         return join(strings)

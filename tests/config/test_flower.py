@@ -116,11 +116,24 @@ def test_flower_with_basic_auth_starts_and_asks_for_the_password():
         _stop(process)
 
 
+def test_flowers_own_metrics_ask_for_the_same_password():
+    port = free_port()
+    process = _start(_env(FLOWER_BASIC_AUTH="ops:s3cret"), port)
+    try:
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 401
+        assert _status(f"http://127.0.0.1:{port}/metrics", credentials="ops:wrong") == 401
+        assert _status(f"http://127.0.0.1:{port}/metrics", credentials="ops:s3cret") == 200
+        assert _status(f"http://127.0.0.1:{port}/healthcheck") == 200  # a bare "OK" for probes
+    finally:
+        _stop(process)
+
+
 def test_flower_unauthenticated_only_when_asked_and_warns():
     port = free_port()
     process = _start(_env(FLOWER_UNAUTHENTICATED="true"), port)
     try:
         assert _status(f"http://127.0.0.1:{port}/workers") == 200
+        assert _status(f"http://127.0.0.1:{port}/metrics") == 200
     finally:
         _stop(process)
     assert "WITHOUT authentication" in process.stderr.read()

@@ -81,10 +81,10 @@ def signed_notification(event, *, topic_arn=TOPIC_ARN, sns_message_id=None, time
     return sns_sign(sns_envelope(event, topic_arn=topic_arn, sns_message_id=sns_message_id, timestamp=timestamp), **sign)
 
 
-def post(client, body: dict, **meta):
+def post(client, body: dict, *, url: str = URL, **meta):
     """POST `body` as SNS does: text/plain JSON with the x-amz-sns-* headers."""
     return client.post(
-        URL, json.dumps(body), content_type="text/plain; charset=UTF-8", **(sns_request_meta(body) | meta)
+        url, json.dumps(body), content_type="text/plain; charset=UTF-8", **(sns_request_meta(body) | meta)
     )
 
 
@@ -144,6 +144,23 @@ def test_signed_delivery_marks_the_recipient_delivered(client, api, sent_message
     assert stored.source == "sns"
     assert stored.message_id == sent_message.pk
     assert stored.recipient_id == recipient_of(sent_message).pk
+
+
+def test_the_url_without_its_trailing_slash_answers_the_same_without_a_redirect(client, api, sent_message):
+    """SNS does not follow redirects: a topic subscribed to /webhooks/ses must get the same answers."""
+    event = ses_event("Delivery", message_id=sent_message.provider_message_id, recipients=[JANE])
+    body = signed_notification(event)
+
+    response = post(client, body, url="/webhooks/ses")
+    replayed = post(client, body, url="/webhooks/ses/")
+    forged = post(client, {**body, "Message": "{}"}, url="/webhooks/ses")
+
+    assert response.status_code == 200, response.content
+    assert response.json() == {"status": "ok", "applied": 1, "duplicate": 0, "unmatched": 0}
+    assert replayed.json() == {"status": "ok", "applied": 0, "duplicate": 1, "unmatched": 0}
+    assert detail(api, sent_message)["status"] == "delivered"
+    assert forged.status_code == 403, forged.content
+    assert forged.json() == post(client, {**body, "Message": "{}"}).json()
 
 
 def test_event_is_correlated_by_the_tracking_header_when_the_ses_id_is_unknown(client, api, sent_message):

@@ -209,3 +209,21 @@ def test_bulk_apply_statements_do_not_grow_with_the_batch(api):
         q["sql"][:100] for q in fifty_eight.captured_queries
     ]
     assert set(Message.objects.filter(pk__in=[m.pk for m in messages[2:]]).values_list("status", flat=True)) == {"opened"}
+
+
+def test_an_event_for_any_spelling_of_an_address_reaches_its_recipient_and_suppresses_the_mailbox(api):
+    quoted = sent_message(api, ['"Jane"@Example.NET'])
+    bare = sent_message(api, ["kim@example.net"])
+    assert list(quoted.recipients.values_list("email", flat=True)) == ["jane@example.net"]
+    apply_all([
+        event(quoted, "Bounce", ["jane@example.net"], bounce_type="Permanent"),
+        event(bare, "Complaint", ['Kim <"K\\im"@EXAMPLE.net>']),
+    ])
+
+    assert facts(quoted)["jane@example.net"][0] == "bounced"
+    assert facts(bare)["kim@example.net"][0] == "complained"
+    assert sorted(Suppression.objects.values_list("email", "reason")) == [
+        ("jane@example.net", "hard_bounce"), ("kim@example.net", "complaint"),
+    ]
+    later = accepted_message(api, ['"JANE"@example.net', "kim@Example.net"])
+    assert set(later.recipients.values_list("status", flat=True)) == {"suppressed"}

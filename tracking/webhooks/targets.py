@@ -22,8 +22,15 @@ CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # Labels of letters, digits, "-" and "_" (some hosts have one), at most 63 long.
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
-# NAT64 (RFC 6052) embeds an IPv4 address: judge the embedded one.
+# A bracketed host is an IPv6 address and nothing else: "[" and "]" once each, around it.
+_BRACKETED = re.compile(r"\[[^\[\]]*\](:[^\[\]]*)?")
+# IPv6 addresses that carry an IPv4 address, judged by that one: IPv4-mapped,
+# IPv4-compatible (::/96, deprecated), the well-known NAT64 prefix (RFC 6052),
+# 6to4 (2002::/16) and Teredo (2001::/32: its server and its client).
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# Local-use NAT64 (RFC 8215): a translator inside some network, never a public target.
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 class TargetRefused(ValidationFailed):
@@ -59,7 +66,10 @@ def target_parse(url: str) -> Target:
         refuse(f"at most {MAX_URL_LENGTH} characters.")
     if CONTROL_OR_SPACE.search(url):
         refuse("spaces and control characters are not allowed (percent-encode them).")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a broken IPv6 literal: "[::1", "[zz::1]"
+        refuse("the host is not a valid address.")
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
         refuse("must be an https:// URL.")
@@ -69,6 +79,9 @@ def target_parse(url: str) -> Target:
         refuse("credentials in the URL are not allowed; authenticate the request by its signature.")
     if parts.fragment or url.endswith("#"):
         refuse("a fragment (#…) is not allowed.")
+    host_and_port = parts.netloc.rpartition("@")[2]
+    if ("[" in host_and_port or "]" in host_and_port) and not _BRACKETED.fullmatch(host_and_port):
+        refuse("the host is not a valid address.")
     try:
         port = parts.port
     except ValueError:
@@ -81,7 +94,7 @@ def target_parse(url: str) -> Target:
     try:
         host = str(ipaddress.ip_address(host))
     except ValueError:
-        if host.startswith("[") or ":" in host:
+        if host_and_port.startswith("[") or ":" in host:
             refuse("the host is not a valid address.")
         host = host.rstrip(".")
         if not host.isascii():
@@ -98,18 +111,43 @@ def target_parse(url: str) -> Target:
     return Target(scheme=scheme, host=host, port=port or (443 if scheme == "https" else 80), path=path)
 
 
-def address_allowed(address: str) -> bool:
-    """A public unicast address: not loopback, private, link-local (169.254.169.254,
-    the cloud metadata service, is one), multicast, reserved or unspecified."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif ip in _NAT64:
-            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not (
         ip.is_multicast or ip.is_loopback or ip.is_link_local or ip.is_private or ip.is_reserved or ip.is_unspecified
     )
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (none for most)."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    return []
+
+
+def address_allowed(address: str) -> bool:
+    """A public unicast address: not loopback, private, link-local (169.254.169.254,
+    the cloud metadata service, is one), multicast, reserved or unspecified. An
+    IPv6 address carrying an IPv4 one is judged by that one as well: a mapped or
+    NAT64 address by it alone, a 6to4, Teredo or IPv4-compatible one also by
+    itself (Teredo and IPv4-compatible addresses are never public), and a
+    local-use NAT64 address (64:ff9b:1::/48) is refused."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if ip.version == 4:
+        return _public(ip)
+    if ip in _NAT64_LOCAL:
+        return False
+    embedded = _embedded_ipv4(ip)
+    if not all(_public(ipv4) for ipv4 in embedded):
+        return False
+    if ip.ipv4_mapped is not None or ip in _NAT64:
+        return True
+    return _public(ip)
 
 
 def target_addresses(target: Target) -> list[str]:

@@ -258,7 +258,7 @@ def test_a_bad_filter_is_400(reader, query):
 def test_an_invalid_cursor_is_400_naming_it(reader, cursor):  # "p=abc", "p=9999999999999999999999"
     response = reader.get(SUPPRESSIONS, {"cursor": cursor})
     assert response.status_code == 400
-    assert (response.json()["error"], list(response.json()["fields"])) == ("invalid_field", ["cursor"])
+    assert (response.json()["error"], list(response.json()["fields"])) == ("invalid_cursor", ["cursor"])
 
 
 # --- what a suppression does to a send ---------------------------------------------------

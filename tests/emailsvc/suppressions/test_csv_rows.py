@@ -131,7 +131,9 @@ def test_line_numbers_count_blank_lines_and_multi_line_cells(full):
     csv = '\ufeffemail;note\n\nok@example.com;"two\nlines"\nbad;\n\n"also bad";x\n'  # BOM, semicolons
     body = send_csv(full, csv).json()
     assert body["error"] == "import_has_errors"
-    assert [(e["line"], e["error"]) for e in body["errors"]] == [(5, "invalid_address"), (7, "invalid_address")]
+    assert [(e["line"], e["error"]) for e in body["errors"]] == [
+        (3, "invalid_field"), (5, "invalid_address"), (7, "invalid_address"),
+    ]
     assert body["rows"] == 3
 
 
@@ -141,14 +143,23 @@ def test_line_numbers_count_blank_lines_and_multi_line_cells(full):
         (",manual", "missing_fields"),
         ("a@example.com,manual,note,,extra", "invalid_field"),
         ("a@example.com,manual,nul\x00note", "invalid_field"),
+        ('a@example.com,manual,"two\nlines"', "invalid_field"),  # control characters in a note: line breaks,
+        ('a@example.com,manual,"cr\rlf"', "invalid_field"),  # tabs, C1 controls, Unicode line separators
+        ("a@example.com,manual,tab\there", "invalid_field"),
+        ("a@example.com,manual,c1\x85note", "invalid_field"),
+        ("a@example.com,manual,ls\u2028note", "invalid_field"),
+        ("a@[192.0.2.1],manual", "invalid_address"),
+        ("a%b@example.com,manual", "invalid_address"),
+        ("user@localhost,manual", "invalid_address"),
         (f"{'a' * 320}@example.com,manual", "invalid_address"),
         ("a@example.com,manual,,2001-01-01", "invalid_expires_at"),
         ("a@example.com,manual,,2027-13-01", "invalid_expires_at"),
     ],
 )
 def test_each_kind_of_bad_row_has_its_code(full, row, code):
-    body = send_csv(full, f"email,reason,note,expires_at\n{row}\n").json()
+    body = send_csv(full, f"email,reason,note,expires_at\n{row}\nlast@example.com\n").json()
     assert [(e["line"], e["error"]) for e in body["errors"]] == [(2, code)]
+    assert not Suppression.objects.exists()
 
 
 # --- a file that cannot be read as a whole ---------------------------------------------------

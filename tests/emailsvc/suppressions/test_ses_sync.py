@@ -255,3 +255,19 @@ def test_beat_runs_the_sync_when_ses_sends_or_a_push_is_asked_for(env, scheduled
     interval = float(env.get("SES_SUPPRESSION_SYNC_INTERVAL_SECONDS", 3600))
     expected = str(("emailsvc.ses_suppressions_sync", interval)) if scheduled else "None"
     assert answer.stdout.strip() == expected
+
+
+def test_ses_list_entries_in_other_spellings_of_one_mailbox_are_one_suppression():
+    suppression_add(email='"Vip"@example.com', reason="manual")
+    page = [
+        {"EmailAddress": '"jane"@Bücher.example', "Reason": "COMPLAINT", "LastUpdateTime": SINCE},
+        {"EmailAddress": "JANE@xn--bcher-kva.example", "Reason": "BOUNCE", "LastUpdateTime": SINCE},
+        {"EmailAddress": "vip@EXAMPLE.com", "Reason": "BOUNCE", "LastUpdateTime": SINCE},
+    ]
+
+    result = ses_suppressions_apply(summaries=page)
+
+    assert (result.added, result.existing) == (1, 1)
+    assert sorted(Suppression.objects.values_list("email", "reason")) == [
+        ("jane@xn--bcher-kva.example", "complaint"), ("vip@example.com", "manual"),
+    ]
