@@ -362,11 +362,13 @@ SES_SUPPRESSION_PUSH = env.bool("SES_SUPPRESSION_PUSH", default=False)
 SES_SUPPRESSION_SYNC_INTERVAL_SECONDS = _positive_number("SES_SUPPRESSION_SYNC_INTERVAL_SECONDS", 3600)
 
 # --- Outbound status webhooks (tracking.webhooks) ------------------------------
-# Beat reads new StatusChange rows every WEBHOOK_DISPATCH_INTERVAL_SECONDS and
-# sends them to the subscribed endpoints; each POST waits at most
+# A committed status change with a subscriber wakes the dispatcher (at most one
+# run waiting), which sends it to the subscribed endpoints within a second or two;
+# beat also runs it every WEBHOOK_DISPATCH_INTERVAL_SECONDS, a safety net for a
+# lost wake-up (and for retries due later than that). Each POST waits at most
 # WEBHOOK_TIMEOUT_SECONDS to connect and for each read. An endpoint failing
 # without a break for WEBHOOK_DISABLE_AFTER_HOURS is disabled.
-WEBHOOK_DISPATCH_INTERVAL_SECONDS = _positive_number("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 2)
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = _positive_number("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 60)
 WEBHOOK_TIMEOUT_SECONDS = _positive_number("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_DISABLE_AFTER_HOURS = _positive_number("WEBHOOK_DISABLE_AFTER_HOURS", 24)
 # A status change whose id was taken before a later one's but committed after
