@@ -423,7 +423,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # is back (config/kombu_redis.py).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
+# Flower. The housekeeping tasks beat runs send none (send_events=False): Flower's
+# task list keeps the work — deliveries, webhook senders — in view.
+CELERY_WORKER_SEND_TASK_EVENTS = True
 # No "task-sent" event: it is a second publish for every email enqueued. Flower
 # still shows every task from the worker's received/started/succeeded events.
 CELERY_TASK_SEND_SENT_EVENT = False

@@ -11,7 +11,9 @@ from tracking.webhooks.outbox import webhooks_dispatch
 from tracking.webhooks.sender import webhook_deliveries_send, webhook_next_due_seconds
 
 
-@shared_task(name="tracking.drain_events", base=ResilientTask, ignore_result=True)
+# Housekeeping run by beat sends no task events (send_events=False): Flower's
+# task list shows the work (deliveries, webhook senders), not the periodic checks.
+@shared_task(name="tracking.drain_events", base=ResilientTask, ignore_result=True, send_events=False)
 def events_drain_task() -> dict:
     """Beat runs this every SES_EVENTS_DRAIN_INTERVAL_SECONDS on the `events` queue."""
     result = events_drain()
@@ -19,7 +21,7 @@ def events_drain_task() -> dict:
     return vars(result)
 
 
-@shared_task(name="tracking.webhooks_dispatch", base=ResilientTask, ignore_result=True)
+@shared_task(name="tracking.webhooks_dispatch", base=ResilientTask, ignore_result=True, send_events=False)
 def webhooks_dispatch_task() -> dict:
     """Published after a commit whose status changes have a subscriber
     (tracking.queueing), and run by beat every WEBHOOK_DISPATCH_INTERVAL_SECONDS
