@@ -505,6 +505,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"structured": {"()": "core.logs.formatter", "log_format": LOG_FORMAT}},
+    "filters": {"housekeeping_quiet": {"()": "config.celery.HousekeepingQuiet"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
@@ -516,5 +517,11 @@ LOGGING = {
         # write its lines a second time, unformatted and unredacted: only the root's.
         "django": {"handlers": [], "level": "NOTSET", "propagate": True},
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Beat's "Sending due task" and the worker's "received"/"succeeded" lines of
+        # the housekeeping tasks beat runs: an idle service writes next to nothing.
+        **{
+            name: {"filters": ["housekeeping_quiet"]}
+            for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+        },
     },
 }
