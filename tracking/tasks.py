@@ -8,7 +8,7 @@ from core.taskbase import ResilientTask
 from tracking.drain import events_drain
 from tracking.queueing import webhook_send_enqueue, webhooks_dispatch_enqueue, webhooks_dispatch_started
 from tracking.webhooks.outbox import webhooks_dispatch
-from tracking.webhooks.sender import webhook_deliveries_send, webhook_next_due_seconds
+from tracking.webhooks.sender import RETRY_DELAYS, webhook_deliveries_send, webhook_next_due_seconds
 
 
 # Housekeeping run by beat sends no task events (send_events=False): Flower's
@@ -40,11 +40,13 @@ def webhooks_dispatch_task() -> dict:
 def webhook_send_task(endpoint_pk: int) -> dict:
     """POST one endpoint's due deliveries (published by the dispatcher or a re-send).
     Once its lock is released, a delivery due now (created while it ran, or left
-    at its time limit) or soon (a retry) gets the next sender; later ones are
-    the dispatcher's."""
+    at its time limit) or soon (a retry) gets the next sender — after a failure
+    not before RETRY_DELAYS[0]; later ones are the dispatcher's."""
     result = webhook_deliveries_send(endpoint_pk=endpoint_pk)
     if not result.skipped:
         due_in = webhook_next_due_seconds(endpoint_pk=endpoint_pk)
+        if due_in is not None and result.failed:  # a failing receiver gets no burst of the others
+            due_in = max(due_in, RETRY_DELAYS[0])
         if due_in is not None and due_in < settings.WEBHOOK_DISPATCH_INTERVAL_SECONDS:
             webhook_send_enqueue(endpoint_pk=endpoint_pk, countdown=due_in)
     return vars(result)
