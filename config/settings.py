@@ -362,11 +362,13 @@ SES_SUPPRESSION_PUSH = env.bool("SES_SUPPRESSION_PUSH", default=False)
 SES_SUPPRESSION_SYNC_INTERVAL_SECONDS = _positive_number("SES_SUPPRESSION_SYNC_INTERVAL_SECONDS", 3600)
 
 # --- Outbound status webhooks (tracking.webhooks) ------------------------------
-# Beat reads new StatusChange rows every WEBHOOK_DISPATCH_INTERVAL_SECONDS and
-# sends them to the subscribed endpoints; each POST waits at most
+# A committed status change with a subscriber wakes the dispatcher (at most one
+# run waiting), which sends it to the subscribed endpoints within a second or two;
+# beat also runs it every WEBHOOK_DISPATCH_INTERVAL_SECONDS, a safety net for a
+# lost wake-up (and for retries due later than that). Each POST waits at most
 # WEBHOOK_TIMEOUT_SECONDS to connect and for each read. An endpoint failing
 # without a break for WEBHOOK_DISABLE_AFTER_HOURS is disabled.
-WEBHOOK_DISPATCH_INTERVAL_SECONDS = _positive_number("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 2)
+WEBHOOK_DISPATCH_INTERVAL_SECONDS = _positive_number("WEBHOOK_DISPATCH_INTERVAL_SECONDS", 60)
 WEBHOOK_TIMEOUT_SECONDS = _positive_number("WEBHOOK_TIMEOUT_SECONDS", 10)
 WEBHOOK_DISABLE_AFTER_HOURS = _positive_number("WEBHOOK_DISABLE_AFTER_HOURS", 24)
 # A status change whose id was taken before a later one's but committed after
@@ -421,7 +423,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # is back (config/kombu_redis.py).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
-CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower
+# Flower. The housekeeping tasks beat runs send none (send_events=False): Flower's
+# task list keeps the work — deliveries, webhook senders — in view.
+CELERY_WORKER_SEND_TASK_EVENTS = True
 # No "task-sent" event: it is a second publish for every email enqueued. Flower
 # still shows every task from the worker's received/started/succeeded events.
 CELERY_TASK_SEND_SENT_EVENT = False
@@ -501,6 +505,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"structured": {"()": "core.logs.formatter", "log_format": LOG_FORMAT}},
+    "filters": {"housekeeping_quiet": {"()": "config.celery.HousekeepingQuiet"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
@@ -512,5 +517,11 @@ LOGGING = {
         # write its lines a second time, unformatted and unredacted: only the root's.
         "django": {"handlers": [], "level": "NOTSET", "propagate": True},
         "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # Beat's "Sending due task" and the worker's "received"/"succeeded" lines of
+        # the housekeeping tasks beat runs: an idle service writes next to nothing.
+        **{
+            name: {"filters": ["housekeeping_quiet"]}
+            for name in ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+        },
     },
 }

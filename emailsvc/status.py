@@ -8,7 +8,8 @@ rules (the status provider facts show, the soft-bounce rule, a message's
 summary), writes the columns and records the changes.
 
 What reads the changes — the Prometheus counters, the safety breaker's
-hourly counts — is handed the StatusChange rows once their transaction
+hourly counts, and the receivers of `changes_committed` (the webhook
+dispatcher's wake-up) — is handed the StatusChange rows once their transaction
 commits (`status_changes_committed`), never called from inside the writer.
 
 Lock order, the same for every writer: message rows by id, then their
@@ -25,6 +26,7 @@ from functools import partial
 from typing import NamedTuple
 
 from django.db import transaction
+from django.dispatch import Signal
 
 from core import metrics
 from core.sql import index_lookups, rows_update
@@ -42,6 +44,9 @@ from emailsvc.models import (
     WorkState,
 )
 from emailsvc.sending_control.counts import sending_counts_add
+
+# Sent after a transaction that wrote StatusChange rows commits, with `changes` (the rows).
+changes_committed = Signal()
 
 # --- Pure rules ---------------------------------------------------------------
 
@@ -267,6 +272,7 @@ def status_changes_committed(changes: Sequence[StatusChange], *, sending_domains
     writer read them."""
     metrics.status_changes_observe(changes)
     sending_counts_add(changes=changes, sending_domains=sending_domains)
+    changes_committed.send(sender=StatusChange, changes=changes)
 
 
 class LockedMessage(NamedTuple):

@@ -75,31 +75,31 @@ def deliver_due_task(self, priority: str = Priority.NORMAL) -> dict:
     return {"claimed": result.claimed, "sent": result.sent, "failed": result.failed, "deferred": result.deferred}
 
 
-@shared_task(name="emailsvc.release_scheduled", base=ResilientTask, ignore_result=True)
+@shared_task(name="emailsvc.release_scheduled", base=ResilientTask, ignore_result=True, send_events=False)
 def scheduled_publish_task() -> int:
     close_old_connections()
     return scheduled_publish()
 
 
-@shared_task(name="emailsvc.sweep", base=ResilientTask, ignore_result=True)
+@shared_task(name="emailsvc.sweep", base=ResilientTask, ignore_result=True, send_events=False)
 def messages_sweep_task() -> dict:
     close_old_connections()
     return vars(messages_sweep())
 
 
-@shared_task(name="emailsvc.breaker_check", base=ResilientTask, ignore_result=True)
+@shared_task(name="emailsvc.breaker_check", base=ResilientTask, ignore_result=True, send_events=False)
 def breaker_check_task() -> list[str]:
     close_old_connections()
     return breaker_check().paused
 
 
-@shared_task(name="emailsvc.provider_probe", base=ResilientTask, ignore_result=True)
+@shared_task(name="emailsvc.provider_probe", base=ResilientTask, ignore_result=True, send_events=False)
 def provider_probe_task() -> bool:
     close_old_connections()
     return provider_probe()
 
 
-@shared_task(name="emailsvc.ses_suppressions_sync", base=ResilientTask, ignore_result=True)
+@shared_task(name="emailsvc.ses_suppressions_sync", base=ResilientTask, ignore_result=True, send_events=False)
 def ses_suppressions_sync_task() -> dict:
     """Pull SES's account-level suppression list (SES_SUPPRESSION_SYNC) and push ours (SES_SUPPRESSION_PUSH)."""
     from django.conf import settings

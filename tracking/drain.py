@@ -96,12 +96,13 @@ def events_drain(*, max_seconds: float | None = None) -> DrainResult:
     if result.applied:
         breaker_check()  # bounces and complaints just counted: do the rates cross a line?
     _status_report(client, queue_url, result)
-    logger.info(
-        "drain received=%d applied=%d duplicates=%d unmatched=%d malformed=%d failed=%d deleted=%d receives=%d "
-        "batches=%d waiting=%s lag_seconds=%s",
-        result.received, result.applied, result.duplicates, result.unmatched, result.malformed, result.failed,
-        result.deleted, result.receives, result.batches, result.waiting, result.lag_seconds,
-    )
+    if result.received or result.failed or result.waiting:  # an idle drain says nothing
+        logger.info(
+            "drain received=%d applied=%d duplicates=%d unmatched=%d malformed=%d failed=%d deleted=%d receives=%d "
+            "batches=%d waiting=%s lag_seconds=%s",
+            result.received, result.applied, result.duplicates, result.unmatched, result.malformed, result.failed,
+            result.deleted, result.receives, result.batches, result.waiting, result.lag_seconds,
+        )
     return result
 
 

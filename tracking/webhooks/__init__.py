@@ -4,7 +4,10 @@ How a status change reaches a caller:
 
 1. `emailsvc.status` writes a StatusChange row in the transaction of the change
    itself; nothing here is called by it (the pipeline never waits for a receiver).
-2. Beat runs `webhooks_dispatch` every WEBHOOK_DISPATCH_INTERVAL_SECONDS: it reads
+2. Once that transaction commits, a change some enabled endpoint subscribes to
+   wakes `webhooks_dispatch` (tracking.queueing: at most one run waiting, so a
+   burst of changes publishes one task); beat also runs it every
+   WEBHOOK_DISPATCH_INTERVAL_SECONDS, a safety net for a lost wake-up. It reads
    the rows after a stored cursor and creates one WebhookDelivery per (change,
    endpoint subscribed to its status), in the same transaction as it moves the
    cursor — set-based, exactly once. Ids are taken when a row is inserted but
@@ -16,8 +19,10 @@ How a status change reaches a caller:
    signed per Standard Webhooks with the `standardwebhooks` package. The same
    `webhook-id` goes with every attempt of a delivery (at-least-once: receivers
    de-duplicate on it). A failure is retried after RETRY_DELAYS (with jitter,
-   about 23 hours in all); an endpoint that has failed without a break for
-   WEBHOOK_DISABLE_AFTER_HOURS, or answered 410 Gone, is disabled.
+   about 23 hours in all; a retry due within the dispatch interval gets a
+   sender of its own, later ones the dispatcher's); an endpoint that has
+   failed without a break for WEBHOOK_DISABLE_AFTER_HOURS, or answered 410
+   Gone, is disabled.
 
 No SSRF: a target must be https (plain http only with WEBHOOK_ALLOW_HTTP) and
 every address its host resolves to must be public (WEBHOOK_ALLOW_PRIVATE_TARGETS

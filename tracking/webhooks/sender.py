@@ -81,6 +81,20 @@ def webhook_deliveries_send(*, endpoint_pk: int, max_seconds: float = SEND_MAX_S
     return result
 
 
+def webhook_next_due_seconds(*, endpoint_pk: int) -> float | None:
+    """Seconds until the enabled endpoint's next pending delivery is due (0 if one
+    is due now), or None when it has none."""
+    if not WebhookEndpoint.objects.filter(pk=endpoint_pk, disabled_at__isnull=True).exists():
+        return None
+    first = (
+        WebhookDelivery.objects.filter(endpoint_id=endpoint_pk, status=WebhookDelivery.State.PENDING)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    return None if first is None else max((first - timezone.now()).total_seconds(), 0.0)
+
+
 def _send(endpoint_pk: int, deadline: float, lock, result: SendResult) -> None:
     while time.monotonic() < deadline:
         endpoint = one_or_none(WebhookEndpoint.objects.filter(pk=endpoint_pk, disabled_at__isnull=True))
