@@ -159,6 +159,9 @@ def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> 
     # Logs for a human in the terminal (LOG_FORMAT=json shows what production writes).
     env.setdefault("LOG_FORMAT", "text")
     env.setdefault("METRICS_TOKEN", _persistent_secret("metrics_token", state_dir))
+    # A webhook receiver on this machine (http://127.0.0.1:…) may be subscribed.
+    env.setdefault("WEBHOOK_ALLOW_HTTP", "true")
+    env.setdefault("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
     # /metrics adds up the figures every process writes here. Files of processes
     # that no longer run (an earlier run's) are removed: they would be added in.
     metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(state_dir / "prometheus")))

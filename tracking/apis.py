@@ -32,6 +32,7 @@ from tracking.serializers import (
     WebhookDeliveriesQuerySerializer,
     WebhookDeliveryOutputSerializer,
     WebhookOutputSerializer,
+    WebhookTestOutputSerializer,
 )
 from tracking.sns import (
     SnsVerificationError,
@@ -46,6 +47,7 @@ from tracking.webhooks.endpoints import (
     webhook_endpoint_get,
     webhook_endpoints,
 )
+from tracking.webhooks.probe import webhook_test_send
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +239,27 @@ class WebhookEnableApi(APIView):
     def post(self, request, endpoint_id: str):
         endpoint = webhook_endpoint_enable(endpoint=webhook_endpoint_get(endpoint_id=endpoint_id))
         return Response(WebhookOutputSerializer(endpoint).data)
+
+
+class WebhookTestApi(APIView):
+    permission_classes = [FullAccess]
+
+    @extend_schema(
+        operation_id="test_webhook",
+        parameters=[ENDPOINT_ID],
+        request=None,
+        responses={200: WebhookTestOutputSerializer, **WEBHOOK_ERRORS, **WEBHOOK_NOT_FOUND},
+        description=(
+            "Send a test event now: `{\"type\": \"webhook.test\", \"timestamp\", \"data\": {\"webhook\", \"at\", "
+            "\"detail\"}}`, signed per Standard Webhooks like every event, with a fresh `webhook-id`, to the webhook's "
+            "URL (checked as before every delivery), whether it is enabled or not. The answer says what the "
+            "receiver answered: `ok` (2xx), `status_code`, `duration_ms`, or the `error`. It is about no email and "
+            "is not recorded: the webhook's deliveries and its failure run are unchanged."
+        ),
+    )
+    def post(self, request, endpoint_id: str):
+        sent = webhook_test_send(endpoint=webhook_endpoint_get(endpoint_id=endpoint_id))
+        return Response(WebhookTestOutputSerializer(sent).data)
 
 
 class WebhookDeliveriesApi(APIView):

@@ -97,5 +97,18 @@ class WebhookDeliveryOutputSerializer(serializers.Serializer):
         return f"email.{delivery.event_type}"
 
 
+class WebhookTestOutputSerializer(serializers.Serializer):
+    id = serializers.CharField(source="webhook_id", help_text="The `webhook-id` header the test event was sent with")
+    type = serializers.CharField(source="event.type", help_text="`webhook.test`")
+    ok = serializers.BooleanField(source="outcome.ok", help_text="The receiver answered 2xx")
+    status_code = serializers.IntegerField(
+        source="outcome.status_code", allow_null=True, help_text="HTTP status of the answer; null if none came"
+    )
+    duration_ms = serializers.IntegerField(source="outcome.duration_ms", help_text="From the connection to the answer")
+    error = serializers.CharField(
+        source="outcome.error", help_text="Empty on success; else the answer's status and text, or the network error"
+    )
+
+
 class WebhookDeliveriesQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=WebhookDelivery.State.choices, required=False)

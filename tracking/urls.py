@@ -8,6 +8,7 @@ from tracking.apis import (
     WebhookDetailApi,
     WebhookEnableApi,
     WebhookListApi,
+    WebhookTestApi,
 )
 
 urlpatterns = [
@@ -18,5 +19,6 @@ urlpatterns = [
     path("webhooks/deliveries/<str:delivery_id>/resend", WebhookDeliveryResendApi.as_view(), name="webhook-delivery-resend"),
     path("webhooks/<str:endpoint_id>", WebhookDetailApi.as_view(), name="webhook-detail"),
     path("webhooks/<str:endpoint_id>/enable", WebhookEnableApi.as_view(), name="webhook-enable"),
+    path("webhooks/<str:endpoint_id>/test", WebhookTestApi.as_view(), name="webhook-test"),
     path("webhooks/<str:endpoint_id>/deliveries", WebhookDeliveriesApi.as_view(), name="webhook-deliveries"),
 ]

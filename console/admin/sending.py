@@ -12,6 +12,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import Max, Prefetch, Q
+from django.urls import reverse_lazy
 from django.utils.html import format_html
 from import_export import resources
 from import_export.admin import ImportExportMixin
@@ -37,6 +38,9 @@ from emailsvc.suppressions.services import suppression_add, suppression_lift, su
 
 # The admin home: a search box for an address or an email id, and the operations pages.
 admin.site.index_template = "admin/console/index.html"
+# "View site" leads to that home; the pages use the whole width (the home lists every model).
+admin.site.site_url = reverse_lazy("admin:index")
+admin.site.enable_nav_sidebar = False
 
 
 def _address_link(address: str):
@@ -235,7 +239,8 @@ _MESSAGE_BODIES = ("html", "text", "headers", "metadata", "template_data", "repl
 
 @admin.register(Message)
 class MessageAdmin(BigTableAdmin):
-    list_display = ("email_id", "to", "subject", "status", "state", "created_at", "sent_at", "group_id")
+    # What support scans for; the work state, sender, template and the rest are on the email's page.
+    list_display = ("email_id", "to", "subject", "status", "created_at", "sent_at", "group_id")
     list_filter = ("status", TemplateUsedFilter)
     search_help_text = (
         "Exact: an address (its newest 10,000 emails), an email_id, a provider message id or a group id."

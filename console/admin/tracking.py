@@ -1,6 +1,10 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path
 from django.utils.html import format_html
+from django.views.decorators.http import require_POST
 
 from core.addresses import address_forms
 from core.admin_lists import BigTableAdmin, address_url, admin_change_url
@@ -10,6 +14,7 @@ from emailsvc.selectors import one_or_none
 from tracking.models import EngagementEvent, WebhookDelivery, WebhookEndpoint
 from tracking.webhooks.deliveries import webhook_delivery_resend
 from tracking.webhooks.endpoints import webhook_endpoint_disable, webhook_endpoint_enable
+from tracking.webhooks.probe import webhook_test_send
 
 
 @admin.register(EngagementEvent)
@@ -72,6 +77,33 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     )  # never the secret
     readonly_fields = fields
     actions = ["enable", "disable"]
+    change_form_template = "admin/console/webhookendpoint_change_form.html"
+
+    def get_urls(self):
+        test = self.admin_site.admin_view(require_POST(self.test_view))
+        return [path("<int:endpoint_pk>/test/", test, name="tracking_webhookendpoint_test"), *super().get_urls()]
+
+    def test_view(self, request, endpoint_pk: int):
+        """The "Send a test event" button: a signed `webhook.test` POST now, its answer shown as a message."""
+        endpoint = get_object_or_404(WebhookEndpoint, pk=endpoint_pk)
+        if not self.has_view_permission(request, endpoint):
+            raise PermissionDenied
+        sent = webhook_test_send(endpoint=endpoint)
+        outcome = sent.outcome
+        if outcome.ok:
+            self.message_user(
+                request,
+                f"Test event {sent.webhook_id} sent: the receiver answered {outcome.status_code} "
+                f"in {outcome.duration_ms} ms.",
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Test event {sent.webhook_id} failed after {outcome.duration_ms} ms: {outcome.error}",
+                messages.ERROR,
+            )
+        return redirect("admin:tracking_webhookendpoint_change", endpoint.pk)
 
     @admin.display(boolean=True)
     def enabled(self, obj: WebhookEndpoint) -> bool:

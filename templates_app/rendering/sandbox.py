@@ -43,6 +43,9 @@ from templates_app.rendering.limits import (
 
 _pyattr = getattr  # the builtin, next to methods named getattr
 
+# What a template may call, as its errors say (at render, and at save for calls that cannot work).
+CALLABLE = "a template calls only its macros, range(), namespace() and loop.cycle()."
+
 # --- Guarded operations -----------------------------------------------------
 
 _FORMAT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?[hlL]?[a-zA-Z%]")
@@ -407,9 +410,7 @@ class TemplateEnvironment(ImmutableSandboxedEnvironment):
         )
         if not allowed:
             name = f"'{__obj._undefined_name}'" if isinstance(__obj, Undefined) and __obj._undefined_name else kind_of(__obj)
-            raise SecurityError(
-                f"{name} cannot be called: a template calls only its macros, range(), namespace() and loop.cycle()."
-            )
+            raise SecurityError(f"{name} cannot be called: {CALLABLE}")
         return __context.call(__obj, *args, **kwargs)
 
     def call_binop(self, context, operator, left, right):

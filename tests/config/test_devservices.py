@@ -144,3 +144,11 @@ def test_procfile_passes_the_bind_addresses_and_schedule_file_on():
     for variable in ("WEB_BIND", "WEB_PORT", "FLOWER_ADDRESS", "FLOWER_PORT", "CELERY_BEAT_SCHEDULE_FILE"):
         assert "${" + variable + ":-" in procfile, variable
     assert "/tmp/" not in procfile
+
+
+def test_make_run_allows_a_local_http_webhook_receiver_unless_told_otherwise():
+    env = procfile_env({})
+    kept = procfile_env({"WEBHOOK_ALLOW_HTTP": "false", "WEBHOOK_ALLOW_PRIVATE_TARGETS": "false"})
+
+    assert (env["WEBHOOK_ALLOW_HTTP"], env["WEBHOOK_ALLOW_PRIVATE_TARGETS"]) == ("true", "true")
+    assert (kept["WEBHOOK_ALLOW_HTTP"], kept["WEBHOOK_ALLOW_PRIVATE_TARGETS"]) == ("false", "false")

@@ -7,6 +7,7 @@ import pytest
 
 from emailsvc.models import Message
 from templates_app.models import Template, TemplateVersion
+from templates_app.rendering.sandbox import CALLABLE
 from templates_app.services import template_update
 
 CHANGELIST = "/admin/templates_app/template/"
@@ -68,6 +69,18 @@ def test_an_invalid_edit_is_shown_on_the_form_and_saves_nothing(admin_client, we
     response = admin_client.post(url, data)
     assert response.status_code == 200
     assert response.context["adminform"].form.errors["html"][0].startswith("line 2:")
+    assert TemplateVersion.objects.filter(template=welcome.template).count() == 1
+
+
+def test_a_call_the_sandbox_refuses_is_shown_on_the_form_and_saves_nothing(admin_client, welcome):
+    url = f"{CHANGELIST}{welcome.template_id}/change/"
+    data = form_data(admin_client.get(url))
+    data["html"] = "<p>Hi</p>\n<p>{{ name.upper() }}</p>"
+
+    response = admin_client.post(url, data)
+
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["html"] == [f"line 2: 'name.upper' cannot be called: {CALLABLE}"]
     assert TemplateVersion.objects.filter(template=welcome.template).count() == 1
 
 

@@ -220,3 +220,45 @@ def test_operator_resumes_a_paused_domain_and_reads_the_queues(page, api, events
     assert "recipients/s" in page.locator("#limiter").inner_text()
     assert no_sideways_scroll(page)
     shot(page, "queues")
+
+
+LISTS = {
+    # The columns a user needs on each list, by their header's class (Django's column-<field>).
+    "/admin/emailsvc/message/": ["email_id", "to", "subject", "status", "created_at", "sent_at", "group_id"],
+    "/admin/emailsvc/suppression/": ["email", "reason", "source", "created_at", "expires_at"],
+    "/admin/emailsvc/statuschange/": ["at", "address", "from_status", "to_status", "cause", "email"],
+}
+
+
+def test_the_lists_fit_at_1280px_without_an_inner_scroll_and_view_site_leads_to_the_console(page, support_case, api):
+    # Long values, as they come: a long group id, subject and address.
+    accepted_message(
+        api, ["a.rather.long.recipient.name@subdomain.customer-example.com"], group_id="spring-campaign-2026-eu-west",
+        subject="Your monthly statement for November is ready to view in your account",
+    )
+    page.set_viewport_size({"width": WIDTH, "height": 800})
+    for path, columns in LISTS.items():
+        page.goto(f"{page.base_url}{path}")
+        results = page.locator("#changelist .results")
+        widths = results.evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert widths[0] <= widths[1], f"{path}: the table is {widths[0]} px wide in {widths[1]} px"
+        for column in columns:
+            header = page.locator(f"#result_list th.column-{column}")
+            assert header.is_visible(), f"{path}: {column}"
+            box, container = header.bounding_box(), results.bounding_box()
+            assert box["x"] + box["width"] <= container["x"] + container["width"] + 1, f"{path}: {column} hidden"
+        # No cell's text runs under its neighbour; only long ids end in "…".
+        overflowing = results.evaluate(
+            """e => [...e.querySelectorAll('tbody td, tbody th')]
+                .filter(c => !c.matches('.field-email_id, .field-group_id, .model-statuschange .field-email'))
+                .filter(c => c.scrollWidth > c.clientWidth)
+                .map(c => `${c.className} ${c.scrollWidth}>${c.clientWidth}`)"""
+        )
+        assert overflowing == [], path
+        assert no_sideways_scroll(page)
+        shot(page, "list-" + path.strip("/").replace("/", "-"))
+
+    with page.expect_navigation() as navigation:
+        page.click("#user-tools a:has-text('View site')")
+    assert navigation.value.status == 200
+    assert page.url == f"{page.base_url}/admin/" and page.locator("#console-q").count() == 1

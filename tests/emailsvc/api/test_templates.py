@@ -7,6 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from emailsvc.models import ApiKey, Message
+from templates_app.rendering.sandbox import CALLABLE
 
 WELCOME = {
     "name": "welcome",
@@ -108,6 +109,8 @@ def test_creating_an_existing_name_is_409_template_exists(full_api):
         ({"subject": "{% if %}"}, "subject", 1),
         ({"html": "", "mjml": "<mjml>\n<mj-body>\n<mj-text>x</mj-body>\n</mjml>"}, "mjml", 3),
         ({"layout": "missing-layout"}, "layout", None),
+        ({"subject": "Hi {{ first_name.upper() }}"}, "subject", 1),  # a call the sandbox refuses at render
+        ({"text": "Hi\n{% for i in items %}{{ i.strip() }}{% endfor %}"}, "text", 2),
     ],
 )
 def test_an_invalid_template_is_400_template_invalid_naming_part_and_line(full_api, overrides, field, line):
@@ -200,3 +203,19 @@ def test_the_schema_documents_the_template_endpoints(client):
     for path in ("/api/v1/templates", "/api/v1/templates/{name}", "/api/v1/templates/{name}/versions",
                  "/api/v1/templates/{name}/versions/{version}", "/api/v1/templates/{name}/render"):
         assert path in schema["paths"]
+
+
+def test_a_call_the_sandbox_refuses_is_refused_at_save_with_its_message_and_saves_nothing(full_api):
+    create(full_api)
+
+    created = full_api.post(
+        "/api/v1/templates", {**WELCOME, "name": "calls", "html": "<p>{{ name.upper() }}</p>"}, format="json"
+    )
+    updated = full_api.put("/api/v1/templates/welcome", {"text": "{{ first_name.title() }}"}, format="json")
+
+    for response, field, callee in ((created, "html", "name.upper"), (updated, "text", "first_name.title")):
+        assert response.status_code == 400
+        assert response.json()["error"] == "template_invalid"
+        assert response.json()["fields"][field] == [f"line 1: '{callee}' cannot be called: {CALLABLE}"]
+    assert full_api.get("/api/v1/templates/calls").status_code == 404
+    assert full_api.get("/api/v1/templates/welcome").json()["version"] == 1
