@@ -6,7 +6,8 @@
   WEB_KEEPALIVE seconds (also how long an idle kept-alive connection stays
   open), and config.bodies bounds each wait for body bytes (WEB_READ_TIMEOUT).
   gevent patches the standard library when a worker starts, before the
-  application (and psycopg, which then waits cooperatively) is imported.
+  application (and psycopg, which then waits cooperatively) is imported. A
+  client's database connections are closed when its connection ends (Worker).
 - gunicorn's own lines (start, workers booting and exiting, timeouts) go through
   the service's log formatter: JSON (LOG_FORMAT), addresses redacted. Requests
   are logged by core.logs.RequestIdMiddleware, with their request id, so
@@ -21,6 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from django.conf import settings  # noqa: E402 - needs DJANGO_SETTINGS_MODULE
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from gunicorn.workers.ggevent import GeventWorker  # noqa: E402
 
 
 def _positive_int(name: str, default: int) -> int:
@@ -30,7 +32,25 @@ def _positive_int(name: str, default: int) -> int:
     return int(raw)
 
 
-worker_class = "gevent"
+class Worker(GeventWorker):
+    """gunicorn's gevent worker, closing a connection's database connections when it ends.
+
+    Django keeps its database connections per greenlet (context-local), and
+    each client connection is served by a greenlet of its own: kept open after
+    a request (DATABASE_CONN_MAX_AGE) for that client's next one, they are
+    closed when the client goes, not left open until garbage-collected.
+    """
+
+    def handle(self, listener, client, addr):
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            from django.db import connections  # imported after gevent's patching, as the app is
+
+            connections.close_all()
+
+
+worker_class = Worker
 worker_connections = _positive_int("WEB_CONNECTIONS", 1000)
 keepalive = _positive_int("WEB_KEEPALIVE", 5)
 

@@ -7,14 +7,18 @@ keep answering, and the server answers and closes the stalled connection within
 WEB_READ_TIMEOUT. A body that arrives slowly but steadily is still accepted.
 """
 
+import http.client
+import threading
 import time
 import urllib.request
 
 import pytest
+from django.db import connection
 
 from emailsvc.keys import api_key_create
 from emailsvc.models import Message
-from tests.config.conftest import KEEPALIVE, READ_TIMEOUT, open_request, read_answer, stalled_upload
+from tests.config.conftest import KEEPALIVE, READ_TIMEOUT, address, open_request, read_answer, stalled_upload
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -78,3 +82,39 @@ def test_a_slow_but_steady_upload_is_accepted(web):
     answer = read_answer(sock)
     assert answer.status == 202, answer
     assert Message.objects.get(email_id="slow-steady").text == "x" * 80
+
+
+def _database_sessions() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="counts PostgreSQL sessions")
+def test_database_connections_are_closed_when_their_clients_go(web):
+    """Each client connection is served by a greenlet with its own database connection."""
+    _, key = api_key_create(name="clients", permission="full")
+    before = _database_sessions()
+    host, port = address(web)
+    served, leave = threading.Barrier(31), threading.Event()
+
+    def client():
+        keep_alive = http.client.HTTPConnection(host, port, timeout=30)
+        for _ in range(2):
+            keep_alive.request("GET", "/api/v1/emails?limit=1", headers={"Authorization": f"Bearer {key}"})
+            assert keep_alive.getresponse().read()
+        served.wait(timeout=30)
+        leave.wait(timeout=30)
+        keep_alive.close()
+
+    clients = [threading.Thread(target=client) for _ in range(30)]
+    for thread in clients:
+        thread.start()
+    served.wait(timeout=30)
+    during = _database_sessions()
+    leave.set()
+    for thread in clients:
+        thread.join()
+
+    assert during > before
+    assert wait_until(lambda: _database_sessions() <= before, timeout=10), _database_sessions()
