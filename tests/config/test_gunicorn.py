@@ -8,6 +8,8 @@ WEB_READ_TIMEOUT. A body that arrives slowly but steadily is still accepted.
 """
 
 import http.client
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -19,6 +21,7 @@ from emailsvc.keys import api_key_create
 from emailsvc.models import Message
 from tests.config.conftest import KEEPALIVE, READ_TIMEOUT, address, open_request, read_answer, stalled_upload
 from tests.conftest import wait_until
+from tests.stack import Stack
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,3 +121,33 @@ def test_database_connections_are_closed_when_their_clients_go(web):
 
     assert during > before
     assert wait_until(lambda: _database_sessions() <= before, timeout=10), _database_sessions()
+
+
+def test_sigterm_finishes_requests_in_flight_and_stops_despite_stalled_uploads(django_db_setup, tmp_path):
+    stack = Stack(
+        directory=tmp_path / "stack", db_name=str(connection.settings_dict["NAME"]), name="sigterm",
+        env={"EMAIL_PROVIDER": "console", "WEB_READ_TIMEOUT": str(READ_TIMEOUT)},
+    ).start()
+    try:
+        _, key = api_key_create(name="sigterm", permission="full")
+        stalled = [stalled_upload(stack) for _ in range(30)]
+        body = b'{"email_id": "in-flight", "to": "jane@example.com", "subject": "Hi", "text": "Hi"}'
+        in_flight = open_request(
+            stack,
+            "POST /api/v1/emails HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Length: {len(body)}",
+            body[:10],
+        )
+        time.sleep(0.5)
+        stopping = time.monotonic()
+        os.kill(stack.web_process.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        in_flight.sendall(body[10:])
+
+        assert read_answer(in_flight).status == 202
+        assert stack.web_process.wait(timeout=READ_TIMEOUT + 10) == 0
+        assert time.monotonic() - stopping < READ_TIMEOUT + 5
+        for sock in stalled:
+            sock.close()
+    finally:
+        stack.stop()
