@@ -19,8 +19,8 @@ PROFILE_NOTE = (
     "where the time goes (cProfile over POST /emails in one process, per request): storing ~35 % (the Message "
     "and Recipient inserts ~24 %, the suppression look-up and the paused-domain check ~10 %), commit and the one "
     "publish to the broker ~26 %, the API key look-up ~8 %, validation ~5 %, Django/DRF request and response "
-    "handling the rest; five SQL statements and a commit per request, and a sync gunicorn worker does one "
-    "request at a time, sharing the two cores with PostgreSQL and the load generator"
+    "handling the rest; five SQL statements and a commit per request, and a gevent gunicorn worker serves its "
+    "requests one after another on one core, sharing the two with PostgreSQL and the load generator"
 )
 
 # The same for a batch of 500 (POST /api/v1/emails/batch through Django's test
@@ -30,13 +30,13 @@ BATCH_PROFILE_NOTE = (
     "quiet machine): DRF validation of each email ~39 %, building its rows (policy, template, model instances) "
     "~22 %, the one INSERT of messages and of recipients (the rows as one JSON document, plain values put in as "
     "they are) ~23 %, the response, commit and the one publish per chunk the rest; the JSON body is read by "
-    "orjson; two sync gunicorn workers on two cores shared with PostgreSQL and the load generator"
+    "orjson; two gevent gunicorn workers on two cores shared with PostgreSQL and the load generator"
 )
 
 
 def _setup(bench: Bench, clients: int) -> str:
     return (
-        f"gunicorn --workers {bench.params.web_workers} (sync); {clients} client thread(s) in a separate process; "
+        f"gunicorn --workers {bench.params.web_workers} (gevent); {clients} client thread(s) in a separate process; "
         "console provider, no worker, limiter off"
     )
 

@@ -10,7 +10,7 @@ always stopped again (Ctrl-C included).
   phases and empties that database at the end); otherwise the embedded
   redis-server. The broker is always that Redis: deleting its queue keys is how
   a phase starts clean.
-- web: `gunicorn config.wsgi --workers N --access-logfile -`, as in the Procfile.
+- web: the Procfile's `web` command (gunicorn, gevent workers), WEB_CONCURRENCY=N, on loopback.
 - worker: `celery -A config worker --queues ... --concurrency C --loglevel INFO`, as in the Procfile.
 
 Every process runs in its own session (process group), so stopping one stops
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from config.devservices import free_port, start_moto, start_redis, stop
+from config.devservices import free_port, procfile_command, start_moto, start_redis, stop
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 BIN_DIR = Path(sys.executable).parent
@@ -374,14 +374,10 @@ class Stack:
     def start_web(self, *, workers: int, **env: str) -> Service:
         """gunicorn exactly as the Procfile's `web` line (bound to loopback)."""
         port = free_port()
+        # `exec`: the shell becomes gunicorn's master, whose workers `children()` counts.
         service = self.spawn(
-            "web",
-            [self._script("gunicorn"), "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-             "--access-logfile", "-",
-             # Not in the Procfile: gunicorn's control socket has one fixed default path,
-             # which a `make run` or a test's gunicorn on this machine may be using.
-             "--no-control-socket"],
-            self.env(**env),
+            "web", ["/bin/sh", "-c", f"exec {procfile_command('web')}"],
+            self.env(WEB_BIND="127.0.0.1", WEB_PORT=str(port), WEB_CONCURRENCY=str(workers), **env),
         )
         service.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60

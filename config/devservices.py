@@ -315,6 +315,14 @@ def procfile_processes(*, procfile: Path, env: Mapping[str, str]) -> list[Procfi
     ]
 
 
+def procfile_command(name: str, *, procfile: Path | None = None) -> str:
+    """The command of the Procfile's process `name` (`web`), for whatever must start
+    it exactly as the Procfile does (tests, the bench): run it in a shell, with
+    this interpreter's directory first on PATH and the variables it names set."""
+    commands = parse_procfile((procfile or BASE_DIR / "Procfile").read_text()).processes
+    return commands[name]
+
+
 def restart_delay(*, previous: float, ran_for: float) -> float:
     """Seconds to wait before starting again a process that ended after running
     `ran_for` seconds, `previous` being its last wait (0: it has none)."""

@@ -12,7 +12,7 @@ database:
 - optionally `database_url`: the processes reach PostgreSQL there (e.g.
   through tests/faultproxy.py) instead of at the test process's DATABASE_URL,
   still on the test database (TESTS_DB_NAME);
-- a web process: gunicorn as in the Procfile, `--workers 1`;
+- a web process: the Procfile's `web` command, with WEB_CONCURRENCY=1;
 - any number of `celery worker` processes (optionally with `--beat`), each in
   its own process group so `kill_workers()` can SIGKILL a worker and its pool
   children at once, as a crash or an OOM kill would.
@@ -40,7 +40,7 @@ from pathlib import Path
 import redis
 from aiosmtpd.controller import Controller
 
-from config.devservices import free_port, start_redis, stop
+from config.devservices import free_port, procfile_command, start_redis, stop
 from tests.conftest import BASE_DIR, WorkerProcess, poll, start_worker, wait_until
 
 ALL_QUEUES = "emails.high,emails.normal,emails.low,events"
@@ -311,12 +311,11 @@ class Stack:
         self.web_url = f"http://127.0.0.1:{port}"
         log_path = self.directory / "web.log"
         log = open(log_path, "w")  # noqa: SIM115 - the process owns it
+        env = self.process_env(WEB_BIND="127.0.0.1", WEB_PORT=str(port), WEB_CONCURRENCY="1")
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         self.web_process = subprocess.Popen(
-            [
-                sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-                "--access-logfile", "-", "--no-control-socket",
-            ],
-            cwd=BASE_DIR, env=self.process_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            f"exec {procfile_command('web')}", shell=True,
+            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
 
