@@ -1,7 +1,8 @@
 """README.md and docs/*.md name only what exists: every `METHOD /path` they
 show is routed by the URLconf for that method, and every setting they name
 (`UPPER_CASE` in inline code, the settings tables included) is a Django
-setting or an environment variable the code reads.
+setting or an environment variable the code reads; every link between them
+leads to a file and a heading that exist.
 
 A named endpoint that answers 404 or 405, or a setting nobody reads, fails
 here with the file and the line that names it.
@@ -25,6 +26,7 @@ _ROUTED = r"/(?:api/|webhooks/|healthz|readyz|metrics)[^\s`'\"|,;)\]]*"
 _PROSE_ENDPOINT = re.compile(rf"\b({'|'.join(METHODS)})\s+`?({_ROUTED})")
 _CODE_PATH = re.compile(rf"`({_ROUTED})`")
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
 # A setting's name: upper case with at least one underscore (`SEND_RATE_PER_SECOND`),
 # not part of a hyphenated header name (`X-SES-CONFIGURATION-SET`) nor a shell variable (`$DLQ_ARN`).
 _SETTING = re.compile(r"(?<![\w$-])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+(?![\w-])")
@@ -168,6 +170,31 @@ def test_every_setting_named_is_read(path):
     env_names = environment_reads()
     problems = [f"{mention}\n    {problem}" for name, mention in _settings_in(path)
                 if (problem := setting_problem(name, env_names))]
+    assert problems == [], "\n".join(problems)
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    return {_anchor(line.lstrip("#")) for _, line in _prose_lines(path) if line.startswith("#")}
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: path.name)
+def test_every_link_leads_to_a_file_and_heading_that_exist(path):
+    problems = []
+    for number, line in _prose_lines(path):
+        for target in _LINK.findall(line):
+            if re.match(r"[a-z]+:", target):
+                continue  # https://…: not ours to check
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file).resolve() if file else path
+            if not linked.exists():
+                problems.append(f"{path.name}:{number}: {target}: no such file")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                problems.append(f"{path.name}:{number}: {target}: no such heading")
     assert problems == [], "\n".join(problems)
 
 
