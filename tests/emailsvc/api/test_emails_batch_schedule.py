@@ -607,6 +607,25 @@ def test_read_only_key_may_not_cancel_403(api, make_client, way):
     assert recipient_statuses(email_id) == ["scheduled"]
 
 
+def test_a_read_only_key_still_reads_the_email_that_delete_would_cancel(api, make_client):
+    email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
+    reader = make_client(ApiKey.Permission.READ_ONLY)
+
+    assert reader.get(f"{EMAILS}/{email_id}").json()["status"] == "scheduled"
+    response = reader.put(f"{EMAILS}/{email_id}", VALID, format="json")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_the_schema_lists_delete_beside_post_cancel(client, db):
+    paths = client.get("/api/schema/?format=json").json()["paths"]
+    delete = paths["/api/v1/emails/{email_id}"]["delete"]
+    post = paths["/api/v1/emails/{email_id}/cancel"]["post"]
+
+    assert delete["operationId"] == "delete_email" and "sending" in delete["description"]
+    assert delete["responses"].keys() == post["responses"].keys() >= {"200", "404", "409"}
+    assert delete["responses"]["200"] == post["responses"]["200"]
+
+
 # --- scheduled release --------------------------------------------------------
 
 
