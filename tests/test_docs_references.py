@@ -1,8 +1,9 @@
 """README.md and docs/*.md name only what exists: every `METHOD /path` they
 show is routed by the URLconf for that method, and every setting they name
 (`UPPER_CASE` in inline code, the settings tables included) is a Django
-setting or an environment variable the code reads; every link between them
-leads to a file and a heading that exist.
+setting or an environment variable the code reads; every `manage.py` command
+they show exists; every link between them leads to a file and a heading that
+exist.
 
 A named endpoint that answers 404 or 405, or a setting nobody reads, fails
 here with the file and the line that names it.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.management import get_commands
 from django.test import RequestFactory
 from django.urls import Resolver404, resolve
 
@@ -26,6 +28,7 @@ _ROUTED = r"/(?:api/|webhooks/|healthz|readyz|metrics)[^\s`'\"|,;)\]]*"
 _PROSE_ENDPOINT = re.compile(rf"\b({'|'.join(METHODS)})\s+`?({_ROUTED})")
 _CODE_PATH = re.compile(rf"`({_ROUTED})`")
 _INLINE_CODE = re.compile(r"`([^`\n]+)`")
+_COMMAND = re.compile(r"manage\.py (\w+)")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 # A setting's name: upper case with at least one underscore (`SEND_RATE_PER_SECOND`),
 # not part of a hyphenated header name (`X-SES-CONFIGURATION-SET`) nor a shell variable (`$DLQ_ARN`).
@@ -171,6 +174,13 @@ def test_every_setting_named_is_read(path):
     problems = [f"{mention}\n    {problem}" for name, mention in _settings_in(path)
                 if (problem := setting_problem(name, env_names))]
     assert problems == [], "\n".join(problems)
+
+
+def test_every_management_command_named_exists():
+    commands = get_commands()
+    named = {(name, str(path.relative_to(ROOT))) for path in DOCS for name in _COMMAND.findall(path.read_text())}
+    assert len(named) >= 6
+    assert sorted(f"{file}: manage.py {name}" for name, file in named if name not in commands) == []
 
 
 def _anchor(heading: str) -> str:
