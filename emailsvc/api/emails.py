@@ -336,7 +336,9 @@ class EmailDetailApi(APIView):
         operation_id="delete_email",
         request=None,
         responses=_CANCEL_RESPONSES,
-        description="Needs `sending`. Cancel a scheduled or still-queued email: the same as POST /emails/{email_id}/cancel.",
+        description=(
+            "Needs `sending`. Cancel a scheduled or still-queued email: the same as POST /emails/{email_id}/cancel."
+        ),
     )
     def delete(self, request, email_id: str):
         return _cancel(email_id)
