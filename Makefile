@@ -1,7 +1,7 @@
 # emailsvc — `make run` starts the whole service locally; `make test` runs the suite;
 # `make bench` measures it (benchmarks/README.md).
 # Variables on the command line reach the processes: `make run WEB_PORT=8001
-# FLOWER_PORT=5556`, `make run WEB_BIND=0.0.0.0` (README.md, "Settings").
+# FLOWER_PORT=5556`, `make run WEB_BIND=0.0.0.0` (docs/settings.md).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin

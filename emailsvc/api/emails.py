@@ -304,8 +304,25 @@ class EmailBatchApi(APIView):
         return _idempotent(request, send)
 
 
+_CANCEL_RESPONSES = {
+    200: CancelOutputSerializer,
+    **ERRORS,
+    404: OpenApiResponse(ErrorBodySerializer),
+    409: OpenApiResponse(ErrorBodySerializer, description="not_cancellable: sending began or it ended"),
+}
+
+
+def _cancel(email_id: str) -> Response:
+    message = message_cancel(email_id=email_id)
+    return Response(CancelOutputSerializer(message).data)
+
+
 class EmailDetailApi(APIView):
-    permission_classes = [CanRead]
+    """/emails/{email_id}: GET reads (read_only), DELETE cancels as POST …/cancel does (sending)."""
+
+    def get_permissions(self):
+        # Any other method needs no more than reading to learn it is not allowed (405).
+        return [CanSend() if self.request.method == "DELETE" else CanRead()]
 
     @extend_schema(
         operation_id="get_email",
@@ -315,6 +332,17 @@ class EmailDetailApi(APIView):
         message = message_get(email_id=email_id)
         return Response(EmailDetailOutputSerializer(message).data)
 
+    @extend_schema(
+        operation_id="delete_email",
+        request=None,
+        responses=_CANCEL_RESPONSES,
+        description=(
+            "Needs `sending`. Cancel a scheduled or still-queued email: the same as POST /emails/{email_id}/cancel."
+        ),
+    )
+    def delete(self, request, email_id: str):
+        return _cancel(email_id)
+
 
 class EmailCancelApi(APIView):
     permission_classes = [CanSend]
@@ -322,14 +350,8 @@ class EmailCancelApi(APIView):
     @extend_schema(
         operation_id="cancel_email",
         request=None,
-        responses={
-            200: CancelOutputSerializer,
-            **ERRORS,
-            404: OpenApiResponse(ErrorBodySerializer),
-            409: OpenApiResponse(ErrorBodySerializer, description="not_cancellable: sending began or it ended"),
-        },
+        responses=_CANCEL_RESPONSES,
         description="Cancel a scheduled or still-queued email.",
     )
     def post(self, request, email_id: str):
-        message = message_cancel(email_id=email_id)
-        return Response(CancelOutputSerializer(message).data)
+        return _cancel(email_id)

@@ -1,6 +1,6 @@
 """The one template engine: Jinja2's sandbox, narrowed to JSON data and bounded.
 
-Why Jinja2 (README "Templates"): its sandbox is built for templates written by
+Why Jinja2 (docs/templates.md): its sandbox is built for templates written by
 someone other than the operator, every hook we need is a documented extension
 point (attribute and item lookup, calls, binary operators, `finalize`,
 `concat`, the code generator class), and a compiled template is a plain Python

@@ -13,7 +13,7 @@ from django.db import connections
 
 from tests.stack import Stack
 
-# Short bounds for the web process under test (README: WEB_READ_TIMEOUT, WEB_KEEPALIVE).
+# Short bounds for the web process under test (docs/settings.md: WEB_READ_TIMEOUT, WEB_KEEPALIVE).
 READ_TIMEOUT = 3
 KEEPALIVE = 3
 # Small limits (config/wsgi.py reads bodies up to 1.5 × MAX_MESSAGE_BYTES whole), so a

@@ -37,7 +37,10 @@ def post(client, url, body, *, idempotency_key=None):
     return client.post(url, payload, content_type="application/json", **extra)
 
 
-def cancel(client, email_id):
+def cancel(client, email_id, way="post"):
+    """Cancel by `POST /emails/{id}/cancel` or, the same, `DELETE /emails/{id}`."""
+    if way == "delete":
+        return client.delete(f"{EMAILS}/{email_id}")
     return client.post(f"{EMAILS}/{email_id}/cancel")
 
 
@@ -516,10 +519,16 @@ def _send(api, **fields) -> str:
     return response.json()["email_id"]
 
 
-def test_cancel_scheduled_email_answers_cancelled_and_get_shows_it(api):
+@pytest.fixture(params=["post", "delete"])
+def way(request):
+    """Each cancel case both ways: POST …/cancel and DELETE /emails/{id} answer alike."""
+    return request.param
+
+
+def test_cancel_scheduled_email_answers_cancelled_and_get_shows_it(api, way):
     email_id = _send(api, cc="bob@example.com", send_at=iso(timezone.now() + timedelta(hours=3)))
 
-    response = cancel(api, email_id)
+    response = cancel(api, email_id, way)
 
     assert response.status_code == 200
     assert response.json() == {"email_id": email_id, "status": "cancelled"}
@@ -529,9 +538,9 @@ def test_cancel_scheduled_email_answers_cancelled_and_get_shows_it(api):
     assert [r["status"] for r in detail["recipients"]] == ["cancelled", "cancelled"]
 
 
-def test_cancel_queued_email(api):
+def test_cancel_queued_email(api, way):
     email_id = _send(api)
-    response = cancel(api, email_id)
+    response = cancel(api, email_id, way)
 
     assert response.status_code == 200
     assert response.json() == {"email_id": email_id, "status": "cancelled"}
@@ -539,19 +548,19 @@ def test_cancel_queued_email(api):
     assert recipient_statuses(email_id) == ["cancelled"]
 
 
-def test_cancel_keeps_a_suppressed_recipient_suppressed(api):
+def test_cancel_keeps_a_suppressed_recipient_suppressed(api, way):
     suppression_add(email="gone@example.com", reason="complaint")
     email_id = _send(api, to=["gone@example.com", "here@example.com"])
 
-    assert cancel(api, email_id).json()["status"] == "cancelled"
+    assert cancel(api, email_id, way).json()["status"] == "cancelled"
     assert recipient_statuses(email_id) == ["suppressed", "cancelled"]
 
 
-def test_second_cancel_is_409_not_cancellable(api):
+def test_second_cancel_is_409_not_cancellable(api, way):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
-    assert cancel(api, email_id).status_code == 200
+    assert cancel(api, email_id, way).status_code == 200
 
-    response = cancel(api, email_id)
+    response = cancel(api, email_id, way)
 
     assert response.status_code == 409
     assert response.json()["error"] == "not_cancellable"
@@ -559,13 +568,13 @@ def test_second_cancel_is_409_not_cancellable(api):
 
 
 @pytest.mark.parametrize("state", [Status.SENDING, Status.SENT, Status.DELIVERED, Status.FAILED, Status.BOUNCED])
-def test_cancel_once_sending_began_or_ended_is_409_not_cancellable(api, state):
+def test_cancel_once_sending_began_or_ended_is_409_not_cancellable(api, state, way):
     email_id = _send(api)
     # A worker claimed it (sending) or it ended (done).
     Message.objects.filter(email_id=email_id).update(status=state, state="sending" if state == Status.SENDING else "done")
     Recipient.objects.filter(message__email_id=email_id).update(status=state)
 
-    response = cancel(api, email_id)
+    response = cancel(api, email_id, way)
 
     assert response.status_code == 409
     assert response.json()["error"] == "not_cancellable"
@@ -573,29 +582,48 @@ def test_cancel_once_sending_began_or_ended_is_409_not_cancellable(api, state):
     assert recipient_statuses(email_id) == [state]
 
 
-def test_cancel_of_a_fully_suppressed_email_is_409(api):
+def test_cancel_of_a_fully_suppressed_email_is_409(api, way):
     suppression_add(email="gone@example.com", reason="manual")
     email_id = _send(api, to="gone@example.com")
-    response = cancel(api, email_id)
+    response = cancel(api, email_id, way)
     assert response.status_code == 409
     assert response.json()["error"] == "not_cancellable"
 
 
-def test_cancel_unknown_email_is_404_not_found(api):
-    response = cancel(api, "no-such-email")
+def test_cancel_unknown_email_is_404_not_found(api, way):
+    response = cancel(api, "no-such-email", way)
     assert response.status_code == 404
     assert response.json()["error"] == "not_found"
 
 
-def test_read_only_key_may_not_cancel_403(api, make_client):
+def test_read_only_key_may_not_cancel_403(api, make_client, way):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
 
-    response = cancel(make_client(ApiKey.Permission.READ_ONLY), email_id)
+    response = cancel(make_client(ApiKey.Permission.READ_ONLY), email_id, way)
 
     assert response.status_code == 403
     assert response.json()["error"] == "forbidden"
     assert Message.objects.get(email_id=email_id).status == Status.SCHEDULED
     assert recipient_statuses(email_id) == ["scheduled"]
+
+
+def test_a_read_only_key_still_reads_the_email_that_delete_would_cancel(api, make_client):
+    email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
+    reader = make_client(ApiKey.Permission.READ_ONLY)
+
+    assert reader.get(f"{EMAILS}/{email_id}").json()["status"] == "scheduled"
+    response = reader.put(f"{EMAILS}/{email_id}", VALID, format="json")
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_the_schema_lists_delete_beside_post_cancel(client, db):
+    paths = client.get("/api/schema/?format=json").json()["paths"]
+    delete = paths["/api/v1/emails/{email_id}"]["delete"]
+    post = paths["/api/v1/emails/{email_id}/cancel"]["post"]
+
+    assert delete["operationId"] == "delete_email" and "sending" in delete["description"]
+    assert delete["responses"].keys() == post["responses"].keys() >= {"200", "404", "409"}
+    assert delete["responses"]["200"] == post["responses"]["200"]
 
 
 # --- scheduled release --------------------------------------------------------
@@ -639,9 +667,9 @@ def test_a_due_scheduled_email_is_sent_and_its_suppressed_recipient_stays_suppre
     assert Message.objects.get(email_id=email_id).status == Status.SENT
 
 
-def test_cancelled_scheduled_email_is_never_sent(api):
+def test_cancelled_scheduled_email_is_never_sent(api, way):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
-    assert cancel(api, email_id).status_code == 200
+    assert cancel(api, email_id, way).status_code == 200
     _make_due(email_id)
 
     assert deliver_now() == 0
@@ -649,11 +677,11 @@ def test_cancelled_scheduled_email_is_never_sent(api):
     assert recipient_statuses(email_id) == ["cancelled"]
 
 
-def test_a_due_scheduled_email_can_be_cancelled_until_a_worker_claims_it(api):
+def test_a_due_scheduled_email_can_be_cancelled_until_a_worker_claims_it(api, way):
     email_id = _send(api, send_at=iso(timezone.now() + timedelta(hours=1)))
     _make_due(email_id)
 
-    assert cancel(api, email_id).json() == {"email_id": email_id, "status": "cancelled"}
+    assert cancel(api, email_id, way).json() == {"email_id": email_id, "status": "cancelled"}
     assert deliver_now() == 0
 
 

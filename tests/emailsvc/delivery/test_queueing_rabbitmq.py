@@ -2,7 +2,7 @@
 
 Runs when RabbitMQ answers at RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672//);
 CI starts it and sets RABBITMQ_URL, and then a broken AMQP path fails instead of skipping.
-Redis stays the home of the rate limiter and locks (REDIS_URL), as the README says.
+Redis stays the home of the rate limiter and locks (REDIS_URL), as docs/settings.md says.
 """
 
 import os

@@ -3,7 +3,7 @@
 Each test runs the service's processes privately (tests/stack.py), breaks
 something while emails are being delivered, and then checks what a user
 would: every accepted email reached the server, none more often than the
-bound the README states (the sends in flight of each killed process), none is
+bound docs/sending.md states (the sends in flight of each killed process), none is
 left `sending`, every recipient recorded `sent` really reached the server, and
 each recipient's status history replays to its status (tests/invariants.py).
 """
