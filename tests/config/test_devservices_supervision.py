@@ -2,7 +2,7 @@
 and exit code) and started again while the others run on; SIGINT or SIGTERM to
 the supervisor stops every process, leaves none behind and exits 0.
 
-Real processes throughout: a supervisor (config.devservices.supervise) in a
+Real processes throughout: a supervisor (config.supervisor.supervise) in a
 process of its own, running a Procfile of `python -c` commands in tmp_path.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from config.devservices import BASE_DIR, exit_description, procfile_processes, restart_delay
+from config.devservices import BASE_DIR
+from config.supervisor import exit_description, procfile_processes, restart_delay
 
 STEADY = """steady: python -c 'import os, time; print("steady up", os.getpid(), flush=True); time.sleep(60)'"""
 # Dies after 0.5 s, leaving behind a `sleep` of its process group, as a Celery
@@ -41,7 +42,7 @@ class Supervisor:
         (directory / "Procfile").write_text(procfile + "\n")
         env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
         code = (
-            "import os, sys; from pathlib import Path; from config.devservices import supervise; "
+            "import os, sys; from pathlib import Path; from config.supervisor import supervise; "
             f"sys.exit(supervise(procfile=Path({str(directory / 'Procfile')!r}), env=dict(os.environ), "
             f"cwd=Path({str(directory)!r}), stop_timeout={stop_timeout}))"
         )
@@ -188,7 +189,7 @@ def test_a_stop_signal_stops_every_process_leaves_none_behind_and_exits_0(superv
     assert time.monotonic() - started < 5
     assert not _gone_within(pids, timeout=0), f"still alive: {pids}\n{running.output}"
     name = signal.Signals(signum).name
-    assert running.matching(rf"system\s+\| {name} received, stopping every process$")
+    assert running.matching(rf"system\s+\| {name} received, stopping every process \(")
     assert running.matching(r"system\s+\| sending SIGTERM to steady\.1 \(pid \d+\)$")
     # stubborn ignored SIGTERM for the whole stop_timeout: SIGKILL ended it.
     assert running.matching(r"system\s+\| sending SIGKILL to stubborn\.1 \(pid \d+\)$")
