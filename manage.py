@@ -43,10 +43,10 @@ def _problem(error: Exception) -> str | None:
     from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    if (name := _setting_name(error)) and name not in str(error):
+        return f"{name} is not valid ({error}); fix or unset it"
     if isinstance(error, ImproperlyConfigured):
         return f"{error}{_sandbox_hint() if 'SECRET_KEY' in str(error) or 'AWS_ENDPOINT_URL' in str(error) else ''}"
-    if name := _setting_name(error):
-        return f"{name} is not valid ({error}); fix or unset it"
     if isinstance(error, (RedisConnectionError, OperationalError)):
         url = maybe_sanitize_url(settings.CELERY_BROKER_URL)
         return f"cannot reach Redis at {url} ({error}){_sandbox_hint() or '; check REDIS_URL'}"
