@@ -5,11 +5,44 @@ with one line saying what to do and exit code 1, not with a traceback."""
 
 import os
 import re
+import socket
 import sys
 import traceback
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SETTINGS_FILE = Path(__file__).resolve().parent / "config" / "settings.py"
+# What of `make run`'s services a command needs (the variables naming them).
+SERVICES = {"REDIS_URL": "Redis", "AWS_ENDPOINT_URL": "the sandbox AWS endpoint (moto)"}
+NEEDS = {
+    "drain_events": ("REDIS_URL", "AWS_ENDPOINT_URL"),
+    "resume_sending": ("REDIS_URL",),
+    "sandbox_init": ("AWS_ENDPOINT_URL",),
+    "sync_ses_suppressions": ("AWS_ENDPOINT_URL",),
+}
+
+
+def _sandbox_down(command: str) -> str | None:
+    """With settings from `make run`'s env file: which service `command` needs does
+    not answer, in one line (None: all do, or the settings are not the sandbox's)."""
+    from django.conf import settings
+
+    try:
+        sandbox = settings.SANDBOX_ENV_FILE
+    except Exception:  # reported when the command runs
+        return None
+    for name in NEEDS.get(command, ()) if sandbox else ():
+        if not (value := os.environ.get(name)):
+            continue
+        address = urlsplit(value).netloc.rpartition("@")[2]  # no credentials
+        try:
+            socket.create_connection((urlsplit(value).hostname, urlsplit(value).port), timeout=2).close()
+        except (OSError, TypeError, ValueError):
+            return (
+                f"{command} needs {SERVICES[name]} at {address} ({name}), which does not answer: "
+                f"is `make run` running? (settings from {sandbox})"
+            )
+    return None
 
 
 def _sandbox_hint() -> str:
@@ -59,6 +92,8 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.core.management import execute_from_command_line
 
+    if problem := _sandbox_down(sys.argv[1] if len(sys.argv) > 1 else ""):
+        sys.exit(f"{Path(sys.argv[0]).name}: {problem}")
     try:
         execute_from_command_line(sys.argv)
     except Exception as error:

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
@@ -31,12 +32,21 @@ STOPPED = {  # what `make run` wrote, its Redis and moto gone since
     "LOG_FORMAT": "text",
 }
 
+REDIS = "Redis at 127.0.0.1:{redis} (REDIS_URL)"
+MOTO = "the sandbox AWS endpoint (moto) at 127.0.0.1:{aws} (AWS_ENDPOINT_URL)"
+
 
 def manage(*args: str, sandbox: Path, **variables: str) -> subprocess.CompletedProcess:
     env = {"PATH": os.environ["PATH"], "SANDBOX_DIR": str(sandbox), **variables}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, text=True, capture_output=True, timeout=120
     )
+
+
+def settings_of(sandbox: Path) -> dict[str, str]:
+    environ = {"SANDBOX_DIR": str(sandbox)}
+    sandbox_env_apply(environ)
+    return environ
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:
@@ -84,24 +94,38 @@ def test_create_api_key_with_no_variables_uses_make_runs_settings_and_the_key_wo
     assert answer.status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(
-    ("command", "unreachable"),
+    ("command", "needs"),
     [
-        (["resume_sending"], "cannot reach Redis at redis://127.0.0.1:"),
-        (["sandbox_init", "--admin-password", "not-used-here"], "Could not connect to the endpoint URL"),
-        (["sync_ses_suppressions"], "Could not connect to the endpoint URL"),
-        (["drain_events", "--once"], "Could not connect to the endpoint URL"),
+        (["resume_sending"], REDIS),
+        (["drain_events", "--once"], REDIS),
+        (["sandbox_init", "--admin-password", "unused"], MOTO),
+        (["sync_ses_suppressions"], MOTO),
     ],
-    ids=["resume_sending", "sandbox_init", "sync_ses_suppressions", "drain_events"],
+    ids=["resume_sending", "drain_events", "sandbox_init", "sync_ses_suppressions"],
 )
-def test_with_make_run_stopped_a_command_needing_redis_or_moto_says_so_in_one_line(
-    stopped_sandbox, command, unreachable
-):
+def test_with_make_run_stopped_a_command_needing_redis_or_moto_says_so_in_one_line(stopped_sandbox, command, needs):
+    ports = {
+        "redis": urlsplit(settings_of(stopped_sandbox)["REDIS_URL"]).port,
+        "aws": urlsplit(settings_of(stopped_sandbox)["AWS_ENDPOINT_URL"]).port,
+    }
+
     line = one_line(manage(*command, sandbox=stopped_sandbox))
 
-    assert unreachable in line
-    assert line.endswith(f"is `make run` running? It starts it (settings from {stopped_sandbox / 'env'})")
+    assert line == (
+        f"{command[0]} needs {needs.format(**ports)}, which does not answer: "
+        f"is `make run` running? (settings from {stopped_sandbox / 'env'})"
+    )
+
+
+def test_configured_by_hand_an_unreachable_aws_endpoint_is_one_line_naming_its_setting(tmp_path):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    variables = {"SECRET_KEY": "deployed", "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": f"sqlite:///{tmp_path / 'db'}"}
+
+    line = one_line(manage("sandbox_init", "--admin-password", "unused", sandbox=tmp_path, **variables))
+
+    assert line.startswith(f'Could not connect to the endpoint URL: "{endpoint}/')
+    assert line.endswith("; check AWS_ENDPOINT_URL")
 
 
 def test_what_the_environment_sets_wins_over_the_file(stopped_sandbox):
