@@ -72,6 +72,7 @@ def _problem(error: Exception) -> str | None:
     from botocore.exceptions import EndpointConnectionError
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
+    from django.db import OperationalError as DatabaseError
     from kombu.exceptions import OperationalError
     from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -79,7 +80,12 @@ def _problem(error: Exception) -> str | None:
     if (name := _setting_name(error)) and name not in str(error):
         return f"{name} is not valid ({error}); fix or unset it"
     if isinstance(error, ImproperlyConfigured):
-        return f"{error}{_sandbox_hint() if 'SECRET_KEY' in str(error) or 'AWS_ENDPOINT_URL' in str(error) else ''}"
+        message = str(error).splitlines()[0]
+        if "isn't an available database backend" in message:  # Django's words for DATABASE_URL's scheme
+            message = f"DATABASE_URL: {message.partition('.')[0]}; use postgres://… or sqlite:///…"
+        return f"{message}{_sandbox_hint() if 'SECRET_KEY' in message or 'AWS_ENDPOINT_URL' in message else ''}"
+    if isinstance(error, DatabaseError):
+        return f"cannot use the database ({str(error).strip().splitlines()[0]}); check DATABASE_URL"
     if isinstance(error, (RedisConnectionError, OperationalError)):
         url = maybe_sanitize_url(settings.CELERY_BROKER_URL)
         return f"cannot reach Redis at {url} ({error}){_sandbox_hint() or '; check REDIS_URL'}"

@@ -156,7 +156,8 @@ def test_a_configured_environment_never_reads_the_file(stopped_sandbox, variable
         ("SMTP_PORT", "twenty-five", "SMTP_PORT is not valid (invalid literal for int() with base 10: 'twenty-five')"),
         ("EMAIL_PROVIDER", "pigeon", "EMAIL_PROVIDER='pigeon' is not one of sandbox, ses, smtp, console"),
         ("SEND_RATE_PER_SECOND", "fast", "SEND_RATE_PER_SECOND is not valid (could not convert string to float"),
-        ("DATABASE_URL", "nosuchdb://host/name", "DATABASE_URL is not valid ("),
+        ("DATABASE_URL", "nosuchdb://host/name", "DATABASE_URL: 'nosuchdb' isn't an available database backend"),
+        ("DATABASE_URL", f"postgres://nobody@127.0.0.1:{free_port()}/none", "cannot use the database ("),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it(tmp_path, name, value, line):
