@@ -120,7 +120,10 @@ def test_with_make_run_stopped_a_command_needing_redis_or_moto_says_so_in_one_li
 
 def test_configured_by_hand_an_unreachable_aws_endpoint_is_one_line_naming_its_setting(tmp_path):
     endpoint = f"http://127.0.0.1:{free_port()}"
-    variables = {"SECRET_KEY": "deployed", "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": f"sqlite:///{tmp_path / 'db'}"}
+    variables = {
+        "SECRET_KEY": "deployed", "AWS_ENDPOINT_URL": endpoint, "DATABASE_URL": f"sqlite:///{tmp_path / 'db'}",
+        "AWS_ACCESS_KEY_ID": "sandbox", "AWS_SECRET_ACCESS_KEY": "sandbox",
+    }
 
     line = one_line(manage("sandbox_init", "--admin-password", "unused", sandbox=tmp_path, **variables))
 
@@ -131,7 +134,7 @@ def test_configured_by_hand_an_unreachable_aws_endpoint_is_one_line_naming_its_s
 def test_what_the_environment_sets_wins_over_the_file(stopped_sandbox):
     code = "from django.conf import settings as s; print(s.EMAIL_PROVIDER, s.SECRET_KEY, s.SANDBOX_ENV_FILE)"
 
-    result = manage("shell", "-c", code, sandbox=stopped_sandbox, EMAIL_PROVIDER="console")
+    result = manage("shell", "--no-imports", "-c", code, sandbox=stopped_sandbox, EMAIL_PROVIDER="console")
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["console", STOPPED["SECRET_KEY"], str(stopped_sandbox / "env")]
