@@ -5,13 +5,20 @@ Each setting is documented in README.md ("Settings"). Invalid values fail at
 start-up with a message naming the variable.
 """
 
+import os
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
+from config.sandbox_env import sandbox_env_apply
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# With neither SECRET_KEY nor DATABASE_URL set, what the environment leaves unset
+# comes from the settings of the last `make run` (config/sandbox_env.py), if any.
+SANDBOX_ENV_FILE = sandbox_env_apply(os.environ)
 
 env = environ.Env()
 

@@ -1,8 +1,9 @@
 """`make run` keeps the Procfile running: a process that exits is announced (name
 and exit code) and started again while the others run on; SIGINT or SIGTERM to
-the supervisor stops every process, leaves none behind and exits 0.
+the supervisor stops every process (a running task finishes), leaves none behind
+and exits 0; a second signal forces the stop (exit code 130).
 
-Real processes throughout: a supervisor (config.devservices.supervise) in a
+Real processes throughout: a supervisor (config.supervisor.supervise) in a
 process of its own, running a Procfile of `python -c` commands in tmp_path.
 """
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from config.devservices import BASE_DIR, exit_description, procfile_processes, restart_delay
+from config.devservices import BASE_DIR
+from config.supervisor import exit_description, procfile_processes, restart_delay
 
 STEADY = """steady: python -c 'import os, time; print("steady up", os.getpid(), flush=True); time.sleep(60)'"""
 # Dies after 0.5 s, leaving behind a `sleep` of its process group, as a Celery
@@ -41,7 +43,7 @@ class Supervisor:
         (directory / "Procfile").write_text(procfile + "\n")
         env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
         code = (
-            "import os, sys; from pathlib import Path; from config.devservices import supervise; "
+            "import os, sys; from pathlib import Path; from config.supervisor import supervise; "
             f"sys.exit(supervise(procfile=Path({str(directory / 'Procfile')!r}), env=dict(os.environ), "
             f"cwd=Path({str(directory)!r}), stop_timeout={stop_timeout}))"
         )
@@ -188,13 +190,63 @@ def test_a_stop_signal_stops_every_process_leaves_none_behind_and_exits_0(superv
     assert time.monotonic() - started < 5
     assert not _gone_within(pids, timeout=0), f"still alive: {pids}\n{running.output}"
     name = signal.Signals(signum).name
-    assert running.matching(rf"system\s+\| {name} received, stopping every process$")
+    assert running.matching(rf"system\s+\| {name} received, stopping every process \(")
     assert running.matching(r"system\s+\| sending SIGTERM to steady\.1 \(pid \d+\)$")
     # stubborn ignored SIGTERM for the whole stop_timeout: SIGKILL ended it.
     assert running.matching(r"system\s+\| sending SIGKILL to stubborn\.1 \(pid \d+\)$")
     assert running.matching(r"system\s+\| steady\.1 stopped \(")
     assert running.matching(r"system\s+\| stubborn\.1 stopped \(")
     assert not running.matching(r"exited unexpectedly")
+
+
+# As Celery's warm shutdown: given SIGTERM, the master lets the process running a
+# task finish it; that process itself dies at once if given SIGTERM.
+MASTER_SCRIPT = """
+import signal, subprocess, sys
+code = "import time; print('task started', flush=True); time.sleep(1.5); print('task done', flush=True)"
+task = subprocess.Popen([sys.executable, "-c", code])
+signal.signal(signal.SIGTERM, lambda *_: print("master: finishing the running task", flush=True))
+sys.exit(task.wait())
+"""
+
+
+def test_a_stop_asks_the_command_not_the_processes_it_manages_so_a_running_task_finishes(supervisor, tmp_path):
+    (tmp_path / "master.py").write_text(MASTER_SCRIPT)
+    running = supervisor("master: python master.py")
+    running.wait_for(r"task started$")
+
+    assert running.stop() == 0
+
+    assert running.matching(r"master\.1\s+\| master: finishing the running task$"), running.output
+    assert running.matching(r"master\.1\s+\| task done$"), running.output
+    assert running.matching(r"system\s+\| master\.1 stopped \(exit code 0\)$"), running.output
+
+
+def test_a_second_signal_forces_the_stop_at_once_and_leaves_nothing_behind(supervisor):
+    running = supervisor(f"{STEADY}\n{STUBBORN}", stop_timeout=60)
+    running.wait_for(r"(steady|stubborn) up \d+$", count=2)
+    running.wait_for(r"leftover \d+$")
+    pids = running.pids()
+
+    started = time.monotonic()
+    running.process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert running.stop(signal.SIGINT) == 130
+
+    assert time.monotonic() - started < 5
+    assert not _gone_within(pids, timeout=0), f"still alive: {pids}\n{running.output}"
+    assert running.matching(r"system\s+\| stop forced: sending SIGKILL to every process still running$")
+
+
+def test_the_same_signal_twice_at_once_is_one_stop_not_a_forced_one(supervisor):
+    """As `timeout` sends: to the command, and to its process group."""
+    running = supervisor(STEADY)
+    running.wait_for(r"steady up \d+$")
+
+    running.process.send_signal(signal.SIGTERM)
+    assert running.stop(signal.SIGTERM) == 0
+
+    assert not running.matching("stop forced")
 
 
 def test_restart_delay_doubles_while_a_process_keeps_dying_soon_and_resets_after_a_long_run():
