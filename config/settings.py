@@ -1,7 +1,7 @@
 """
 emailsvc settings: every value comes from the environment (12-factor).
 
-Each setting is documented in README.md ("Settings"). Invalid values fail at
+Each setting is documented in docs/settings.md. Invalid values fail at
 start-up with a message naming the variable.
 """
 
