@@ -105,7 +105,8 @@ class DomainListApi(APIView):
             201: DomainOutputSerializer,
             **ERRORS,
             409: OpenApiResponse(
-                ErrorBodySerializer, description="domain_exists; domains_need_ses (EMAIL_PROVIDER is not ses or sandbox)"
+                ErrorBodySerializer,
+                description="domain_exists; domains_need_ses (EMAIL_PROVIDER is not ses or sandbox)",
             ),
             **SES_FAILED,
         },

@@ -49,20 +49,26 @@ def domain_name_canonical(name: str, *, field: str = "name") -> str:
     if len(labels) < 2 or len(canonical) > 253:
         problem = "A sending domain needs at least two labels and at most 253 characters, e.g. 'acme.example'."
     elif not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
-        problem = "Each label holds letters, digits and inner hyphens only (1 to 63 characters); IP addresses are not domains."
+        problem = (
+            "Each label holds letters, digits and inner hyphens only (1 to 63 characters); "
+            "IP addresses are not domains."
+        )
     elif labels[-1] in _SPECIAL_USE:
         problem = f"'.{labels[-1]}' is a special-use name: no public DNS can verify it."
     if problem:
-        raise ValidationFailed(f"'{name}' is not a sending domain: {problem}", fields={field: [problem]}, code="invalid_domain")
+        raise ValidationFailed(
+            f"'{name}' is not a sending domain: {problem}", fields={field: [problem]}, code="invalid_domain"
+        )
     return canonical
 
 
 def _next_check(status: str, now: datetime) -> datetime:
     """Pending and failed domains are checked every DOMAIN_CHECK_INTERVAL_SECONDS;
     a verified one only every DOMAIN_VERIFIED_CHECK_SECONDS."""
-    seconds = (
-        settings.DOMAIN_VERIFIED_CHECK_SECONDS if status == Domain.Status.VERIFIED else settings.DOMAIN_CHECK_INTERVAL_SECONDS
-    )
+    if status == Domain.Status.VERIFIED:
+        seconds = settings.DOMAIN_VERIFIED_CHECK_SECONDS
+    else:
+        seconds = settings.DOMAIN_CHECK_INTERVAL_SECONDS
     return now + timedelta(seconds=seconds)
 
 
@@ -132,10 +138,14 @@ def domain_refresh(*, domain_id: int) -> Domain:
     except SesIdentityError as error:  # SES unreachable or refusing: keep the last facts, say why
         fields, check_error = {"next_check_at": _next_check(Domain.Status.PENDING, now)}, str(error)[:500]
     records = domain_records(
-        name=domain.name, dkim_tokens=fields.get("dkim_tokens", domain.dkim_tokens), mail_from_domain=domain.mail_from_domain
+        name=domain.name,
+        dkim_tokens=fields.get("dkim_tokens", domain.dkim_tokens),
+        mail_from_domain=domain.mail_from_domain,
     )
     dns = dns_records_check(records)
-    updated = Domain.objects.filter(pk=domain.pk).update(dns=dns, dns_checked_at=timezone.now(), check_error=check_error, **fields)
+    updated = Domain.objects.filter(pk=domain.pk).update(
+        dns=dns, dns_checked_at=timezone.now(), check_error=check_error, **fields
+    )
     if not updated:  # deleted meanwhile
         return domain
     was_verified = domain.status == Domain.Status.VERIFIED
@@ -154,9 +164,8 @@ def domain_verify(*, name: str) -> Domain:
 
 def domains_refresh_due(*, limit: int = 100) -> int:
     """Refresh the domains whose next check is due (the periodic task); how many."""
-    due = list(
-        Domain.objects.filter(next_check_at__lte=timezone.now()).order_by("next_check_at").values_list("pk", flat=True)[:limit]
-    )
+    due = Domain.objects.filter(next_check_at__lte=timezone.now()).order_by("next_check_at")
+    due = list(due.values_list("pk", flat=True)[:limit])
     for domain_id in due:
         domain_refresh(domain_id=domain_id)
     return len(due)

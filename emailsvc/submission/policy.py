@@ -52,10 +52,7 @@ def _check_sending_domain(domain: str) -> None:
     if row is None:
         raise PolicyViolation(
             f"Sending from the domain '{domain}' is not allowed.",
-            fields={"from": [
-                f"Allowed from domains: {', '.join(settings.ALLOWED_FROM_DOMAINS)}, "
-                "and the verified sending domains (/api/v1/domains)."
-            ]},
+            fields={"from": [f"Allowed from domains: {', '.join(settings.ALLOWED_FROM_DOMAINS)}."]},
             code="from_domain_not_allowed",
         )
     if row.status != row.Status.VERIFIED:
