@@ -502,12 +502,12 @@ if SES_SUPPRESSION_SYNC or SES_SUPPRESSION_PUSH:
         "options": {"expires": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS, "queue": "emails.low"},
     }
 
-if EMAIL_PROVIDER in ("ses", "sandbox"):
-    CELERY_BEAT_SCHEDULE["check-sending-domains"] = {
-        "task": "emailsvc.domains_refresh",
-        "schedule": DOMAIN_CHECK_INTERVAL_SECONDS,
-        "options": {"expires": DOMAIN_CHECK_INTERVAL_SECONDS, "queue": "emails.low"},
-    }
+# Sending domains whose check is due (none with EMAIL_PROVIDER=smtp or console).
+CELERY_BEAT_SCHEDULE["check-sending-domains"] = {
+    "task": "emailsvc.domains_refresh",
+    "schedule": DOMAIN_CHECK_INTERVAL_SECONDS,
+    "options": {"expires": DOMAIN_CHECK_INTERVAL_SECONDS, "queue": "emails.low"},
+}
 
 # --- Metrics (core.metrics defines them, console.metrics serves /metrics) ------------
 # /metrics answers a scraper that sends `Authorization: Bearer <METRICS_TOKEN>`;

@@ -3,6 +3,7 @@ domain, and what is still missing before a domain is verified."""
 
 from django.db.models import QuerySet
 
+from core.addresses import InvalidAddress, domain_canonical
 from core.errors import NotFound
 from emailsvc.domains.dnscheck import MISSING, UNCHECKED, UNKNOWN, WRONG_VALUE
 from emailsvc.domains.models import Domain
@@ -14,8 +15,12 @@ def domains_list() -> QuerySet[Domain]:
 
 
 def domain_get(*, name: str) -> Domain:
-    """The domain `name` (any case, trailing dot allowed); NotFound(domain_not_found)."""
-    domain = Domain.objects.filter(name=name.strip().rstrip(".").lower()).first()
+    """The domain `name` (any case or IDNA form, trailing dot allowed); NotFound(domain_not_found)."""
+    try:
+        canonical = domain_canonical(name.strip().rstrip("."))
+    except InvalidAddress:
+        canonical = None
+    domain = Domain.objects.filter(name=canonical).first() if canonical else None
     if domain is None:
         raise NotFound(f"There is no sending domain '{name}'.", code="domain_not_found")
     return domain

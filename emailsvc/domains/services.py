@@ -163,7 +163,10 @@ def domain_verify(*, name: str) -> Domain:
 
 
 def domains_refresh_due(*, limit: int = 100) -> int:
-    """Refresh the domains whose next check is due (the periodic task); how many."""
+    """Refresh the domains whose next check is due (the periodic task); how many.
+    None without SES (EMAIL_PROVIDER smtp or console): there is no identity to ask about."""
+    if settings.EMAIL_PROVIDER not in ("ses", "sandbox"):
+        return 0
     due = Domain.objects.filter(next_check_at__lte=timezone.now()).order_by("next_check_at")
     due = list(due.values_list("pk", flat=True)[:limit])
     for domain_id in due:

@@ -102,6 +102,19 @@ def test_allowed_from_domains_overrides_an_unverified_domain(domains, full_api, 
     assert _send(api, f"a@{name}").status_code == 202
 
 
+def test_beat_runs_the_domain_check_task():
+    """Beat publishes the check every DOMAIN_CHECK_INTERVAL_SECONDS; the task calls domains_refresh_due."""
+    from django.conf import settings
+
+    from config.celery import app
+    from emailsvc.tasks import domains_refresh_task
+
+    app.loader.import_default_modules()
+    entry = settings.CELERY_BEAT_SCHEDULE["check-sending-domains"]
+    assert app.tasks[entry["task"]].run == domains_refresh_task.run
+    assert entry["schedule"] == settings.DOMAIN_CHECK_INTERVAL_SECONDS
+
+
 def test_the_periodic_check_verifies_and_then_backs_off(domains, full_api):
     name = unique_domain()
     domains.SANDBOX_DOMAIN_VERIFY_SECONDS = 0.3
@@ -178,6 +191,16 @@ def test_bad_bodies_and_duplicates(domains, full_api):
     again = full_api.post("/api/v1/domains", {"name": name + "."}, format="json")
     assert again.status_code == 409 and again.json()["error"] == "domain_exists"
     assert full_api.post(f"/api/v1/domains/nope-{name}/verify").json()["error"] == "domain_not_found"
+
+
+def test_an_internationalised_domain_is_stored_and_found_in_its_ascii_form(domains, full_api, moto_server):
+    name = unique_domain("bücher")
+    ascii_name = name.encode("idna").decode()
+    created = full_api.post("/api/v1/domains", {"name": name}, format="json").json()
+    assert created["name"] == ascii_name and ascii_name.startswith("xn--")
+    assert full_api.get(f"/api/v1/domains/{name}").json()["name"] == ascii_name
+    assert full_api.get(f"/api/v1/domains/{ascii_name.upper()}").json()["name"] == ascii_name
+    assert moto_server.client("sesv2").get_email_identity(EmailIdentity=ascii_name)["IdentityType"] == "DOMAIN"
 
 
 def test_a_custom_mail_from_subdomain(domains, full_api):
