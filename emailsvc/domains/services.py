@@ -30,7 +30,7 @@ from emailsvc.models import CLAIMABLE_STATES, Message, WorkState
 logger = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_SPECIAL_USE = ("local", "localhost", "invalid", "onion", "arpa", "test", "internal")
+_SPECIAL_USE = ("local", "localhost", "invalid", "onion", "arpa", "internal")  # as for addresses, .test is accepted
 # Emails from a domain in these states are still to be sent (or may be again).
 _UNSENT_STATES = (*CLAIMABLE_STATES, WorkState.SENDING, WorkState.HELD)
 
@@ -128,8 +128,9 @@ def domain_create(*, name: str, mail_from_subdomain: str = "") -> Domain:
 
 def domain_refresh(*, domain_id: int) -> Domain:
     """Ask SES for the identity's status and public DNS for each record, and store
-    both. An SES or DNS failure is stored in `check_error` (and the domain checked
-    again at the next interval) rather than raised."""
+    both. An SES failure is stored in `check_error` (the last facts kept, the domain
+    checked again at the next interval) rather than raised; a DNS server that does
+    not answer shows as records of status `unknown`. Raises Domain.DoesNotExist."""
     domain = Domain.objects.get(pk=domain_id)
     now = timezone.now()
     try:
@@ -170,7 +171,10 @@ def domains_refresh_due(*, limit: int = 100) -> int:
     due = Domain.objects.filter(next_check_at__lte=timezone.now()).order_by("next_check_at")
     due = list(due.values_list("pk", flat=True)[:limit])
     for domain_id in due:
-        domain_refresh(domain_id=domain_id)
+        try:
+            domain_refresh(domain_id=domain_id)
+        except Domain.DoesNotExist:  # deleted since the list was read
+            pass
     return len(due)
 
 
