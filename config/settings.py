@@ -333,6 +333,20 @@ ANYMAIL = {
 if SES_CONFIGURATION_SET:
     ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
 
+# --- Sending domains (emailsvc.domains, docs/domains.md) ------------------------
+# SES identities added through /api/v1/domains. A pending or failed domain is checked
+# (SES's status and public DNS) every DOMAIN_CHECK_INTERVAL_SECONDS, a verified one
+# every DOMAIN_VERIFIED_CHECK_SECONDS. Custom MAIL FROM: <DOMAIN_MAIL_FROM_SUBDOMAIN>.<domain>.
+DOMAIN_CHECK_INTERVAL_SECONDS = _positive_number("DOMAIN_CHECK_INTERVAL_SECONDS", 60)
+DOMAIN_VERIFIED_CHECK_SECONDS = _positive_number("DOMAIN_VERIFIED_CHECK_SECONDS", 6 * 3600)
+DOMAIN_MAIL_FROM_SUBDOMAIN = env.str("DOMAIN_MAIL_FROM_SUBDOMAIN", default="mail").strip().lower()
+# The DNS check asks the system's resolver unless nameservers (IP addresses) are named.
+DOMAIN_DNS_NAMESERVERS = env.list("DOMAIN_DNS_NAMESERVERS", default=[])
+DOMAIN_DNS_PORT = int(_positive_number("DOMAIN_DNS_PORT", 53, int))
+DOMAIN_DNS_TIMEOUT_SECONDS = _positive_number("DOMAIN_DNS_TIMEOUT_SECONDS", 3)
+# EMAIL_PROVIDER=sandbox: a domain's identity, DKIM and MAIL FROM verify this long after it was added.
+SANDBOX_DOMAIN_VERIFY_SECONDS = env.float("SANDBOX_DOMAIN_VERIFY_SECONDS", default=20.0)
+
 # --- Tracking (SES events) ----------------------------------------------------
 # The SQS queue SES events reach through SNS. In sandbox mode it defaults to a
 # queue on the local AWS emulator that the event simulator fills.
@@ -487,6 +501,13 @@ if SES_SUPPRESSION_SYNC or SES_SUPPRESSION_PUSH:
         "schedule": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS,
         "options": {"expires": SES_SUPPRESSION_SYNC_INTERVAL_SECONDS, "queue": "emails.low"},
     }
+
+# Sending domains whose check is due (none with EMAIL_PROVIDER=smtp or console).
+CELERY_BEAT_SCHEDULE["check-sending-domains"] = {
+    "task": "emailsvc.domains_refresh",
+    "schedule": DOMAIN_CHECK_INTERVAL_SECONDS,
+    "options": {"expires": DOMAIN_CHECK_INTERVAL_SECONDS, "queue": "emails.low"},
+}
 
 # --- Metrics (core.metrics defines them, console.metrics serves /metrics) ------------
 # /metrics answers a scraper that sends `Authorization: Bearer <METRICS_TOKEN>`;

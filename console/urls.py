@@ -25,4 +25,7 @@ urlpatterns = [
     path("operations/sending/resume/", _view(views.sending_resume_view), name="sending-resume"),
     path("operations/sending/pause/", _view(views.sending_pause_view), name="sending-pause"),
     path("operations/queues/", _view(views.queues_view), name="queues"),
+    path("operations/domains/", _view(views.domains_view), name="domains"),
+    path("operations/domains/add/", _view(views.domain_add_view), name="domain-add"),
+    path("operations/domains/check/", _view(views.domain_check_view), name="domain-check"),
 ]

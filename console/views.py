@@ -223,3 +223,54 @@ def queues_view(request: HttpRequest) -> HttpResponse:
         row["broker"] = broker.get(row["priority"])
     context = _context(request, "Queues and drain", probes=probes, backlog=backlog, sending_now=sending_now())
     return TemplateResponse(request, "admin/console/queues.html", context)
+
+
+# --- Sending domains ------------------------------------------------------------------
+
+
+def domains_view(request: HttpRequest) -> HttpResponse:
+    """Every sending domain: SES's status, each record to publish (with a copy
+    button) beside what public DNS answered at the last check, and what is missing;
+    add a domain, check one now."""
+    from emailsvc.domains.selectors import domain_missing, domain_record_rows, domains_list
+
+    _require(request, "emailsvc.view_domain")
+    rows = [
+        {"domain": domain, "records": domain_record_rows(domain), "missing": domain_missing(domain)}
+        for domain in domains_list()
+    ]
+    context = _context(
+        request, "Sending domains", rows=rows,
+        can_add=request.user.has_perm("emailsvc.add_domain"), can_check=request.user.has_perm("emailsvc.change_domain"),
+    )
+    return TemplateResponse(request, "admin/console/domains.html", context)
+
+
+@require_POST
+def domain_add_view(request: HttpRequest) -> HttpResponse:
+    from emailsvc.domains.services import domain_create
+
+    _require(request, "emailsvc.add_domain")
+    try:
+        domain = domain_create(name=request.POST.get("name") or "")
+    except EmailsvcError as error:
+        messages.error(request, f"Not added: {error.detail}")
+    else:
+        messages.success(request, f"{domain.name} added: publish its records below, then check it.")
+    return HttpResponseRedirect(reverse("console:domains"))
+
+
+@require_POST
+def domain_check_view(request: HttpRequest) -> HttpResponse:
+    from emailsvc.domains.services import domain_verify
+
+    _require(request, "emailsvc.change_domain")
+    target = reverse("console:domains")
+    try:
+        domain = domain_verify(name=request.POST.get("name") or "")
+    except EmailsvcError as error:
+        messages.error(request, f"Not checked: {error.detail}")
+    else:
+        messages.success(request, f"{domain.name} checked: {domain.status}.")
+        target += f"#domain-{domain.name}"
+    return HttpResponseRedirect(target)

@@ -434,3 +434,7 @@ class SesSuppressionLift(models.Model):
 
     def __str__(self) -> str:
         return self.email
+
+
+# Sending domains live in their own package; imported here so the app registers them.
+from emailsvc.domains.models import Domain  # noqa: E402,F401

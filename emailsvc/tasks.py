@@ -125,3 +125,12 @@ def ses_suppression_delete_task(self, email: str) -> bool:
             raise self.retry(countdown=min(60 * 2**self.request.retries, 3600)) from None
         logging.getLogger(__name__).warning("lifted address not taken off SES's suppression list: %s", error)
         return False
+
+
+@shared_task(name="emailsvc.domains_refresh", ignore_result=True)
+def domains_refresh_task() -> int:
+    """Check the sending domains that are due (SES status and public DNS)."""
+    from emailsvc.domains.services import domains_refresh_due
+
+    close_old_connections()
+    return domains_refresh_due()

@@ -1,5 +1,6 @@
 from django.urls import path
 
+from emailsvc.api.domains import DomainDetailApi, DomainListApi, DomainVerifyApi
 from emailsvc.api.emails import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi
 from emailsvc.api.sending import SendingResumeApi, SendingStatusApi
 from emailsvc.api.stats import StatsApi
@@ -30,6 +31,9 @@ urlpatterns = [
     path("suppressions/export", SuppressionExportApi.as_view(), name="suppressions-export"),
     # <path:…>: an address may hold "/" (RFC 5322 allows it before the "@").
     path("suppressions/<path:email>", SuppressionDetailApi.as_view(), name="suppression-detail"),
+    path("domains", DomainListApi.as_view(), name="domains"),
+    path("domains/<str:name>", DomainDetailApi.as_view(), name="domain-detail"),
+    path("domains/<str:name>/verify", DomainVerifyApi.as_view(), name="domain-verify"),
     path("templates", TemplateListApi.as_view(), name="templates"),
     path("templates/<str:name>", TemplateDetailApi.as_view(), name="template-detail"),
     path("templates/<str:name>/versions", TemplateVersionListApi.as_view(), name="template-versions"),

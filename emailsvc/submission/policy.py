@@ -1,5 +1,10 @@
 """Sending policy: which from / reply-to / recipient domains are allowed (SPEC §5.1).
 
+A From domain is allowed when ALLOWED_FROM_DOMAINS allows it (the zero-config and
+override path, as before sending domains existed), else when it or a parent
+domain is a verified sending domain; an unverified one is refused with
+`domain_not_verified`, naming what is missing (docs/domains.md).
+
 Domains are compared in their canonical form (core.addresses: lower case,
 IDNA A-labels), so an allowlisted `bücher.example` and `xn--bcher-kva.example`
 are the same domain, and so are their sub-domains, whichever form they come in.
@@ -11,6 +16,7 @@ from django.conf import settings
 
 from core.addresses import InvalidAddress, domain_canonical
 from core.errors import PolicyViolation
+from emailsvc.domains.selectors import domain_for_sender, domain_missing
 
 
 def domain_of(address: str) -> str:
@@ -39,17 +45,32 @@ def domain_allowed(domain: str, allowlist: list[str], *, empty_allows_all: bool)
     )
 
 
+def _check_sending_domain(domain: str) -> None:
+    """A From domain ALLOWED_FROM_DOMAINS does not allow may send once it (or a parent
+    domain) is a verified sending domain (docs/domains.md)."""
+    row = domain_for_sender(domain=domain)
+    if row is None:
+        raise PolicyViolation(
+            f"Sending from the domain '{domain}' is not allowed.",
+            fields={"from": [f"Allowed from domains: {', '.join(settings.ALLOWED_FROM_DOMAINS)}."]},
+            code="from_domain_not_allowed",
+        )
+    if row.status != row.Status.VERIFIED:
+        missing = domain_missing(row)
+        raise PolicyViolation(
+            f"The sending domain '{row.name}' is not verified ({row.status}): {' '.join(missing)}",
+            fields={"from": missing},
+            code="domain_not_verified",
+        )
+
+
 def check_sender_policy(*, from_email: str, reply_to: list[str], recipients: dict[str, list[str]]) -> None:
     """Raise PolicyViolation naming the field when an address's domain is not allowed.
 
     `recipients` maps a field name (to / cc / bcc) to its addresses.
     """
     if not domain_allowed(domain_of(from_email), settings.ALLOWED_FROM_DOMAINS, empty_allows_all=False):
-        raise PolicyViolation(
-            f"Sending from the domain '{domain_of(from_email)}' is not allowed.",
-            fields={"from": [f"Allowed from domains: {', '.join(settings.ALLOWED_FROM_DOMAINS)}."]},
-            code="from_domain_not_allowed",
-        )
+        _check_sending_domain(_canonical(domain_of(from_email)))
     refused = [a for a in reply_to if not domain_allowed(domain_of(a), settings.ALLOWED_REPLY_TO_DOMAINS, empty_allows_all=True)]
     if refused:
         raise PolicyViolation(
