@@ -16,11 +16,13 @@ from core.header_text import MAX_SUBJECT, header_text_problem
 from core.sql import rows_insert
 from emailsvc import providers, status
 from emailsvc.delivery.queueing import deliveries_enqueue
+from emailsvc.keys import api_key_sender_check
 from emailsvc.models import (
     ApiKey,
     Attachment,
     Group,
     Message,
+    Provider,
     Recipient,
     WorkState,
 )
@@ -171,6 +173,8 @@ def _submission_build(
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
     recipients_by_role = {role: data.get(role, []) for role in _ROLES}
+    # The key's own scope first: a key limited to other domains learns nothing of this one's state.
+    api_key_sender_check(api_key=api_key, from_domain=from_email.rpartition("@")[2])
     check_sender_policy(
         from_email=from_email,
         reply_to=[address for _, address in reply_to],
@@ -191,7 +195,8 @@ def _submission_build(
         tags=data.get("tags", []),
         metadata=data.get("metadata", {}),
         priority=data.get("priority", "normal"),
-        provider=settings.EMAIL_PROVIDER,
+        # A test key's emails go to the mailbox simulator, never to the provider.
+        provider=Provider.TEST if api_key is not None and api_key.test else settings.EMAIL_PROVIDER,
         api_key=api_key,
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
