@@ -46,6 +46,8 @@ def test_a_key_created_in_the_console_carries_its_domains_and_test_mode(admin_cl
 
     messages_page = admin_client.get("/admin/emailsvc/message/").content.decode()
     assert "queued (test)" in messages_page
+    address_page = admin_client.get("/admin/address/", {"q": "jane@example.org"}).content.decode()
+    assert ">test</span>" in address_page
 
     admin_client.post(LIST, {"action": "revoke", "_selected_action": [api_key.pk]})
     assert ApiKey.objects.get(pk=api_key.pk).state == "revoked"
