@@ -189,3 +189,18 @@ def test_only_full_keys_manage_keys(make_client):
         client = make_client(permission)
         assert client.get(URL).json()["error"] == "forbidden"
         assert create(client, name="x").status_code == 403
+
+
+def test_a_key_may_revoke_itself(db):
+    api_key, secret = api_key_create(name="leaked", permission="full", domains=["example.com"])
+    client = client_for(secret)
+    assert client.delete(f"{URL}/{api_key.pk}").status_code == 200
+    assert client.get(URL).json()["error"] == "api_key_revoked"
+
+
+def test_the_default_sender_is_held_to_the_keys_domains_too(full_api, settings):
+    settings.DEFAULT_FROM_EMAIL = "noreply@example.com"
+    client = client_for(create(full_api, name="other", domains=["other.example"]).json()["key"])
+    body = {"to": "jane@example.org", "subject": "Hi", "text": "Hello"}
+    response = client.post("/api/v1/emails", json.dumps(body), content_type="application/json")
+    assert (response.status_code, response.json()["error"]) == (403, "key_domain_not_allowed")
