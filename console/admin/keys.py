@@ -31,7 +31,7 @@ class ApiKeyCreateForm(forms.ModelForm):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "permission", "scope", "test", "state", "created_at", "expires_at", "last_used_at")
+    list_display = ("name", "prefix", "permission", "scope", "test", "state", "expires_at", "last_used_at")
     list_filter = ("permission", "test")
     search_fields = ("name", "prefix")
     readonly_fields = (
