@@ -73,6 +73,7 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     metadata = serializers.DictField()
     priority = serializers.CharField()
     provider = serializers.CharField()
+    source = serializers.CharField(help_text="How it was submitted: `api` (POST /emails) or `smtp` (SMTP submission)")
     provider_message_id = serializers.CharField()
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()

@@ -1,0 +1,254 @@
+"""One SMTP submission session: AUTH with an API key, the envelope checked at
+MAIL FROM and RCPT TO, the message stored before DATA is answered 250
+(SPEC §4 "SMTP submission").
+
+Everything that touches the database (AUTH, DATA) runs in a thread of a
+bounded pool, never on the event loop: one loop serves many sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from aiosmtpd.smtp import SMTP, AuthResult
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from core import metrics
+from core.addresses import InvalidAddress, address_canonical
+from core.errors import EmailsvcError, ValidationFailed
+from emailsvc.keys import api_key_authenticate
+from emailsvc.models import ApiKey
+from emailsvc.submission.mime import message_submit_mime
+from emailsvc.submission.policy import domain_allowed, domain_of
+
+logger = logging.getLogger(__name__)
+
+# An error code of the service → (SMTP reply code, enhanced status code, RFC 3463).
+REPLIES = {
+    "from_domain_not_allowed": ("550", "5.7.1"),
+    "reply_to_domain_not_allowed": ("550", "5.7.1"),
+    "recipient_domain_not_allowed": ("550", "5.7.1"),
+    "invalid_address": ("553", "5.1.3"),
+    "too_many_recipients": ("452", "4.5.3"),
+    "payload_too_large": ("552", "5.3.4"),
+    "line_too_long": ("550", "5.6.0"),
+    "invalid_header": ("550", "5.6.0"),
+    "missing_fields": ("550", "5.6.0"),
+    "invalid_field": ("550", "5.6.0"),
+    "idempotency_key_reused": ("550", "5.6.0"),
+}
+# Failed AUTHs from one address that are answered at once; each one after
+# that waits twice as long as the one before (from AUTH_DELAY_FIRST seconds, up
+# to AUTH_DELAY_MAX), until AUTH_FAILURE_WINDOW seconds pass without one.
+AUTH_FREE_FAILURES = 5
+AUTH_DELAY_FIRST = 0.5
+AUTH_DELAY_MAX = 10.0
+AUTH_FAILURE_WINDOW = 600.0
+DB_THREADS = 8
+
+TEMPORARY_FAILURE = "451 4.3.0 The message could not be stored now; try again later"
+
+
+def reply(code: str, enhanced: str, text: str, error_code: str = "") -> str:
+    """One SMTP reply line, ASCII and without line breaks, the service's error code at its end."""
+    text = " ".join(text.split()).encode("ascii", "backslashreplace").decode("ascii")
+    return f"{code} {enhanced} {text}" + (f" [{error_code}]" if error_code else "")
+
+
+def error_reply(error: EmailsvcError) -> str:
+    code, enhanced = REPLIES.get(error.code, ("550", "5.6.0") if isinstance(error, ValidationFailed) else ("451", "4.3.0"))
+    detail = error.detail
+    if error.fields:
+        detail = f"{detail} " + " ".join(message for messages in error.fields.values() for message in messages)
+    return reply(code, enhanced, detail, error.code)
+
+
+def _is_loopback(peer) -> bool:
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+class AuthFailures:
+    """Failed AUTHs per client address, in this process: how long to hold the next 535."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+
+    def failed(self, host: str) -> float:
+        """Count a failure; the seconds to wait before answering it."""
+        now = time.monotonic()
+        count, last = self._failures.get(host, (0, now))
+        count = 1 if now - last > AUTH_FAILURE_WINDOW else count + 1
+        self._failures[host] = (count, now)
+        if len(self._failures) > 10_000:  # forget the quiet ones
+            self._failures = {h: v for h, v in self._failures.items() if now - v[1] <= AUTH_FAILURE_WINDOW}
+        if count <= AUTH_FREE_FAILURES:
+            return 0.0
+        return min(AUTH_DELAY_FIRST * 2 ** (count - AUTH_FREE_FAILURES - 1), AUTH_DELAY_MAX)
+
+
+def _in_thread(function, *args):
+    """Run `function` with a usable database connection of this pool thread."""
+    close_old_connections()
+    try:
+        return function(*args)
+    finally:
+        close_old_connections()
+
+
+def _key_check(raw_key: str) -> ApiKey | None:
+    api_key = api_key_authenticate(raw_key=raw_key)
+    if api_key is None or not api_key.allows(ApiKey.Permission.SENDING):
+        return None
+    return api_key
+
+
+class _PendingCredentials:
+    def __init__(self, password: bytes):
+        self.password = password
+
+
+class SubmissionSMTP(SMTP):
+    """aiosmtpd's SMTP with AUTH checked against API keys off the event loop,
+    AUTH over plain text on loopback only, and aiosmtpd's own refusals given
+    enhanced status codes."""
+
+    def __init__(self, handler: SubmissionHandler, **kwargs):
+        super().__init__(
+            handler,
+            data_size_limit=settings.MAX_MESSAGE_BYTES,
+            decode_data=False,
+            auth_required=True,
+            auth_require_tls=True,
+            hostname=settings.SMTP_INGRESS_HOSTNAME or None,
+            ident="emailsvc",
+            **kwargs,
+        )
+        self._submission = handler
+
+    def connection_made(self, transport) -> None:
+        first = self._original_transport is None and self.transport is None
+        super().connection_made(transport)
+        if first:
+            implicit_tls = transport.get_extra_info("sslcontext") is not None
+            # Credentials in plain text only where nobody can read them on the way.
+            self._auth_require_tls = not (implicit_tls or _is_loopback(self.session.peer))
+            if implicit_tls:
+                self.session.ssl = transport.get_extra_info("ssl_object")
+
+    def _authenticate(self, mechanism: str, auth_data) -> AuthResult:
+        # Checked by _verify, in a pool thread: this runs on the event loop.
+        return AuthResult(success=True, auth_data=_PendingCredentials(auth_data.password))
+
+    async def auth_PLAIN(self, _, args) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _, args) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        if not isinstance(result.auth_data, _PendingCredentials):
+            return result  # refused while reading the credentials (already answered)
+        raw_key = result.auth_data.password.decode("utf-8", "replace").strip()
+        try:
+            api_key = await self._submission.run(_key_check, raw_key)
+        except DatabaseError:
+            logger.warning("smtp AUTH: the database is unavailable", exc_info=True)
+            return AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure; try again later")
+        if api_key is None:
+            metrics.smtp_auth_failure_observe()
+            host = str(self.session.peer[0]) if self.session.peer else ""
+            delay = self._submission.auth_failures.failed(host)
+            if delay:
+                await asyncio.sleep(delay)
+            return AuthResult(
+                success=False, handled=False,
+                message="535 5.7.8 Authentication failed: the password must be an active API key with 'sending' or 'full' permission",
+            )
+        return AuthResult(success=True, auth_data=api_key)
+
+    async def push(self, status) -> None:
+        if isinstance(status, str):
+            if status.startswith("500 Line too long"):
+                status = reply("500", "5.5.6", "A line is longer than 998 octets (RFC 5322 2.1.1)", "line_too_long")
+            elif status.startswith("552 Error"):
+                status = reply(
+                    "552", "5.3.4", f"The message is over {settings.MAX_MESSAGE_BYTES} bytes", "payload_too_large"
+                )
+        await super().push(status)
+
+
+class SubmissionHandler:
+    """aiosmtpd's handler hooks."""
+
+    def __init__(self, *, threads: int = DB_THREADS):
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smtp-db")
+        self.auth_failures = AuthFailures()
+
+    async def run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, _in_thread, function, *args)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        # RFC 2920: aiosmtpd reads commands one by one from its buffer, so a
+        # client may send MAIL, RCPT and DATA without waiting for each answer.
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        try:
+            sender = address_canonical(address)
+        except InvalidAddress as error:
+            return reply("553", "5.1.7", str(error), "invalid_address")
+        if not domain_allowed(domain_of(sender), settings.ALLOWED_FROM_DOMAINS, empty_allows_all=False):
+            return reply(
+                "550", "5.7.1", f"Sending from the domain '{domain_of(sender)}' is not allowed", "from_domain_not_allowed"
+            )
+        envelope.mail_from = sender
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        try:
+            recipient = address_canonical(address)
+        except InvalidAddress as error:
+            return reply("553", "5.1.3", str(error), "invalid_address")
+        if not domain_allowed(domain_of(recipient), settings.ALLOWED_RECIPIENT_DOMAINS, empty_allows_all=True):
+            return reply(
+                "550", "5.7.1", f"Sending to the domain '{domain_of(recipient)}' is not allowed",
+                "recipient_domain_not_allowed",
+            )
+        if recipient not in envelope.rcpt_tos and len(envelope.rcpt_tos) >= settings.MAX_RECIPIENTS:
+            return reply(
+                "452", "4.5.3", f"At most {settings.MAX_RECIPIENTS} recipients a message; send the rest in another",
+                "too_many_recipients",
+            )
+        if recipient not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(recipient)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        api_key = session.auth_data
+        try:
+            email_id, duplicate = await self.run(_submit, api_key, list(envelope.rcpt_tos), envelope.original_content)
+        except EmailsvcError as error:
+            return error_reply(error)
+        except DatabaseError as error:
+            logger.warning("smtp DATA: the database is unavailable: %s", error)
+            return TEMPORARY_FAILURE
+        except Exception:  # our bug: never 250, and the client keeps the message and tries again
+            logger.exception("smtp DATA: the message could not be stored")
+            return TEMPORARY_FAILURE
+        if duplicate:
+            return f"250 2.0.0 Already accepted as {email_id} (the same Message-ID); not sent again"
+        return f"250 2.0.0 Accepted as {email_id}"
+
+
+def _submit(api_key: ApiKey, recipients: list[str], content: bytes) -> tuple[str, bool]:
+    return message_submit_mime(api_key=api_key, recipients=recipients, content=content)

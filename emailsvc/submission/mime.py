@@ -1,0 +1,264 @@
+"""Submitting a message as MIME (SMTP submission): the same checks, store and
+enqueue as POST /emails (SPEC §4 "SMTP submission", §5.1), the message kept as
+written.
+
+The submitted bytes are stored as they came, minus the headers the service
+reads and removes (Bcc, `X-Emailsvc-*`), plus Message-ID and Date when the
+submitter left them out (RFC 6409 §8: a submission server may add them). The
+envelope decides who receives it: a recipient named in To or Cc keeps that
+role, any other is a Bcc recipient (its address is on no header).
+"""
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from email.errors import HeaderParseError
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import formatdate, make_msgid
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from core import metrics
+from core.addresses import InvalidAddress, address_canonical
+from core.errors import PayloadTooLarge, ValidationFailed
+from emailsvc.models import ApiKey, Message, Priority, Recipient, Source, SubmittedMime
+from emailsvc.submission.idempotency import idempotent_call
+from emailsvc.submission.policy import check_sender_policy
+from emailsvc.submission.submit import _Submission, _submissions_store
+
+# The X-Emailsvc-* headers a submitter may set; all are removed before sending.
+TAGS_HEADER = "X-Emailsvc-Tags"
+METADATA_HEADER = "X-Emailsvc-Metadata"
+GROUP_HEADER = "X-Emailsvc-Group"
+PRIORITY_HEADER = "X-Emailsvc-Priority"
+CONTROL_HEADERS = (TAGS_HEADER, METADATA_HEADER, GROUP_HEADER, PRIORITY_HEADER)
+MAX_TAGS = 50
+MAX_TAG = 128
+MAX_GROUP_ID = 200
+MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
+# The answer a repeated Message-ID gets (the hash of a replayed key is always this one).
+_DEDUPE_HASH = hashlib.sha256(b"smtp submission").hexdigest()
+_DEDUPE_PREFIX = "smtp-message-id:"
+
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
+_BARE_LINE_BREAK = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_FIELD_NAME = re.compile(rb"[!-9;-~]+")
+
+
+@dataclass
+class ParsedMime:
+    """What the service reads from a submitted message, and the bytes it keeps."""
+
+    content: bytes
+    from_name: str
+    from_email: str
+    subject: str
+    message_id: str  # as the submitter gave it; "" when the service added one
+    reply_to: list[str]
+    roles: dict[str, str]  # canonical address → "to" / "cc", as the headers name them
+    tags: list[str] = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    group_id: str | None = None
+    priority: str = Priority.NORMAL
+
+
+def _refused(detail: str, code: str) -> ValidationFailed:
+    return ValidationFailed(detail, code=code)
+
+
+def _header_fields(head: bytes) -> list[tuple[str, bytes]]:
+    """The header block's fields: (lower-cased name, the field's bytes with its CRLFs)."""
+    fields: list[tuple[str, bytes]] = []
+    for line in head.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                raise _refused("The message starts with a folded header line.", "invalid_header")
+            name, text = fields[-1]
+            fields[-1] = (name, text + line + b"\r\n")
+            continue
+        name, colon, _ = line.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            shown = line[:60].decode("ascii", "replace")
+            raise _refused(f"Header line {shown!r} is not 'Name: value'.", "invalid_header")
+        fields.append((name.decode("ascii").lower(), line + b"\r\n"))
+    return fields
+
+
+def mime_parse(content: bytes) -> ParsedMime:
+    """Check a submitted message and read what the service needs of it.
+
+    Raises PayloadTooLarge over MAX_MESSAGE_BYTES, ValidationFailed with a
+    stable code for a line over 998 octets (line_too_long), a bare CR or LF in
+    the headers, a header line that is not one (invalid_header), a missing or
+    bad From (missing_fields, invalid_address) or X-Emailsvc-* header (invalid_field).
+    """
+    if len(content) > settings.MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(f"The message is {len(content):,} bytes; at most {settings.MAX_MESSAGE_BYTES:,} are allowed.")
+    if _LONG_LINE.search(content):
+        raise _refused(f"A line of the message is longer than {MAX_LINE} octets (RFC 5322 §2.1.1).", "line_too_long")
+    if content.startswith(b"\r\n"):
+        head, body = b"", content
+    elif b"\r\n\r\n" in content:
+        head, _, rest = content.partition(b"\r\n\r\n")
+        head, body = head + b"\r\n", b"\r\n" + rest
+    else:
+        head, body = content if content.endswith(b"\r\n") else content + b"\r\n", b""
+    if _BARE_LINE_BREAK.search(head):
+        raise _refused("A header holds a bare CR or LF; header lines end in CRLF.", "invalid_header")
+    fields = _header_fields(head)
+    try:
+        headers = BytesHeaderParser(policy=default_policy).parsebytes(head + b"\r\n")
+        parsed = _fields_read(headers)
+    except (HeaderParseError, ValueError, IndexError, TypeError) as error:
+        raise _refused(f"A header cannot be read: {error}", "invalid_header") from None
+    kept = [text for name, text in fields if name != "bcc" and not name.startswith("x-emailsvc-")]
+    names = {name for name, _ in fields}
+    domain = parsed.from_email.rpartition("@")[2]
+    if "message-id" not in names:
+        kept.append(f"Message-ID: {make_msgid(domain=domain)}\r\n".encode("ascii"))
+    if "date" not in names:
+        kept.append(f"Date: {formatdate()}\r\n".encode("ascii"))
+    parsed.content = b"".join(kept) + body
+    return parsed
+
+
+def _text(value) -> str:
+    """A decoded header value, raw 8-bit octets that are not UTF-8 shown as U+FFFD (storable)."""
+    return str(value or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _addresses(headers, name: str) -> list[tuple[str, str]]:
+    values = headers.get_all(name) or []
+    return [(address.display_name, address.addr_spec) for value in values for address in value.addresses]
+
+
+def _canonical(address: str, what: str) -> str:
+    try:
+        return address_canonical(address)
+    except InvalidAddress as error:
+        raise _refused(f"{what}: {error}", "invalid_address") from None
+
+
+def _fields_read(headers) -> ParsedMime:
+    senders = _addresses(headers, "From")
+    if len(senders) != 1:
+        detail = "The message has no From header." if not senders else "The From header must name one address."
+        raise _refused(detail, "missing_fields" if not senders else "invalid_address")
+    from_name, from_email = senders[0]
+    roles: dict[str, str] = {}
+    for role in ("cc", "to"):  # To wins for an address named in both
+        for _, address in _addresses(headers, role):
+            try:
+                roles[address_canonical(address)] = role
+            except InvalidAddress:
+                pass  # a header address no envelope recipient can match
+    message_id = str(headers.get("Message-ID", "") or "").strip()
+    parsed = ParsedMime(
+        content=b"",
+        from_name=_text(from_name),
+        from_email=_canonical(from_email, "From"),
+        subject=_text(headers.get("Subject", "")),
+        message_id=message_id,
+        reply_to=[_canonical(address, "Reply-To") for _, address in _addresses(headers, "Reply-To")],
+        roles=roles,
+    )
+    _control_headers_read(headers, parsed)
+    return parsed
+
+
+def _control_headers_read(headers, parsed: ParsedMime) -> None:
+    known = {name.lower() for name in CONTROL_HEADERS}
+    for name in headers.keys():
+        if name.lower().startswith("x-emailsvc-") and name.lower() not in known:
+            raise _refused(f"Unknown header {name}; known: {', '.join(CONTROL_HEADERS)}.", "invalid_header")
+    if (tags := headers.get(TAGS_HEADER)) is not None:
+        parsed.tags = list(dict.fromkeys(tag.strip() for tag in str(tags).split(",") if tag.strip()))
+        if len(parsed.tags) > MAX_TAGS or any(len(tag) > MAX_TAG for tag in parsed.tags):
+            raise _refused(f"{TAGS_HEADER}: at most {MAX_TAGS} tags of at most {MAX_TAG} characters.", "invalid_field")
+    if (metadata := headers.get(METADATA_HEADER)) is not None:
+        try:
+            parsed.metadata = json.loads(str(metadata))
+        except ValueError:
+            parsed.metadata = None
+        if not isinstance(parsed.metadata, dict):
+            raise _refused(f"{METADATA_HEADER} must be a JSON object.", "invalid_field")
+        if len(json.dumps(parsed.metadata).encode()) > settings.MAX_METADATA_BYTES:
+            raise _refused(f"{METADATA_HEADER} may be at most {settings.MAX_METADATA_BYTES:,} bytes.", "invalid_field")
+    if (group := headers.get(GROUP_HEADER)) is not None:
+        parsed.group_id = str(group).strip() or None
+        if parsed.group_id and len(parsed.group_id) > MAX_GROUP_ID:
+            raise _refused(f"{GROUP_HEADER} may be at most {MAX_GROUP_ID} characters.", "invalid_field")
+    if (priority := headers.get(PRIORITY_HEADER)) is not None:
+        parsed.priority = str(priority).strip().lower()
+        if parsed.priority not in Priority.values:
+            raise _refused(f"{PRIORITY_HEADER} must be one of {', '.join(Priority.values)}.", "invalid_field")
+
+
+def dedupe_key(message_id: str) -> str:
+    """The idempotency key of a submitted Message-ID (long ones by their hash)."""
+    key = f"{_DEDUPE_PREFIX}{message_id}"
+    if len(key) > 255 or not key.isprintable():
+        key = f"{_DEDUPE_PREFIX}sha256:{hashlib.sha256(message_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
+    return key
+
+
+def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: bytes) -> tuple[str, bool]:
+    """Store a message submitted over SMTP and enqueue its delivery after commit.
+
+    `recipients`: the envelope's (RCPT TO), canonical and checked against the
+    recipient allowlist and MAX_RECIPIENTS by the caller, checked here again.
+    Returns (email_id, duplicate): a message whose Message-ID this key
+    submitted within IDEMPOTENCY_KEY_TTL_HOURS is not stored again, and the
+    first one's email_id comes back. Raises what mime_parse raises, and
+    PolicyViolation for a sender, reply-to or recipient domain not allowed.
+    Returns only once the message is committed.
+    """
+    parsed = mime_parse(content)
+    if not recipients:
+        raise _refused("The message has no envelope recipient.", "missing_fields")
+    if len(recipients) > settings.MAX_RECIPIENTS:
+        raise _refused(f"At most {settings.MAX_RECIPIENTS} recipients are allowed.", "too_many_recipients")
+    roles = {address: parsed.roles.get(address, Recipient.Role.BCC) for address in dict.fromkeys(recipients)}
+    by_role: dict[str, list[str]] = {}
+    for address, role in roles.items():
+        by_role.setdefault(role, []).append(address)
+    check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
+
+    def store() -> tuple[int, dict]:
+        now = timezone.now()
+        message = Message(
+            from_email=parsed.from_email,
+            sending_domain=parsed.from_email.rpartition("@")[2],
+            from_name=parsed.from_name[:200],
+            reply_to=parsed.reply_to,
+            subject=parsed.subject,
+            tags=parsed.tags,
+            metadata=parsed.metadata,
+            priority=parsed.priority,
+            provider=settings.EMAIL_PROVIDER,
+            api_key=api_key,
+            next_attempt_at=now,
+            source=Source.SMTP,
+        )
+        message.group_id = parsed.group_id
+        rows = [Recipient(email=address, role=role, group_id=parsed.group_id) for address, role in roles.items()]
+        with transaction.atomic():
+            _submissions_store([_Submission(message=message, recipients=rows, attachments=[])], now=now)
+            SubmittedMime.objects.create(message=message, content=parsed.content)
+            metrics.emails_accepted_observe(priorities=[message.priority], endpoint="smtp")
+        return 250, {"email_id": message.email_id}
+
+    if not parsed.message_id:
+        return store()[1]["email_id"], False
+    stored = []
+
+    def store_once() -> tuple[int, dict]:
+        stored.append(True)
+        return store()
+
+    _, body = idempotent_call(api_key=api_key, key=dedupe_key(parsed.message_id), request_hash=_DEDUPE_HASH, call=store_once)
+    return body["email_id"], not stored
