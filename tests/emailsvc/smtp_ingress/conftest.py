@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.db import connections
 
 from config.devservices import free_port, procfile_command
-from emailsvc.smtp_ingress.server import self_signed_certificate
+from emailsvc.smtp_ingress.certificate import self_signed_certificate
 from tests.conftest import BASE_DIR, wait_until
 
 # Small enough that the size tests stay cheap.
