@@ -398,6 +398,7 @@ SMTP_INGRESS_TLS_PORT = env.int("SMTP_INGRESS_TLS_PORT", default=0)
 SMTP_INGRESS_TLS_CERT = env.str("SMTP_INGRESS_TLS_CERT", default="")
 SMTP_INGRESS_TLS_KEY = env.str("SMTP_INGRESS_TLS_KEY", default="")
 SMTP_INGRESS_HOSTNAME = env.str("SMTP_INGRESS_HOSTNAME", default="")
+SMTP_INGRESS_PROCESSES = int(_positive_number("SMTP_INGRESS_PROCESSES", 2, int))
 for _name in ("SMTP_INGRESS_TLS_CERT", "SMTP_INGRESS_TLS_KEY"):
     if globals()[_name] and not Path(globals()[_name]).is_file():
         raise ImproperlyConfigured(f"{_name}: no file at {globals()[_name]}")

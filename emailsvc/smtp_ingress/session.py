@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from aiosmtpd.smtp import SMTP, AuthResult
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from redis.exceptions import RedisError
 
 from core import metrics
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import EmailsvcError, ValidationFailed
+from core.redisclient import redis_client
 from emailsvc.keys import api_key_authenticate
 from emailsvc.models import ApiKey
 from emailsvc.submission.mime import message_submit_mime
@@ -42,9 +43,10 @@ REPLIES = {
     "invalid_field": ("550", "5.6.0"),
     "idempotency_key_reused": ("550", "5.6.0"),
 }
-# Failed AUTHs from one address that are answered at once; each one after
-# that waits twice as long as the one before (from AUTH_DELAY_FIRST seconds, up
-# to AUTH_DELAY_MAX), until AUTH_FAILURE_WINDOW seconds pass without one.
+# Failed AUTHs from one client address that are answered at once; each one
+# after that waits twice as long as the one before (from AUTH_DELAY_FIRST
+# seconds, up to AUTH_DELAY_MAX), until AUTH_FAILURE_WINDOW seconds pass
+# without one.
 AUTH_FREE_FAILURES = 5
 AUTH_DELAY_FIRST = 0.5
 AUTH_DELAY_MAX = 10.0
@@ -75,23 +77,24 @@ def _is_loopback(peer) -> bool:
         return False
 
 
-class AuthFailures:
-    """Failed AUTHs per client address, in this process: how long to hold the next 535."""
+AUTH_FAILURES_KEY = "emailsvc:smtp:auth-failures:"
 
-    def __init__(self) -> None:
-        self._failures: dict[str, tuple[int, float]] = {}
 
-    def failed(self, host: str) -> float:
-        """Count a failure; the seconds to wait before answering it."""
-        now = time.monotonic()
-        count, last = self._failures.get(host, (0, now))
-        count = 1 if now - last > AUTH_FAILURE_WINDOW else count + 1
-        self._failures[host] = (count, now)
-        if len(self._failures) > 10_000:  # forget the quiet ones
-            self._failures = {h: v for h, v in self._failures.items() if now - v[1] <= AUTH_FAILURE_WINDOW}
-        if count <= AUTH_FREE_FAILURES:
-            return 0.0
-        return min(AUTH_DELAY_FIRST * 2 ** (count - AUTH_FREE_FAILURES - 1), AUTH_DELAY_MAX)
+def auth_failure_delay(host: str) -> float:
+    """Count a failed AUTH from `host` (in Redis: every smtp process and host
+    shares the count); the seconds to wait before answering it. Without
+    Redis the failure is answered at once (AUTH itself does not need Redis)."""
+    key = AUTH_FAILURES_KEY + host
+    try:
+        client = redis_client()
+        with client.pipeline() as pipeline:
+            count, _ = pipeline.incr(key).expire(key, int(AUTH_FAILURE_WINDOW)).execute()
+    except RedisError:
+        logger.warning("smtp AUTH: failures not counted (Redis unavailable)")
+        return 0.0
+    if count <= AUTH_FREE_FAILURES:
+        return 0.0
+    return min(AUTH_DELAY_FIRST * 2 ** (count - AUTH_FREE_FAILURES - 1), AUTH_DELAY_MAX)
 
 
 def _in_thread(function, *args):
@@ -103,11 +106,12 @@ def _in_thread(function, *args):
         close_old_connections()
 
 
-def _key_check(raw_key: str) -> ApiKey | None:
+def _key_check(raw_key: str, host: str) -> tuple[ApiKey | None, float]:
+    """The key if it may send, else None and how long to hold the refusal."""
     api_key = api_key_authenticate(raw_key=raw_key)
     if api_key is None or not api_key.allows(ApiKey.Permission.SENDING):
-        return None
-    return api_key
+        return None, auth_failure_delay(host)
+    return api_key, 0.0
 
 
 class _PendingCredentials:
@@ -157,15 +161,14 @@ class SubmissionSMTP(SMTP):
         if not isinstance(result.auth_data, _PendingCredentials):
             return result  # refused while reading the credentials (already answered)
         raw_key = result.auth_data.password.decode("utf-8", "replace").strip()
+        host = str(self.session.peer[0]) if self.session.peer else ""
         try:
-            api_key = await self._submission.run(_key_check, raw_key)
+            api_key, delay = await self._submission.run(_key_check, raw_key, host)
         except DatabaseError:
             logger.warning("smtp AUTH: the database is unavailable", exc_info=True)
             return AuthResult(success=False, handled=False, message="454 4.7.0 Temporary authentication failure; try again later")
         if api_key is None:
             metrics.smtp_auth_failure_observe()
-            host = str(self.session.peer[0]) if self.session.peer else ""
-            delay = self._submission.auth_failures.failed(host)
             if delay:
                 await asyncio.sleep(delay)
             return AuthResult(
@@ -190,7 +193,6 @@ class SubmissionHandler:
 
     def __init__(self, *, threads: int = DB_THREADS):
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smtp-db")
-        self.auth_failures = AuthFailures()
 
     async def run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, _in_thread, function, *args)

@@ -28,14 +28,16 @@ from core.errors import PayloadTooLarge, ValidationFailed
 from emailsvc.models import ApiKey, Message, Priority, Recipient, Source, SubmittedMime
 from emailsvc.submission.idempotency import idempotent_call
 from emailsvc.submission.policy import check_sender_policy
-from emailsvc.submission.submit import _Submission, _submissions_store
+from emailsvc.submission.submit import _Submission, _submission_build, _submissions_store
 
 # The X-Emailsvc-* headers a submitter may set; all are removed before sending.
 TAGS_HEADER = "X-Emailsvc-Tags"
 METADATA_HEADER = "X-Emailsvc-Metadata"
 GROUP_HEADER = "X-Emailsvc-Group"
 PRIORITY_HEADER = "X-Emailsvc-Priority"
-CONTROL_HEADERS = (TAGS_HEADER, METADATA_HEADER, GROUP_HEADER, PRIORITY_HEADER)
+TEMPLATE_HEADER = "X-Emailsvc-Template"
+TEMPLATE_DATA_HEADER = "X-Emailsvc-Template-Data"
+CONTROL_HEADERS = (TAGS_HEADER, METADATA_HEADER, GROUP_HEADER, PRIORITY_HEADER, TEMPLATE_HEADER, TEMPLATE_DATA_HEADER)
 MAX_TAGS = 50
 MAX_TAG = 128
 MAX_GROUP_ID = 200
@@ -64,6 +66,8 @@ class ParsedMime:
     metadata: dict = field(default_factory=dict)
     group_id: str | None = None
     priority: str = Priority.NORMAL
+    template: str = ""  # a stored template renders the message instead of its own body
+    template_data: dict = field(default_factory=dict)
 
 
 def _refused(detail: str, code: str) -> ValidationFailed:
@@ -192,6 +196,15 @@ def _control_headers_read(headers, parsed: ParsedMime) -> None:
         parsed.group_id = str(group).strip() or None
         if parsed.group_id and len(parsed.group_id) > MAX_GROUP_ID:
             raise _refused(f"{GROUP_HEADER} may be at most {MAX_GROUP_ID} characters.", "invalid_field")
+    if (template := headers.get(TEMPLATE_HEADER)) is not None:
+        parsed.template = str(template).strip()
+    if (data := headers.get(TEMPLATE_DATA_HEADER)) is not None:
+        try:
+            parsed.template_data = json.loads(str(data))
+        except ValueError:
+            parsed.template_data = None
+        if not isinstance(parsed.template_data, dict) or not parsed.template:
+            raise _refused(f"{TEMPLATE_DATA_HEADER} must be a JSON object, beside {TEMPLATE_HEADER}.", "invalid_field")
     if (priority := headers.get(PRIORITY_HEADER)) is not None:
         parsed.priority = str(priority).strip().lower()
         if parsed.priority not in Priority.values:
@@ -229,6 +242,8 @@ def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: byte
     check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
 
     def store() -> tuple[int, dict]:
+        if parsed.template:
+            return store_rendered()
         now = timezone.now()
         message = Message(
             from_email=parsed.from_email,
@@ -251,6 +266,27 @@ def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: byte
             SubmittedMime.objects.create(message=message, content=parsed.content)
             metrics.emails_accepted_observe(priorities=[message.priority], endpoint="smtp")
         return 250, {"email_id": message.email_id}
+
+    def store_rendered() -> tuple[int, dict]:
+        """X-Emailsvc-Template: the stored template renders subject and bodies,
+        as POST /emails with `template` does (a Subject header wins, as a
+        request's `subject` does); the submitted body is not used."""
+        now = timezone.now()
+        data: dict = {
+            "from": (parsed.from_name, parsed.from_email), "template": parsed.template,
+            "template_data": parsed.template_data, "tags": parsed.tags, "metadata": parsed.metadata,
+            "group_id": parsed.group_id, "priority": parsed.priority,
+            "reply_to": [("", address) for address in parsed.reply_to],
+            **{role: [("", address) for address in addresses] for role, addresses in by_role.items()},
+        }
+        if parsed.subject:
+            data["subject"] = parsed.subject
+        submission = _submission_build(api_key=api_key, data=data, now=now)
+        submission.message.source = Source.SMTP
+        with transaction.atomic():
+            _submissions_store([submission], now=now)
+            metrics.emails_accepted_observe(priorities=[submission.message.priority], endpoint="smtp")
+        return 250, {"email_id": submission.message.email_id}
 
     if not parsed.message_id:
         return store()[1]["email_id"], False

@@ -15,7 +15,7 @@ from django.db import connection, connections
 
 from emailsvc.keys import api_key_create
 from emailsvc.models import Message
-from tests.conftest import wait_until
+from tests.conftest import PENDING, wait_until
 from tests.emailsvc.smtp_ingress.conftest import start_ingress
 from tests.faultproxy import TcpFaultProxy
 
@@ -132,3 +132,4 @@ def test_sigkill_of_the_smtp_process_mid_session_loses_and_duplicates_nothing(
     copies = {body: len(smtp_server.matching(body)) for body in bodies}
     assert set(copies.values()) == {1}, {body: n for body, n in copies.items() if n != 1}
     assert Message.objects.filter(subject__startswith=f"{run} #").count() == count
+    assert wait_until(lambda: not Message.objects.filter(subject__startswith=f"{run} #", status__in=PENDING).exists())

@@ -15,9 +15,12 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from core.redisclient import redis_client
 from emailsvc.keys import api_key_create, api_key_revoke
+from emailsvc.smtp_ingress.session import AUTH_FAILURES_KEY
 from emailsvc.models import ApiKey
 from emailsvc.suppressions.services import suppression_add
+from tests.conftest import wait_for_status
 from tests.emailsvc.smtp_ingress.conftest import MAX_MESSAGE_BYTES, non_loopback_address
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -111,8 +114,9 @@ def test_message_with_attachments_arrives_byte_exact_bcc_on_envelope_only(ingres
     assert mail.data == tracking + kept + b"\r\n" + body
     assert b"audit@example.net" not in mail.data
 
+    assert wait_for_status(email_id).status == "sent"
     detail = api.get(f"/api/v1/emails/{email_id}").json()
-    assert detail["source"] == "smtp" and detail["status"] in ("sent", "sending"), detail
+    assert detail["source"] == "smtp" and detail["status"] == "sent", detail
     assert detail["tags"] == ["receipt", "billing"] and detail["metadata"] == {"order": 42}
     assert detail["group_id"] == f"receipts-{run}"
     assert {r["email"]: r["role"] for r in detail["recipients"]} == {
@@ -133,11 +137,14 @@ def test_same_message_id_from_one_key_is_sent_once(ingress, celery_worker, smtp_
     assert first[0] == again[0] == later[0] == 250
     assert email_id_of(again[1]) == email_id_of(first[1]) and "not sent again" in again[1]
     smtp_server.wait_for(f"{run}-later")  # delivered after the repeat was answered
+    assert wait_for_status(email_id_of(later[1])).status == "sent"
     assert len(smtp_server.matching(f"Body of {run}.")) == 1
 
 
 def test_no_auth_is_530_and_bad_keys_are_535_slowed_and_counted(ingress, key, settings):
     settings.METRICS_PUBLIC = True
+    client = redis_client()
+    client.delete(*client.keys(AUTH_FAILURES_KEY + "*") or ["-"])  # an earlier run's failures
     with ingress.client() as client:
         assert client.mail("app@example.com")[0] == 530
     read_only = api_key_create(name="reader", permission=ApiKey.Permission.READ_ONLY)[1]
@@ -226,6 +233,7 @@ def test_suppressed_recipient_is_recorded_and_not_reached(ingress, celery_worker
     assert code == 250, reply
     (mail,) = smtp_server.wait_for(f"Body of {run}.")
     assert mail.rcpt_tos == [f"here-{run}@example.org"]
+    wait_for_status(email_id_of(reply))  # its record is written
     detail = api.get(f"/api/v1/emails/{email_id_of(reply)}").json()
     statuses = {r["email"]: r["status"] for r in detail["recipients"]}
     assert statuses[f"gone-{run}@example.org"] == "suppressed"
@@ -274,3 +282,26 @@ def test_auth_needs_tls_off_loopback_and_starttls_uses_the_generated_certificate
         assert client.sock.version() in ("TLSv1.2", "TLSv1.3")
     with pytest.raises(ssl.SSLError):  # a client that trusts only the system's CAs refuses it: self-signed
         smtplib.SMTP_SSL("127.0.0.1", ingress.tls_port, context=ssl.create_default_context(), timeout=30)
+
+
+def test_a_stored_template_renders_the_message_named_by_its_header(ingress, celery_worker, smtp_server, key, make_template):
+    run = run_id()
+    make_template(f"smtp-{run}", subject="Welcome {{ name }}", html="<p>Hi {{ name }}, code " + run + "</p>")
+    message = EmailMessage()
+    message["From"] = "app@example.com"
+    message["To"] = "reader@example.org"
+    message["X-Emailsvc-Template"] = f"smtp-{run}"
+    message["X-Emailsvc-Template-Data"] = '{"name": "Jane"}'
+    message.set_content("(rendered by the template)\n")
+    content = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    with ingress.client(key) as client:
+        code, reply = submit(client, "app@example.com", ["reader@example.org"], content)
+    assert code == 250, reply
+    (mail,) = smtp_server.wait_for(f"code {run}")
+    assert mail.message["Subject"] == "Welcome Jane" and b"X-Emailsvc-Template" not in mail.data
+    assert wait_for_status(email_id_of(reply)).status == "sent"
+    with ingress.client(key) as client:
+        client.mail("app@example.com")
+        client.rcpt("reader@example.org")
+        code, text = client.data(content.replace(f"smtp-{run}".encode(), b"no-such-template"))
+    assert (code, text[:5]) == (550, b"5.6.0") and b"template_not_found" in text, text
