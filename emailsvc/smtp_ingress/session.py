@@ -24,7 +24,7 @@ from core.errors import EmailsvcError, ValidationFailed
 from core.redisclient import redis_client
 from emailsvc.keys import api_key_authenticate
 from emailsvc.models import ApiKey
-from emailsvc.submission.mime import message_submit_mime
+from emailsvc.submission.mime import MimeSubmission, mime_submission_build, mime_submissions_store
 from emailsvc.submission.policy import domain_allowed, domain_of
 
 logger = logging.getLogger(__name__)
@@ -52,6 +52,12 @@ AUTH_DELAY_FIRST = 0.5
 AUTH_DELAY_MAX = 10.0
 AUTH_FAILURE_WINDOW = 600.0
 DB_THREADS = 8
+# Submissions that wait while a transaction stores others are stored together,
+# up to this many in one transaction (group commit): one commit, a few
+# statements, for every session that finished its DATA meanwhile.
+GROUP_COMMIT_MAX = 100
+# Transactions of one process storing submissions at once.
+GROUP_COMMITS = 2
 
 TEMPORARY_FAILURE = "451 4.3.0 The message could not be stored now; try again later"
 
@@ -188,11 +194,48 @@ class SubmissionSMTP(SMTP):
         await super().push(status)
 
 
+class GroupCommit:
+    """Stores the submissions of every session of this process, together when
+    they arrive while earlier ones are being stored (at most GROUP_COMMITS
+    transactions at once). Each session gets its own answer, once committed."""
+
+    def __init__(self, handler: SubmissionHandler):
+        self._handler = handler
+        self._pending: list[tuple[MimeSubmission, asyncio.Future]] = []
+        self._running = 0
+
+    async def store(self, item: MimeSubmission) -> tuple[str, bool]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        if self._running < GROUP_COMMITS:
+            self._running += 1
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:GROUP_COMMIT_MAX], self._pending[GROUP_COMMIT_MAX:]
+                try:
+                    results = await self._handler.run(mime_submissions_store, [item for item, _ in batch])
+                except Exception as error:  # every session of the batch answers for it (451)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                else:
+                    for (_, future), result in zip(batch, results):
+                        if not future.done():
+                            future.set_result(result)
+        finally:
+            self._running -= 1
+
+
 class SubmissionHandler:
     """aiosmtpd's handler hooks."""
 
     def __init__(self, *, threads: int = DB_THREADS):
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smtp-db")
+        self.group_commit = GroupCommit(self)
 
     async def run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executor, _in_thread, function, *args)
@@ -238,7 +281,8 @@ class SubmissionHandler:
     async def handle_DATA(self, server, session, envelope):
         api_key = session.auth_data
         try:
-            email_id, duplicate = await self.run(_submit, api_key, list(envelope.rcpt_tos), envelope.original_content)
+            item = await self.run(_build, api_key, list(envelope.rcpt_tos), envelope.original_content)
+            email_id, duplicate = await self.group_commit.store(item)
         except EmailsvcError as error:
             return error_reply(error)
         except DatabaseError as error:
@@ -252,5 +296,5 @@ class SubmissionHandler:
         return f"250 2.0.0 Accepted as {email_id}"
 
 
-def _submit(api_key: ApiKey, recipients: list[str], content: bytes) -> tuple[str, bool]:
-    return message_submit_mime(api_key=api_key, recipients=recipients, content=content)
+def _build(api_key: ApiKey, recipients: list[str], content: bytes) -> MimeSubmission:
+    return mime_submission_build(api_key=api_key, recipients=recipients, content=content)

@@ -13,20 +13,20 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import formatdate, make_msgid
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core import metrics
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import PayloadTooLarge, ValidationFailed
-from emailsvc.models import ApiKey, Message, Priority, Recipient, Source, SubmittedMime
-from emailsvc.submission.idempotency import idempotent_call
+from emailsvc.models import ApiKey, IdempotencyKey, Message, Priority, Recipient, Source, SubmittedMime
 from emailsvc.submission.policy import check_sender_policy
 from emailsvc.submission.submit import _Submission, _submission_build, _submissions_store
 
@@ -219,16 +219,29 @@ def dedupe_key(message_id: str) -> str:
     return key
 
 
-def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: bytes) -> tuple[str, bool]:
-    """Store a message submitted over SMTP and enqueue its delivery after commit.
+@dataclass
+class MimeSubmission:
+    """One checked submission, ready to store."""
 
-    `recipients`: the envelope's (RCPT TO), canonical and checked against the
-    recipient allowlist and MAX_RECIPIENTS by the caller, checked here again.
-    Returns (email_id, duplicate): a message whose Message-ID this key
-    submitted within IDEMPOTENCY_KEY_TTL_HOURS is not stored again, and the
-    first one's email_id comes back. Raises what mime_parse raises, and
-    PolicyViolation for a sender, reply-to or recipient domain not allowed.
-    Returns only once the message is committed.
+    api_key: ApiKey
+    dedupe_key: str  # "" when the submitter gave no Message-ID
+    submission: _Submission
+    content: bytes | None  # the MIME to send; None when a template renders the message
+
+    @property
+    def email_id(self) -> str:
+        return self.submission.message.email_id
+
+
+def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: bytes) -> MimeSubmission:
+    """Check a message submitted over SMTP and build its rows (nothing stored).
+
+    `recipients`: the envelope's (RCPT TO), canonical. A recipient named in To
+    or Cc keeps that role, any other is bcc. With X-Emailsvc-Template the
+    stored template renders subject and bodies, as POST /emails with
+    `template` does (a Subject header wins, as a request's `subject` does).
+    Raises what mime_parse raises, PolicyViolation for a sender, reply-to or
+    recipient domain not allowed, too_many_recipients, and the template errors.
     """
     parsed = mime_parse(content)
     if not recipients:
@@ -240,38 +253,9 @@ def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: byte
     for address, role in roles.items():
         by_role.setdefault(role, []).append(address)
     check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
-
-    def store() -> tuple[int, dict]:
-        if parsed.template:
-            return store_rendered()
-        now = timezone.now()
-        message = Message(
-            from_email=parsed.from_email,
-            sending_domain=parsed.from_email.rpartition("@")[2],
-            from_name=parsed.from_name[:200],
-            reply_to=parsed.reply_to,
-            subject=parsed.subject,
-            tags=parsed.tags,
-            metadata=parsed.metadata,
-            priority=parsed.priority,
-            provider=settings.EMAIL_PROVIDER,
-            api_key=api_key,
-            next_attempt_at=now,
-            source=Source.SMTP,
-        )
-        message.group_id = parsed.group_id
-        rows = [Recipient(email=address, role=role, group_id=parsed.group_id) for address, role in roles.items()]
-        with transaction.atomic():
-            _submissions_store([_Submission(message=message, recipients=rows, attachments=[])], now=now)
-            SubmittedMime.objects.create(message=message, content=parsed.content)
-            metrics.emails_accepted_observe(priorities=[message.priority], endpoint="smtp")
-        return 250, {"email_id": message.email_id}
-
-    def store_rendered() -> tuple[int, dict]:
-        """X-Emailsvc-Template: the stored template renders subject and bodies,
-        as POST /emails with `template` does (a Subject header wins, as a
-        request's `subject` does); the submitted body is not used."""
-        now = timezone.now()
+    key = dedupe_key(parsed.message_id) if parsed.message_id else ""
+    now = timezone.now()
+    if parsed.template:
         data: dict = {
             "from": (parsed.from_name, parsed.from_email), "template": parsed.template,
             "template_data": parsed.template_data, "tags": parsed.tags, "metadata": parsed.metadata,
@@ -283,18 +267,104 @@ def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: byte
             data["subject"] = parsed.subject
         submission = _submission_build(api_key=api_key, data=data, now=now)
         submission.message.source = Source.SMTP
+        return MimeSubmission(api_key=api_key, dedupe_key=key, submission=submission, content=None)
+    message = Message(
+        from_email=parsed.from_email,
+        sending_domain=parsed.from_email.rpartition("@")[2],
+        from_name=parsed.from_name[:200],
+        reply_to=parsed.reply_to,
+        subject=parsed.subject,
+        tags=parsed.tags,
+        metadata=parsed.metadata,
+        priority=parsed.priority,
+        provider=settings.EMAIL_PROVIDER,
+        api_key=api_key,
+        next_attempt_at=now,
+        source=Source.SMTP,
+    )
+    message.group_id = parsed.group_id
+    rows = [Recipient(email=address, role=role, group_id=parsed.group_id) for address, role in roles.items()]
+    return MimeSubmission(
+        api_key=api_key, dedupe_key=key, submission=_Submission(message=message, recipients=rows, attachments=[]),
+        content=parsed.content,
+    )
+
+
+def mime_submissions_store(items: list[MimeSubmission]) -> list[tuple[str, bool]]:
+    """Store checked submissions in one transaction and enqueue their delivery
+    after commit: (email_id, duplicate) for each, once committed.
+
+    A submission whose Message-ID its key submitted within
+    IDEMPOTENCY_KEY_TTL_HOURS (stored before, or earlier in `items`) is not
+    stored again: the first one's email_id comes back, duplicate True. The
+    Message-ID records are written in the same transaction as the messages,
+    under a unique (api_key, key): when a concurrent session stored one
+    meanwhile, the items are stored one by one so each learns its own answer.
+    Raises DatabaseError (nothing stored).
+    """
+    now = timezone.now()
+    cutoff = now - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    keyed = [item for item in items if item.dedupe_key]
+    existing = {}
+    if keyed:
+        records = IdempotencyKey.objects.filter(
+            api_key_id__in={item.api_key.pk for item in keyed}, key__in={item.dedupe_key for item in keyed}
+        ).only("pk", "api_key_id", "key", "created_at", "response_body")
+        existing = {(record.api_key_id, record.key): record for record in records}
+    results: list[tuple[str, bool] | None] = [None] * len(items)
+    fresh: list[MimeSubmission] = []
+    expired, first_of = [], {}
+    for index, item in enumerate(items):
+        if item.dedupe_key:
+            pair = (item.api_key.pk, item.dedupe_key)
+            record = existing.get(pair)
+            if record is not None and record.created_at >= cutoff:
+                results[index] = (record.response_body["email_id"], True)
+                continue
+            if record is not None:
+                expired.append(record.pk)  # older than the TTL: this one is new
+            if pair in first_of:
+                results[index] = (first_of[pair], True)
+                continue
+            first_of[pair] = item.email_id
+        fresh.append(item)
+        results[index] = (item.email_id, False)
+    if not fresh:
+        return results
+    try:
         with transaction.atomic():
-            _submissions_store([submission], now=now)
-            metrics.emails_accepted_observe(priorities=[submission.message.priority], endpoint="smtp")
-        return 250, {"email_id": submission.message.email_id}
+            if expired:
+                IdempotencyKey.objects.filter(pk__in=expired).delete()
+            IdempotencyKey.objects.bulk_create([
+                IdempotencyKey(
+                    api_key=item.api_key, key=item.dedupe_key, request_hash=_DEDUPE_HASH, response_status=250,
+                    response_body={"email_id": item.email_id},
+                )
+                for item in fresh if item.dedupe_key
+            ])
+            _submissions_store([item.submission for item in fresh], now=now)
+            SubmittedMime.objects.bulk_create([
+                SubmittedMime(message=item.submission.message, content=item.content)
+                for item in fresh if item.content is not None
+            ])
+            metrics.emails_accepted_observe(priorities=[item.submission.message.priority for item in fresh], endpoint="smtp")
+    except IntegrityError:
+        for item in fresh:  # rolled back: stored again from scratch
+            item.submission.message.pk = None
+            for row in item.submission.recipients:
+                row.pk = None
+        if len(items) > 1:
+            return [mime_submissions_store([item])[0] for item in items]
+        if not keyed or not IdempotencyKey.objects.filter(
+            api_key=items[0].api_key, key=items[0].dedupe_key, created_at__gte=cutoff
+        ).exists():
+            raise
+        return mime_submissions_store(items)  # the concurrent one is committed: answered as a duplicate
+    return results
 
-    if not parsed.message_id:
-        return store()[1]["email_id"], False
-    stored = []
 
-    def store_once() -> tuple[int, dict]:
-        stored.append(True)
-        return store()
-
-    _, body = idempotent_call(api_key=api_key, key=dedupe_key(parsed.message_id), request_hash=_DEDUPE_HASH, call=store_once)
-    return body["email_id"], not stored
+def message_submit_mime(*, api_key: ApiKey, recipients: list[str], content: bytes) -> tuple[str, bool]:
+    """Check, store and enqueue one message submitted over SMTP:
+    mime_submission_build, then mime_submissions_store. (email_id, duplicate),
+    once committed."""
+    return mime_submissions_store([mime_submission_build(api_key=api_key, recipients=recipients, content=content)])[0]

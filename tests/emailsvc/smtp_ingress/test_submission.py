@@ -305,3 +305,33 @@ def test_a_stored_template_renders_the_message_named_by_its_header(ingress, cele
         client.rcpt("reader@example.org")
         code, text = client.data(content.replace(f"smtp-{run}".encode(), b"no-such-template"))
     assert (code, text[:5]) == (550, b"5.6.0") and b"template_not_found" in text, text
+
+
+def test_ses_receives_the_submitted_mime_as_raw_content_with_the_envelope_as_destination(
+    celery_worker, moto_server, key, settings
+):
+    """The service behind DATA with EMAIL_PROVIDER=ses: the worker hands SES
+    (moto) the submitted bytes, only the tracking header put before them."""
+    from emailsvc.models import ApiKey as Key
+    from emailsvc.submission.mime import message_submit_mime
+
+    settings.EMAIL_PROVIDER = "ses"
+    run = run_id()
+    message = EmailMessage()
+    message["From"] = "app@example.com"
+    message["To"] = "jane@example.com"
+    message["Subject"] = f"Raw {run}"
+    message["Message-ID"] = f"<{run}@app.example.com>"
+    message["Date"] = "Mon, 07 Dec 2026 10:00:00 +0000"
+    message.set_content(f"Body of {run}.\n")
+    message.add_attachment(PDF, maintype="application", subtype="pdf", filename="receipt.pdf")
+    content = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+    api_key = Key.objects.get(prefix=key.split("_")[1])
+    email_id, _ = message_submit_mime(
+        api_key=api_key, recipients=["jane@example.com", "audit@example.net"], content=content
+    )
+    stored = wait_for_status(email_id)
+    assert stored.status == "sent", celery_worker.log()[-3000:]
+    (sent,) = [m for m in moto_server.sent_raw_messages() if m["id"] == stored.provider_message_id]
+    assert sent["raw_data"].encode() == f"X-Emailsvc-Tracking-ID: /{email_id}\r\n".encode() + content
+    assert set(sent["destinations"]) == {"audit@example.net", "jane@example.com"}  # moto adds the To header's
