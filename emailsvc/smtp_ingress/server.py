@@ -79,6 +79,9 @@ def serve() -> None:
     """Run the SMTP submission servers until SIGTERM / SIGINT, in
     SMTP_INGRESS_PROCESSES processes sharing the listening sockets (one
     asyncio loop each: the GIL holds a process to one core)."""
+    # aiosmtpd logs every command of every session at INFO: a line (and its
+    # formatting) per command is most of a process's CPU under load.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     context = tls_context()
     if settings.SMTP_INGRESS_TLS_PORT and context is None:
         raise ImproperlyConfigured("SMTP_INGRESS_TLS_PORT needs SMTP_INGRESS_TLS_CERT and SMTP_INGRESS_TLS_KEY")

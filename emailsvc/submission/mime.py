@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
-from email.utils import formatdate, make_msgid
+from email.policy import compat32
+from email.utils import formatdate, getaddresses, make_msgid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -115,7 +116,8 @@ def mime_parse(content: bytes) -> ParsedMime:
         raise _refused("A header holds a bare CR or LF; header lines end in CRLF.", "invalid_header")
     fields = _header_fields(head)
     try:
-        headers = BytesHeaderParser(policy=default_policy).parsebytes(head + b"\r\n")
+        # compat32: the values as written (the default policy builds a class per header kind and message).
+        headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n")
         parsed = _fields_read(headers)
     except (HeaderParseError, ValueError, IndexError, TypeError) as error:
         raise _refused(f"A header cannot be read: {error}", "invalid_header") from None
@@ -131,13 +133,21 @@ def mime_parse(content: bytes) -> ParsedMime:
 
 
 def _text(value) -> str:
-    """A decoded header value, raw 8-bit octets that are not UTF-8 shown as U+FFFD (storable)."""
-    return str(value or "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    """A header value as a reader shows it: RFC 2047 words decoded, unfolded,
+    raw 8-bit octets that are not UTF-8 shown as U+FFFD (storable)."""
+    text = str(value or "")
+    if "=?" in text:
+        try:
+            text = str(make_header(decode_header(text)))
+        except (HeaderParseError, LookupError, UnicodeError, ValueError):
+            pass  # shown as written
+    text = " ".join(text.split()) if ("\n" in text or "\r" in text) else text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _addresses(headers, name: str) -> list[tuple[str, str]]:
-    values = headers.get_all(name) or []
-    return [(address.display_name, address.addr_spec) for value in values for address in value.addresses]
+    values = [str(value) for value in headers.get_all(name) or []]
+    return [(name, address) for name, address in getaddresses(values) if address]
 
 
 def _canonical(address: str, what: str) -> str:
