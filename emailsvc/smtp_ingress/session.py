@@ -57,7 +57,7 @@ DB_THREADS = 8
 # statements, for every session that finished its DATA meanwhile.
 GROUP_COMMIT_MAX = 100
 # Transactions of one process storing submissions at once.
-GROUP_COMMITS = 2
+GROUP_COMMITS = 1
 
 TEMPORARY_FAILURE = "451 4.3.0 The message could not be stored now; try again later"
 
