@@ -20,7 +20,7 @@ from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.smtp_ingress.session import AUTH_FAILURES_KEY
 from emailsvc.models import ApiKey
 from emailsvc.suppressions.services import suppression_add
-from tests.conftest import wait_for_status
+from tests.conftest import PENDING, wait_for_status, wait_until
 from tests.emailsvc.smtp_ingress.conftest import MAX_MESSAGE_BYTES, non_loopback_address
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -335,3 +335,30 @@ def test_ses_receives_the_submitted_mime_as_raw_content_with_the_envelope_as_des
     (sent,) = [m for m in moto_server.sent_raw_messages() if m["id"] == stored.provider_message_id]
     assert sent["raw_data"].encode() == f"X-Emailsvc-Tracking-ID: /{email_id}\r\n".encode() + content
     assert set(sent["destinations"]) == {"audit@example.net", "jane@example.com"}  # moto adds the To header's
+
+
+def test_concurrent_sessions_are_each_answered_and_one_message_id_sent_by_all_is_stored_once(
+    ingress, celery_worker, smtp_server, key
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emailsvc.models import Message
+
+    run = run_id()
+    shared = simple(f"{run}-shared", message_id=f"<{run}-shared@app.example.com>")
+
+    def session(number: int) -> list[tuple[int, str]]:
+        with ingress.client(key) as client:
+            answers = [submit(client, "app@example.com", ["reader@example.org"], simple(f"{run}-{number}-{n}"))
+                       for n in range(3)]
+            answers.append(submit(client, "app@example.com", ["reader@example.org"], shared))
+        return answers
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [answer for session_answers in pool.map(session, range(8)) for answer in session_answers]
+    assert {code for code, _ in answers} == {250}
+    assert len({email_id_of(text) for _, text in answers}) == 8 * 3 + 1
+    assert Message.objects.filter(subject=f"Hello {run}-shared").count() == 1
+    assert len(smtp_server.wait_for(f"Body of {run}-", count=25)) == 25
+    stored = Message.objects.filter(subject__startswith=f"Hello {run}-")
+    assert wait_until(lambda: not stored.filter(status__in=PENDING).exists())
