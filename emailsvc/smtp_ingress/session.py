@@ -25,13 +25,14 @@ from core.redisclient import redis_client
 from emailsvc.keys import api_key_authenticate
 from emailsvc.models import ApiKey
 from emailsvc.submission.mime import MimeSubmission, mime_submission_build, mime_submissions_store
-from emailsvc.submission.policy import domain_allowed, domain_of
+from emailsvc.submission.policy import check_sender_policy, domain_allowed, domain_of
 
 logger = logging.getLogger(__name__)
 
 # An error code of the service → (SMTP reply code, enhanced status code, RFC 3463).
 REPLIES = {
     "from_domain_not_allowed": ("550", "5.7.1"),
+    "domain_not_verified": ("550", "5.7.1"),
     "reply_to_domain_not_allowed": ("550", "5.7.1"),
     "recipient_domain_not_allowed": ("550", "5.7.1"),
     "invalid_address": ("553", "5.1.3"),
@@ -252,9 +253,13 @@ class SubmissionHandler:
         except InvalidAddress as error:
             return reply("553", "5.1.7", str(error), "invalid_address")
         if not domain_allowed(domain_of(sender), settings.ALLOWED_FROM_DOMAINS, empty_allows_all=False):
-            return reply(
-                "550", "5.7.1", f"Sending from the domain '{domain_of(sender)}' is not allowed", "from_domain_not_allowed"
-            )
+            # Not on the allowlist: the full sender policy decides (it may read the database).
+            try:
+                await self.run(_sender_check, sender)
+            except EmailsvcError as error:
+                return error_reply(error)
+            except DatabaseError:
+                return "451 4.3.0 The sender cannot be checked now; try again later"
         envelope.mail_from = sender
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -294,6 +299,10 @@ class SubmissionHandler:
         if duplicate:
             return f"250 2.0.0 Already accepted as {email_id} (the same Message-ID); not sent again"
         return f"250 2.0.0 Accepted as {email_id}"
+
+
+def _sender_check(sender: str) -> None:
+    check_sender_policy(from_email=sender, reply_to=[], recipients={})
 
 
 def _build(api_key: ApiKey, recipients: list[str], content: bytes) -> MimeSubmission:
