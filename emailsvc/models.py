@@ -87,6 +87,13 @@ class Provider(models.TextChoices):
     TEST = "test"
 
 
+class Source(models.TextChoices):
+    """How a message reached the service: the REST API or SMTP submission."""
+
+    API = "api"
+    SMTP = "smtp"
+
+
 class ApiKey(models.Model):
     class Permission(models.TextChoices):
         READ_ONLY = "read_only"
@@ -195,6 +202,7 @@ class Message(models.Model):
     )
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.API)
 
     class Meta:
         indexes = [
@@ -236,6 +244,15 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class SubmittedMime(models.Model):
+    """The MIME of a message submitted over SMTP, kept as written (headers the
+    service reads removed): what is sent, byte for byte, with only the tracking
+    header added."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    content = models.BinaryField()
 
 
 class Recipient(models.Model):

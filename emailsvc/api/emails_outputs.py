@@ -73,6 +73,7 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     metadata = serializers.DictField()
     priority = serializers.CharField()
     provider = serializers.CharField(help_text="`test` for a test key's email (never handed to a provider)")
+    source = serializers.CharField(help_text="How it was submitted: `api` (POST /emails) or `smtp` (SMTP submission)")
     provider_message_id = serializers.CharField()
     test = serializers.BooleanField(
         source="is_test", help_text="Sent with a test key: its outcomes are the SES mailbox simulator's; nothing left the service"
