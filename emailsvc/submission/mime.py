@@ -27,7 +27,8 @@ from django.utils import timezone
 from core import metrics
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import PayloadTooLarge, ValidationFailed
-from emailsvc.models import ApiKey, IdempotencyKey, Message, Priority, Recipient, Source, SubmittedMime
+from emailsvc.keys import api_key_sender_check
+from emailsvc.models import ApiKey, IdempotencyKey, Message, Priority, Provider, Recipient, Source, SubmittedMime
 from emailsvc.submission.policy import check_sender_policy
 from emailsvc.submission.submit import _Submission, _submission_build, _submissions_store
 
@@ -262,6 +263,7 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
     by_role: dict[str, list[str]] = {}
     for address, role in roles.items():
         by_role.setdefault(role, []).append(address)
+    api_key_sender_check(api_key=api_key, from_domain=parsed.from_email.rpartition("@")[2])
     check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
     key = dedupe_key(parsed.message_id) if parsed.message_id else ""
     now = timezone.now()
@@ -287,7 +289,8 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
         tags=parsed.tags,
         metadata=parsed.metadata,
         priority=parsed.priority,
-        provider=settings.EMAIL_PROVIDER,
+        # A test key's emails go to the mailbox simulator, never to the provider.
+        provider=Provider.TEST if api_key.test else settings.EMAIL_PROVIDER,
         api_key=api_key,
         next_attempt_at=now,
         source=Source.SMTP,

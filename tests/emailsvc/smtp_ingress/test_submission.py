@@ -20,7 +20,7 @@ from emailsvc.keys import api_key_create, api_key_revoke
 from emailsvc.smtp_ingress.session import AUTH_FAILURES_KEY
 from emailsvc.models import ApiKey
 from emailsvc.suppressions.services import suppression_add
-from tests.conftest import PENDING, wait_for_status, wait_until
+from tests.conftest import PENDING, poll, wait_for_status, wait_until
 from tests.emailsvc.smtp_ingress.conftest import MAX_MESSAGE_BYTES, non_loopback_address
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -150,7 +150,8 @@ def test_no_auth_is_530_and_bad_keys_are_535_slowed_and_counted(ingress, key, se
     read_only = api_key_create(name="reader", permission=ApiKey.Permission.READ_ONLY)[1]
     revoked_key, revoked = api_key_create(name="gone")
     api_key_revoke(api_key=revoked_key)
-    expired = api_key_create(name="old", expires_at=timezone.now() - timedelta(minutes=1))[1]
+    old, expired = api_key_create(name="old", expires_at=timezone.now() + timedelta(minutes=1))
+    ApiKey.objects.filter(pk=old.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     refused = []
     for password in ["es_nope_nope", read_only, revoked, expired, "es_nope_again"]:
         with ingress.client() as client:
@@ -362,3 +363,26 @@ def test_concurrent_sessions_are_each_answered_and_one_message_id_sent_by_all_is
     assert len(smtp_server.wait_for(f"Body of {run}-", count=25)) == 25
     stored = Message.objects.filter(subject__startswith=f"Hello {run}-")
     assert wait_until(lambda: not stored.filter(status__in=PENDING).exists())
+
+
+def test_a_keys_domains_and_test_mode_hold_over_smtp_as_over_the_api(ingress, celery_worker, smtp_server):
+    run = run_id()
+    scoped = api_key_create(name="scoped", permission="sending", domains=["mail.example.com"])[1]
+    with ingress.client(scoped) as client:
+        client.mail("app@mail.example.com")
+        client.rcpt("reader@example.org")
+        code, text = client.data(simple(run, sender="app@example.com"))
+    assert (code, text[:5]) == (550, b"5.7.1") and b"key_domain_not_allowed" in text, text
+
+    test_key = api_key_create(name="ci", permission="sending", test=True)[1]
+    with ingress.client(test_key) as client:
+        code, reply = submit(client, "app@example.com", [f"reader-{run}@example.org"], simple(run, to=f"reader-{run}@example.org"))
+    assert code == 250, reply
+    reader = Client()
+    reader.defaults["HTTP_AUTHORIZATION"] = f"Bearer {test_key}"
+    detail = poll(
+        lambda: reader.get(f"/api/v1/emails/{email_id_of(reply)}").json(),
+        until=lambda body: body["status"] == "delivered", timeout=30,
+    )
+    assert (detail["test"], detail["provider"], detail["source"]) == (True, "test", "smtp")
+    assert smtp_server.matching(f"Body of {run}.") == []
