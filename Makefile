@@ -5,29 +5,57 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Installs read the lock files (every package pinned, dependencies included):
+# requirements.lock is what runs, requirements-dev.lock adds the tests' packages,
+# benchmarks/requirements.lock the bench's. `make lock` refreshes them from
+# requirements.txt, requirements-dev.txt and benchmarks/requirements.txt.
+# uv installs them (put into the virtualenv with pip, pinned); NO_UV=1, or a
+# machine where uv cannot be had, installs them with pip instead.
+UV_VERSION := 0.13.10
+UV := $(BIN)/uv
+# One stamp per set: `make run` after `make test` installs nothing, `make test`
+# after `make run` adds only the tests' packages.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
+# When make started: `make run` prints how long it took from here until the
+# service answered (config/devservices.py).
+export MAKE_STARTED_AT := $(shell date +%s.%N)
 
-.PHONY: run test venv clean bench bench-quick bench-profile
+.PHONY: run test venv lock clean bench bench-quick bench-profile
 
-BENCH_STAMP := $(VENV)/.bench-installed
+# install <lock file>: into $(VENV) (made first if missing), with uv unless NO_UV is set.
+define install
+	@test -x $(BIN)/python || { echo "== creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@test -n "$(NO_UV)" || test -x $(UV) || { echo "== installing uv $(UV_VERSION) into $(VENV) with pip"; \
+		$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on uv==$(UV_VERSION) \
+		|| echo "uv could not be installed: pip installs instead (slower)"; }
+	@echo "== installing $(1)"
+	@if test -z "$(NO_UV)" && test -x $(UV); then $(UV) pip install --python $(BIN)/python -r $(1); \
+		else $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r $(1); fi
+endef
 
-venv: $(STAMP)
+# What CI makes before `make test`: the test environment.
+venv: $(TEST_STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
-	touch $(STAMP)
+$(RUN_STAMP): requirements.lock
+	$(call install,requirements.lock)
+	@touch $@
 
-run: $(STAMP)
+# requirements-dev.lock holds every pin of requirements.lock, so it counts as installed too.
+$(TEST_STAMP): requirements-dev.lock requirements.lock
+	$(call install,requirements-dev.lock)
+	@touch $@ $(RUN_STAMP)
+
+$(BENCH_STAMP): $(TEST_STAMP) benchmarks/requirements.lock
+	$(call install,benchmarks/requirements.lock)
+	@touch $@
+
+run: $(RUN_STAMP)
 	$(BIN)/python -m config.devservices run
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-$(BENCH_STAMP): $(STAMP) benchmarks/requirements.txt
-	$(BIN)/python -m pip install --quiet -r benchmarks/requirements.txt
-	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
@@ -39,6 +67,17 @@ bench-quick: $(BENCH_STAMP)
 PROFILE ?= deliver
 bench-profile: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.run --profile $(PROFILE) $(BENCH_ARGS)
+
+# Re-resolve the lock files after editing requirements*.txt (versions already
+# locked are kept where they still fit; `make lock LOCK_ARGS=--upgrade` takes the
+# newest of everything). Each lock is resolved within the one before it, so the
+# three never disagree.
+LOCK := $(UV) pip compile --quiet --universal --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
+lock: $(RUN_STAMP)
+	@test -x $(UV) || { echo "make lock needs uv: $(BIN)/python -m pip install uv==$(UV_VERSION)"; exit 1; }
+	$(LOCK) requirements.txt -o requirements.lock
+	$(LOCK) requirements-dev.txt -c requirements.lock -o requirements-dev.lock
+	$(LOCK) benchmarks/requirements.txt -c requirements-dev.lock -o benchmarks/requirements.lock
 
 clean:
 	rm -rf $(VENV) .sandbox .test-db.sqlite3* db.sqlite3*
