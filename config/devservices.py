@@ -32,6 +32,7 @@ from honcho.environ import parse as parse_env_file
 from honcho.environ import parse_procfile
 
 from config.sandbox_env import persistent_secret, sandbox_env_write, state_dir
+from config.startup import StartupClock, make_started_at, startup_summary
 from config.supervisor import supervise
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -246,6 +247,8 @@ def procfile_command(name: str, *, procfile: Path | None = None) -> str:
 def run() -> int:
     """`make run`: the whole service on this machine, with nothing configured."""
     env = procfile_env(os.environ)
+    started_at = make_started_at(env)
+    env.pop("MAKE_STARTED_AT", None)
     # Before anything is started: a taken port would otherwise only show as
     # gunicorn or Flower dying after the banner, taking everything down with it.
     problems = listen_problems(env)
@@ -300,6 +303,7 @@ def run() -> int:
                     "   (WEB_BIND / FLOWER_ADDRESS change that, WEB_PORT / FLOWER_PORT the ports)",
                     f"  Provider     {env['EMAIL_PROVIDER']}",
                     f"  Demo API key {demo_key}",
+                    f"  Started      {startup_summary(started_at)}",
                     "",
                     "Try it:",
                     f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",
@@ -326,7 +330,9 @@ def run() -> int:
         sandbox_env_write(env, STATE_DIR)
         # Returns once every Procfile process has ended; only then does the
         # `finally` stop Redis and moto, which they need until the end.
-        return supervise(procfile=BASE_DIR / "Procfile", env=env, cwd=BASE_DIR)
+        clock = StartupClock(stream=sys.stdout, web_url=web, started_at=started_at)
+        clock.watch()
+        return supervise(procfile=BASE_DIR / "Procfile", env=env, cwd=BASE_DIR, stream=clock)
     except KeyboardInterrupt:
         print("make run: stopped while starting", file=sys.stderr)
         return 130
