@@ -283,9 +283,11 @@ def run() -> int:
             process, env["AWS_ENDPOINT_URL"] = start_moto(new_session=True)
             started.append(process)
             print(f"sandbox AWS (moto)  {env['AWS_ENDPOINT_URL']}")
-        manage("migrate", "--noinput", "-v", "0")
-        manage("load_example_templates", capture=True)  # welcome, password-reset, invite: once
-        demo_key = manage("sandbox_init", "--admin-password", admin_password, capture=True)
+        # Migrate, load the example templates (welcome, password-reset, invite: once) and
+        # prepare the sandbox in one process: each Django start-up costs seconds.
+        demo_key = manage(
+            "sandbox_init", "--migrate", "--example-templates", "--admin-password", admin_password, capture=True
+        )
         web = f"http://{_url_host(env['WEB_BIND'])}:{env['WEB_PORT']}"
         flower = f"http://{_url_host(env['FLOWER_ADDRESS'])}:{env['FLOWER_PORT']}"
         flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
