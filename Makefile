@@ -25,14 +25,19 @@ export MAKE_STARTED_AT := $(shell date +%s.%N)
 .PHONY: run test venv lock clean bench bench-quick bench-profile
 
 # install <lock file>: into $(VENV) (made first if missing), with uv unless NO_UV is set.
+# The virtualenv starts without pip (ensurepip takes seconds): the interpreter's own pip
+# puts uv into it; the pip fallback adds pip to it first.
+ENSUREPIP := $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null
+PIP_INSTALL := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
 define install
-	@test -x $(BIN)/python || { echo "== creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@test -x $(BIN)/python || { echo "== creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv --without-pip $(VENV); }
 	@test -n "$(NO_UV)" || test -x $(UV) || { echo "== installing uv $(UV_VERSION) into $(VENV) with pip"; \
-		$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on uv==$(UV_VERSION) \
+		$(PYTHON) -m pip --python $(BIN)/python install --disable-pip-version-check --progress-bar on uv==$(UV_VERSION) \
+		|| { $(ENSUREPIP) && $(PIP_INSTALL) uv==$(UV_VERSION); } \
 		|| echo "uv could not be installed: pip installs instead (slower)"; }
 	@echo "== installing $(1)"
 	@if test -z "$(NO_UV)" && test -x $(UV); then $(UV) pip install --python $(BIN)/python -r $(1); \
-		else $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -r $(1); fi
+		else $(ENSUREPIP) && $(PIP_INSTALL) -r $(1); fi
 endef
 
 # What CI makes before `make test`: the test environment.
