@@ -97,7 +97,7 @@ def _make_run(clone: Path, env: dict[str, str]) -> dict[str, float]:
                 os.killpg(process.pid, signal.SIGKILL)
         reader.join(timeout=5)
     for name, pattern in (("installed", r"Installed \d+ packages"), ("banner", r"Demo API key"),
-                          ("ready", r"emailsvc: ready")):
+                          ("ready", r"emailsvc: ready [\d.]+ s")):
         if found := first(pattern):
             milestones[name] = found[0]
     if found := first(r"Installed (\d+) packages in"):
