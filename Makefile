@@ -77,12 +77,18 @@ bench-profile: $(BENCH_STAMP)
 # locked are kept where they still fit; `make lock LOCK_ARGS=--upgrade` takes the
 # newest of everything). Each lock is resolved within the one before it, so the
 # three never disagree.
-LOCK := $(UV) pip compile --quiet --universal --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
+# lock <input> <lock file> [uv options]: rewritten only when it changes, so the stamps stay valid.
+LOCK_COMPILE := $(UV) pip compile --quiet --universal --python-version 3.11 --custom-compile-command "make lock" $(LOCK_ARGS)
+define lock
+	@cp $(2) $(2).tmp 2>/dev/null || true
+	$(LOCK_COMPILE) $(1) $(3) -o $(2).tmp
+	@if cmp -s $(2).tmp $(2); then rm $(2).tmp; echo "$(2): unchanged"; else mv $(2).tmp $(2); echo "$(2): updated"; fi
+endef
 lock: $(RUN_STAMP)
 	@test -x $(UV) || { echo "make lock needs uv: $(BIN)/python -m pip install uv==$(UV_VERSION)"; exit 1; }
-	$(LOCK) requirements.txt -o requirements.lock
-	$(LOCK) requirements-dev.txt -c requirements.lock -o requirements-dev.lock
-	$(LOCK) benchmarks/requirements.txt -c requirements-dev.lock -o benchmarks/requirements.lock
+	$(call lock,requirements.txt,requirements.lock)
+	$(call lock,requirements-dev.txt,requirements-dev.lock,-c requirements.lock)
+	$(call lock,benchmarks/requirements.txt,benchmarks/requirements.lock,-c requirements-dev.lock)
 
 clean:
 	rm -rf $(VENV) .sandbox .test-db.sqlite3* db.sqlite3*
