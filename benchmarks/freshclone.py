@@ -137,7 +137,7 @@ def run(results_dir: Path) -> Row:
                 f"{seconds(warm, 'delivered')} (ready {seconds(warm, 'ready')})"),
         values={"cold": cold, "warm": warm, "commit": commit, "when": when, "load_before": round(load, 2)},
         notes=(f"measured {when} at {commit} by `python -m benchmarks.run --fresh-clone`, apart from the other rows "
-               f"(load average before: {load:.2f}); seconds from the start of `make` ({cold.get('packages', '?')} "
+               f"(load average before: {load:.2f}; other work on the 2 cores stretches every figure); seconds from the start of `make` ({cold.get('packages', '?')} "
                "packages); `delivered` waits for the drain, which beat starts every 10 s "
                "(SES_EVENTS_DRAIN_INTERVAL_SECONDS), so up to 10 s of each figure is that wait"),
     )
