@@ -1,6 +1,7 @@
 """`make bench`: measure emailsvc on this machine and write benchmarks/results/latest.{md,json}.
 
     python -m benchmarks.run [--quick] [--only NAME ...] [--used N] [--keep] [--profile [TARGET]]
+    python -m benchmarks.run --fresh-clone
 
 Starts what it needs (database, Redis, gunicorn, celery workers, an SMTP sink,
 moto), grows the database to production-like tables (figure 0), runs each
@@ -115,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", nargs="?", const="default", metavar="TARGET",
                         help="profile a path instead of measuring: deliver, deliver-ses, accept or drain "
                              "(default: the slowest, see benchmarks/README.md)")
+    parser.add_argument("--fresh-clone", action="store_true",
+                        help="only figure 9: make run in a fresh clone with cold caches until the first email is "
+                             "delivered (benchmarks/freshclone.py); its row replaces the earlier one in latest.*")
     args = parser.parse_args(argv)
+    if args.fresh_clone:
+        from benchmarks import freshclone
+
+        row = freshclone.run(RESULTS_DIR)
+        print(f"{row.figure}: {row.result}")
+        print(f"written: {RESULTS_DIR / 'latest.md'} and latest.json (the other rows unchanged)")
+        return 0
     params = Params.for_mode(args.quick)
     if args.used is not None:
         from dataclasses import replace
