@@ -32,6 +32,7 @@ class EngagementEvent(models.Model):
     class Source(models.TextChoices):
         SQS = "sqs"
         SNS = "sns"
+        TRACKING = "tracking"  # emailsvc's own open pixel and click redirects (tracking.hits)
 
     event_id = models.CharField(max_length=255)
     recipient_email = models.CharField(max_length=320, blank=True, help_text="Lower-cased address; empty if none")
