@@ -51,7 +51,7 @@ class Params:
     e2e_limit: int = 14
     e2e_seconds: float = 20
     tracking_hits: int = 10_000
-    tracking_clients: int = 4
+    tracking_clients: tuple[int, ...] = (4, 16)
     tracking_seconds: float = 10
 
     @classmethod

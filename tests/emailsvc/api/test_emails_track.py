@@ -54,3 +54,17 @@ def test_track_is_in_the_openapi_schema(client, db):
     track = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert set(track["properties"]) == {"opens", "clicks"} and track["additionalProperties"] is False
     assert track["properties"]["opens"]["type"] == "boolean"
+
+
+def test_a_resend_is_tracked_as_the_original_was(api, settings):
+    from emailsvc.api.emails_inputs import send_request_validate
+    from emailsvc.submission.resend import message_resend
+
+    settings.EMAIL_PROVIDER = "smtp"
+    original = Message.objects.get(email_id=post(api, track={"opens": True}).json()["email_id"])
+    again = message_resend(message_id=original.pk, by="tests", validate=send_request_validate)
+    assert again.tracking == {"opens": True, "clicks": False}
+    plain = Message.objects.get(email_id=post(api).json()["email_id"])
+    assert message_resend(message_id=plain.pk, by="tests", validate=send_request_validate).tracking == {
+        "opens": False, "clicks": False,
+    }
