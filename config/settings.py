@@ -378,7 +378,11 @@ SNS_MAX_AGE_SECONDS = int(_positive_number("SNS_MAX_AGE_SECONDS", 3600, int))
 # emailsvc's own pixel and redirects under TRACKING_DOMAIN (a host, or a base URL).
 SES_TRACKING_CONFIGURATION_SET = env.str("SES_TRACKING_CONFIGURATION_SET", default="")
 TRACKING_DOMAIN = env.str("TRACKING_DOMAIN", default="http://127.0.0.1:8000").strip()
-if not TRACKING_DOMAIN or any(c in TRACKING_DOMAIN for c in " ?#\"\'<>"):
+if (
+    not TRACKING_DOMAIN
+    or any(c in TRACKING_DOMAIN for c in " ?#\"\'<>")
+    or ("://" in TRACKING_DOMAIN and not TRACKING_DOMAIN.lower().startswith(("http://", "https://")))
+):
     raise ImproperlyConfigured(f"TRACKING_DOMAIN must be a host or a base URL, e.g. https://t.example.com (got {TRACKING_DOMAIN!r})")
 # Opens fetched by privacy proxies (Apple Mail Privacy Protection, Gmail's image
 # proxy) are stored, flagged `machine`, and left out of the counts unless this is true.

@@ -28,7 +28,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from redis.exceptions import LockNotOwnedError, RedisError
 
 from core.redisclient import redis_client
-from core.tracking_tokens import CLICK, OPEN, TrackingToken
+from core.tracking_tokens import CLICK, TrackingToken
 from emailsvc.models import Message, Recipient
 from tracking.apply import events_apply
 from tracking.models import EngagementEvent, EventType
@@ -80,8 +80,9 @@ def hit_record(*, token: TrackingToken, user_agent: str, ip: str, url: str = "")
 def click_destination(token: TrackingToken) -> str | None:
     """The URL a click token's link leads to: one primary-key read of the
     message's tracked links. None if the message or the link is unknown."""
-    tracking = Message.objects.filter(pk=token.message_id).values_list("tracking", flat=True).first()
-    links = (tracking or {}).get("links") or []
+    # By primary key, no ORDER BY … LIMIT 1 (.first()): one index probe whatever the statistics.
+    found = list(Message.objects.filter(pk=token.message_id).values_list("tracking", flat=True))
+    links = (found[0] or {}).get("links") or [] if found else []
     return links[token.link_index] if 0 <= token.link_index < len(links) else None
 
 
@@ -255,5 +256,3 @@ def hits_events(entries: list) -> list[NormalizedEvent]:
             events.append(NormalizedEvent(recipient=recipient, **common))
     return events
 
-
-__all__ = ["CLICK", "OPEN", "hit_record", "hits_apply", "hits_events", "machine_reason"]

@@ -12,6 +12,7 @@ always gives the same numbering.
 """
 
 import html as html_text
+import itertools
 import re
 
 from django.conf import settings
@@ -74,7 +75,7 @@ def html_tracked(html: str, *, message_id: int, recipient_id: int, headers: dict
     base = tracking_base_url()
     if clicks:
         unsubscribe = unsubscribe_targets(headers)
-        counter = iter(range(1_000_000))
+        counter = itertools.count()
 
         def rewrite(anchor: re.Match) -> str:
             tag = anchor.group(0)
