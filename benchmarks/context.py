@@ -29,6 +29,8 @@ class Params:
     accept_seconds: float = 10
     accept_warmup: float = 1.5
     batch_sizes: tuple[int, ...] = (100, 500)
+    smtp_clients: int = 4  # SMTP submission: sessions, each sending smtp_messages emails
+    smtp_messages: int = 1000
     batch_concurrency: int = 2  # one request per web worker
     batch_seconds: float = 10
     sink_processes: int = 2  # aiosmtpd fallback only

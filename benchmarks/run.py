@@ -27,7 +27,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, tables, tracking
+from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, smtp, tables, tracking
 from benchmarks.context import Bench, Params
 from benchmarks.report import Row, write
 from benchmarks.stack import BASE_DIR, Stack
@@ -39,6 +39,7 @@ WORK_DIR = RESULTS_DIR / "run.tmp"
 
 FIGURES = {
     "accept": accept.run,
+    "smtp": smtp.run,  # beside accept's single rows
     "delivery": delivery.run,  # before ratelimit: it sizes the rate-limit backlogs
     "ses": ses.run,
     "ratelimit": ratelimit.run,

@@ -140,6 +140,14 @@ def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> 
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{persistent_secret('flower_password', state_dir)}")
     env.setdefault("CELERY_BEAT_SCHEDULE_FILE", str(state_dir / "celerybeat-schedule"))
+    # SMTP submission (docs/smtp.md) on loopback, STARTTLS with a certificate made here once.
+    env.setdefault("SMTP_INGRESS_BIND", "127.0.0.1")
+    env.setdefault("SMTP_INGRESS_PORT", "2525")
+    if not env.get("SMTP_INGRESS_TLS_CERT"):
+        from emailsvc.smtp_ingress.certificate import self_signed_certificate
+
+        certificate, key = self_signed_certificate(state_dir)
+        env["SMTP_INGRESS_TLS_CERT"], env["SMTP_INGRESS_TLS_KEY"] = str(certificate), str(key)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Logs for a human in the terminal (LOG_FORMAT=json shows what production writes).
     env.setdefault("LOG_FORMAT", "text")
@@ -300,6 +308,11 @@ def run() -> int:
                     "   (WEB_BIND / FLOWER_ADDRESS change that, WEB_PORT / FLOWER_PORT the ports)",
                     f"  Provider     {env['EMAIL_PROVIDER']}",
                     f"  Demo API key {demo_key}",
+                    f"  SMTP         host {_url_host(env['SMTP_INGRESS_BIND'])} port {env['SMTP_INGRESS_PORT']}, "
+                    f"user apikey, password the API key, STARTTLS (self-signed: {env['SMTP_INGRESS_TLS_CERT']})",
+                    f"               Django: EMAIL_HOST='{_url_host(env['SMTP_INGRESS_BIND'])}' "
+                    f"EMAIL_PORT={env['SMTP_INGRESS_PORT']} EMAIL_HOST_USER='apikey' "
+                    f"EMAIL_HOST_PASSWORD='{demo_key}'   (docs/smtp.md: Rails, WordPress)",
                     "",
                     "Try it:",
                     f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",

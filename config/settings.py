@@ -425,6 +425,22 @@ WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", defaul
 # Extra CA certificates (a PEM file) trusted for https receivers with a private CA.
 WEBHOOK_CA_BUNDLE = env.str("WEBHOOK_CA_BUNDLE", default="")
 
+# --- SMTP submission (the Procfile's `smtp` process; docs/smtp.md) ------------
+# STARTTLS on SMTP_INGRESS_PORT with a certificate; implicit TLS on
+# SMTP_INGRESS_TLS_PORT when set (0: off). Without TLS, AUTH only from loopback.
+SMTP_INGRESS_BIND = env.str("SMTP_INGRESS_BIND", default="127.0.0.1")
+SMTP_INGRESS_PORT = env.int("SMTP_INGRESS_PORT", default=2525)
+SMTP_INGRESS_TLS_PORT = env.int("SMTP_INGRESS_TLS_PORT", default=0)
+SMTP_INGRESS_TLS_CERT = env.str("SMTP_INGRESS_TLS_CERT", default="")
+SMTP_INGRESS_TLS_KEY = env.str("SMTP_INGRESS_TLS_KEY", default="")
+SMTP_INGRESS_HOSTNAME = env.str("SMTP_INGRESS_HOSTNAME", default="")
+SMTP_INGRESS_PROCESSES = int(_positive_number("SMTP_INGRESS_PROCESSES", 2, int))
+for _name in ("SMTP_INGRESS_TLS_CERT", "SMTP_INGRESS_TLS_KEY"):
+    if globals()[_name] and not Path(globals()[_name]).is_file():
+        raise ImproperlyConfigured(f"{_name}: no file at {globals()[_name]}")
+if bool(SMTP_INGRESS_TLS_CERT) != bool(SMTP_INGRESS_TLS_KEY):
+    raise ImproperlyConfigured("SMTP_INGRESS_TLS_CERT and SMTP_INGRESS_TLS_KEY go together")
+
 EMAIL_HOST = env.str("SMTP_HOST", default="localhost")
 EMAIL_PORT = env.int("SMTP_PORT", default=25)
 EMAIL_HOST_USER = env.str("SMTP_USERNAME", default="")

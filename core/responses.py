@@ -52,6 +52,7 @@ class ErrorBodySerializer(serializers.Serializer):
 
 
 # DRF's own per-field error codes, mapped onto ours (core.errors.CODE_ORDER).
+_DRF_AUTH_CODES = {None, "authentication_failed", "not_authenticated", "unauthorized"}
 _DRF_FIELD_CODES = {"required": "missing_fields", "blank": "missing_fields", "null": "missing_fields"}
 
 
@@ -173,7 +174,9 @@ def to_emailsvc_error(exc) -> EmailsvcError | None:
     if isinstance(exc, drf_exceptions.ParseError):
         return ValidationFailed(f"The body is not valid JSON: {exc.detail}", code="invalid_json")
     if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
-        return Unauthorized(str(exc.detail))
+        # A code of our own (api_key_revoked, api_key_expired) is kept; DRF's are `unauthorized`.
+        code = getattr(exc.detail, "code", None)
+        return Unauthorized(str(exc.detail), code=None if code in _DRF_AUTH_CODES else code)
     if isinstance(exc, drf_exceptions.PermissionDenied):
         return Forbidden(str(exc.detail))
     if isinstance(exc, Http404 | drf_exceptions.NotFound):

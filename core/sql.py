@@ -285,7 +285,14 @@ def row_by_unique(model: type[models.Model], field_name: str, value) -> models.M
             [value],
         )
         row = cursor.fetchone()
-    return model.from_db(connection.alias, [field.attname for field in fields], row) if row else None
+    if row is None:
+        return None
+    # What the ORM's converters do (a JSON column arrives as text): only fields that have one.
+    values = [
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(fields, row, strict=True)
+    ]
+    return model.from_db(connection.alias, [field.attname for field in fields], values)
 
 
 def values_unexpired(

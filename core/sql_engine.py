@@ -112,7 +112,7 @@ def commit_asynchronously() -> None:
 
 def status_changes_insert(model: type[models.Model], changes: Sequence[models.Model]) -> None:
     """INSERT unsaved status-change rows of `model` (columns message_id,
-    recipient_id, email, from_status, to_status, at, cause, detail): what
+    recipient_id, email, from_status, to_status, at, cause, detail, test): what
     `bulk_create` stores, without setting their primary keys.
 
     On PostgreSQL one INSERT … SELECT from one JSON document (no model instance
@@ -122,14 +122,14 @@ def status_changes_insert(model: type[models.Model], changes: Sequence[models.Mo
         return
     rows = [
         {"m": c.message_id, "r": c.recipient_id, "e": c.email, "f": c.from_status, "t": c.to_status,
-         "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}}
+         "a": c.at.isoformat(), "c": c.cause, "d": c.detail or {}, "k": bool(c.test)}
         for c in changes
     ]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {model._meta.db_table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail) "
-            "SELECT m, r, e, f, t, a, c, d FROM json_to_recordset(%s::json) "
-            "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb)",
+            f"INSERT INTO {model._meta.db_table} (message_id, recipient_id, email, from_status, to_status, at, cause, detail, test) "
+            "SELECT m, r, e, f, t, a, c, d, k FROM json_to_recordset(%s::json) "
+            "AS u(m bigint, r bigint, e text, f text, t text, a timestamptz, c text, d jsonb, k boolean)",
             [json.dumps(rows)],
         )
 

@@ -398,7 +398,8 @@ class TransitionCounts:
 
 
 def transition_counts(
-    *, start: datetime, end: datetime, interval: str, group_id: str | None = None, tag: str | None = None
+    *, start: datetime, end: datetime, interval: str, group_id: str | None = None, tag: str | None = None,
+    include_test: bool = False,
 ) -> TransitionCounts:
     """Recipient status transitions per `interval` bucket, by the status reached.
 
@@ -408,7 +409,8 @@ def transition_counts(
     sent, delivered and opened counts once in each of `sent`, `delivered` and
     `opened`, each in the bucket of its own moment. `group_id` and `tag` keep
     the transitions of the messages that have them. Every bucket of the window
-    is listed, every status in each (0 included).
+    is listed, every status in each (0 included). The transitions of test
+    keys' emails are left out unless `include_test`.
 
     A bucket that ended more than STATS_SETTLE ago no longer changes: once
     counted, its counts are kept in Redis (STATS_CACHE_SECONDS) and not
@@ -420,12 +422,14 @@ def transition_counts(
     start, end = bucket_floor(start, interval), bucket_ceil(end, interval)
     starts = [start + step * index for index in range(int((end - start) / step))]
     settled = [moment for moment in starts if moment + step <= now - STATS_SETTLE]
-    cache_key = _stats_cache_key(interval=interval, group_id=group_id, tag=tag)
+    cache_key = _stats_cache_key(interval=interval, group_id=group_id, tag=tag, include_test=include_test)
     found = _stats_cache_get(cache_key, settled)
     missing = [moment for moment in starts if moment not in found]
     counted: dict[datetime, dict[str, int]] = {}
     for span_start, span_end in _spans(missing, step):
-        counted.update(_transitions_counted(span_start, span_end, interval, group_id=group_id, tag=tag))
+        counted.update(
+            _transitions_counted(span_start, span_end, interval, group_id=group_id, tag=tag, include_test=include_test)
+        )
     _stats_cache_set(cache_key, {moment: counted.get(moment, {}) for moment in settled if moment in missing})
     found.update(counted)
     buckets, totals = [], dict.fromkeys(STATUSES, 0)
@@ -450,10 +454,12 @@ def _spans(moments: list[datetime], step: timedelta) -> list[tuple[datetime, dat
 
 
 def _transitions_counted(
-    start: datetime, end: datetime, interval: str, *, group_id: str | None, tag: str | None
+    start: datetime, end: datetime, interval: str, *, group_id: str | None, tag: str | None, include_test: bool = False
 ) -> dict[datetime, dict[str, int]]:
     """{bucket start: {status: transitions}} of [start, end), non-zero counts only."""
     rows = StatusChange.objects.filter(at__gte=start, at__lt=end)
+    if not include_test:
+        rows = rows.filter(test=False)
     if group_id is not None:
         rows = rows.filter(message__group_id=group_id)
     if tag is not None:
@@ -471,9 +477,10 @@ def _transitions_counted(
     return found
 
 
-def _stats_cache_key(*, interval: str, group_id: str | None, tag: str | None) -> str:
+def _stats_cache_key(*, interval: str, group_id: str | None, tag: str | None, include_test: bool = False) -> str:
     # The database's name too: two databases may share one Redis.
-    digest = hashlib.sha256(json.dumps([connection.settings_dict["NAME"], group_id, tag]).encode()).hexdigest()[:32]
+    parts = [connection.settings_dict["NAME"], group_id, tag] + (["include_test"] if include_test else [])
+    digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     return f"{STATS_CACHE_PREFIX}{interval}:{digest}:"
 
 

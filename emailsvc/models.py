@@ -4,6 +4,7 @@ import uuid
 
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils import timezone
 
 
 def new_email_id() -> str:
@@ -81,6 +82,16 @@ class Provider(models.TextChoices):
     SES = "ses"
     SMTP = "smtp"
     CONSOLE = "console"
+    # Emails of a test key: never handed to a provider; the SES mailbox
+    # simulator's events are produced for them (emailsvc.providers.simulator).
+    TEST = "test"
+
+
+class Source(models.TextChoices):
+    """How a message reached the service: the REST API or SMTP submission."""
+
+    API = "api"
+    SMTP = "smtp"
 
 
 class ApiKey(models.Model):
@@ -99,6 +110,17 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    domains = models.JSONField(
+        default=list, blank=True,
+        help_text="Sending domains (canonical names) this key may send from, sub-domains included; empty: any",
+    )
+    test = models.BooleanField(
+        default=False, help_text="Test mode: its emails are stored as usual but never reach the provider"
+    )
+    created_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The key that created this one through the API",
+    )
 
     class Meta:
         verbose_name = "API key"
@@ -108,6 +130,15 @@ class ApiKey(models.Model):
 
     def allows(self, permission: str) -> bool:
         return self.RANK[self.permission] >= self.RANK[permission]
+
+    @property
+    def state(self) -> str:
+        """`active`, `revoked` or `expired`, now."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
 
 
 class Group(models.Model):
@@ -176,6 +207,7 @@ class Message(models.Model):
     )
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.API)
 
     class Meta:
         indexes = [
@@ -202,6 +234,11 @@ class Message(models.Model):
     def __str__(self) -> str:
         return str(self.email_id)
 
+    @property
+    def is_test(self) -> bool:
+        """Sent with a test key: never handed to a provider (docs/api-keys.md)."""
+        return self.provider == Provider.TEST
+
 
 class Attachment(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="attachments")
@@ -212,6 +249,15 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class SubmittedMime(models.Model):
+    """The MIME of a message submitted over SMTP, kept as written (headers the
+    service reads removed): what is sent, byte for byte, with only the tracking
+    header added."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    content = models.BinaryField()
 
 
 class Recipient(models.Model):
@@ -319,6 +365,11 @@ class StatusChange(models.Model):
     at = models.DateTimeField()
     cause = models.CharField(max_length=32, help_text="delivery, event, cancel, suppressed, sweeper, …")
     detail = models.JSONField(default=dict, blank=True, help_text="Reason, provider event type and id, …")
+    # A database default too: statements that insert rows directly (benchmarks' tables) need not name it.
+    test = models.BooleanField(
+        default=False, db_default=False,
+        help_text="Of a test key's email: left out of /stats (unless asked), the breaker and metrics",
+    )
 
     class Meta:
         indexes = [

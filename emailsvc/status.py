@@ -38,6 +38,7 @@ from emailsvc.models import (
     PENDING_STATUSES,
     PRECEDENCE,
     Message,
+    Provider,
     Recipient,
     Status,
     StatusChange,
@@ -220,6 +221,7 @@ def changes_apply(
                     at=at,
                     cause=change.cause,
                     detail=change.detail,
+                    test=message_id in messages and messages[message_id].provider == Provider.TEST,
                 )
             )
         if changed_rows:
@@ -270,8 +272,11 @@ def status_changes_committed(changes: Sequence[StatusChange], *, sending_domains
     writer's transaction commits (a rolled-back change is never counted), never
     from inside it. `sending_domains`: {message id: sending domain}, as the
     writer read them."""
-    metrics.status_changes_observe(changes)
-    sending_counts_add(changes=changes, sending_domains=sending_domains)
+    # A test key's emails never reach the provider: they count in neither the
+    # metrics nor the breaker (webhooks still hear of them).
+    live = [change for change in changes if not change.test]
+    metrics.status_changes_observe(live)
+    sending_counts_add(changes=live, sending_domains=sending_domains)
     changes_committed.send(sender=StatusChange, changes=changes)
 
 
@@ -283,11 +288,12 @@ class LockedMessage(NamedTuple):
     sending_domain: str
     attempts: int
     claimed_by: str
+    provider: str
 
 
 def messages_lock(ids: list[int]) -> dict[int, LockedMessage]:
     """Lock the messages (in id order, as every writer does) and read
-    {id: (status, state, sending domain, attempts, claimed_by)}."""
+    {id: (status, state, sending domain, attempts, claimed_by, provider)}."""
     return {row[0]: LockedMessage(*row[1:]) for row in rows_lock(Message, ids, LockedMessage._fields)}
 
 
@@ -413,7 +419,7 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
             StatusChange(
                 message_id=recipient.message_id, recipient_id=recipient.pk, email=recipient.email,
                 from_status=Status.QUEUED, to_status=recipient.status, at=at, cause="suppressed",
-                detail={"reason": recipient.failed_reason},
+                detail={"reason": recipient.failed_reason}, test=recipient.message.provider == Provider.TEST,
             )
         )
         sending_domains[recipient.message_id] = recipient.message.sending_domain

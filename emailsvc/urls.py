@@ -2,6 +2,7 @@ from django.urls import path
 
 from emailsvc.api.domains import DomainDetailApi, DomainListApi, DomainVerifyApi
 from emailsvc.api.emails import EmailBatchApi, EmailCancelApi, EmailDetailApi, EmailsApi
+from emailsvc.api.keys import ApiKeyDetailApi, ApiKeyListApi
 from emailsvc.api.sending import SendingResumeApi, SendingStatusApi
 from emailsvc.api.stats import StatsApi
 from emailsvc.api.suppressions import (
@@ -34,6 +35,8 @@ urlpatterns = [
     path("domains", DomainListApi.as_view(), name="domains"),
     path("domains/<str:name>", DomainDetailApi.as_view(), name="domain-detail"),
     path("domains/<str:name>/verify", DomainVerifyApi.as_view(), name="domain-verify"),
+    path("api-keys", ApiKeyListApi.as_view(), name="api-keys"),
+    path("api-keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key-detail"),
     path("templates", TemplateListApi.as_view(), name="templates"),
     path("templates/<str:name>", TemplateDetailApi.as_view(), name="template-detail"),
     path("templates/<str:name>/versions", TemplateVersionListApi.as_view(), name="template-versions"),

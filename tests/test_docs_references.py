@@ -93,12 +93,13 @@ def _settings_in(path: Path) -> list[tuple[str, Mention]]:
 
 
 def _sample_path(route: str) -> str:
-    """The route with its placeholders filled: `{n}` a number, `{email}` an address, others an id."""
+    """The route with its placeholders filled: `{n}`, `{version}` and `{id}` a number (an id may be a
+    primary key: `/api/v1/api-keys/{id}`), `{email}` an address, others an id."""
     route = route.split("?", 1)[0]
 
     def fill(match: re.Match) -> str:
         placeholder = match.group(1)
-        if placeholder in {"n", "version"}:
+        if placeholder in {"n", "version", "id"}:
             return "1"
         return "jane@example.com" if placeholder == "email" else f"sample-{placeholder.replace('_', '-')}"
 

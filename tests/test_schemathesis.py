@@ -22,6 +22,7 @@ from django.db import connections
 from django.utils import timezone
 
 from emailsvc.keys import api_key_create
+from emailsvc.models import ApiKey
 from tests.stack import Stack
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -61,11 +62,12 @@ SEEDED_GROUPS = ["seeded"]
 KNOWN_SCHEMA_GAPS: dict = {}
 
 
-def _config(path: Path) -> Path:
+def _config(path: Path, key_ids: list[int] = ()) -> Path:
     """schemathesis.toml: the two checks, half of the path ids ones that exist,
     and the known gaps' answers left unchecked."""
     emails = ", ".join(f'"{seed["email_id"]}"' for seed in SEEDS)
     groups = ", ".join(f'"{group}"' for group in SEEDED_GROUPS)
+    keys = ", ".join(str(key_id) for key_id in key_ids)
     gaps = "".join(
         f"""
 [[operations]]
@@ -92,9 +94,14 @@ values = [{emails}]
 [dictionaries.groups]
 values = [{groups}]
 
+[dictionaries.keys]
+values = [{keys}]
+
 [parameters]
 "path.email_id" = {{ dictionary = "emails", probability = 0.5 }}
 "path.group_id" = {{ dictionary = "groups", probability = 0.5 }}
+# Keys to read and revoke: never the run's own (revoked, every later call would be a 401).
+"path.key_id" = {{ dictionary = "keys", probability = 1.0 }}
 {gaps}"""
     )
     return path
@@ -116,6 +123,7 @@ def web(tmp_path: Path):
 
 
 def test_generated_requests_get_no_server_error_and_match_the_schema(web, tmp_path):
+    spare_keys = [api_key_create(name=f"spare {n}", permission="sending")[0].pk for n in range(3)]
     _, key = api_key_create(name="schemathesis", permission="full")
     in_a_week = (timezone.now() + timedelta(days=7)).isoformat()
     for seed in SEEDS:
@@ -124,7 +132,7 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(web, tmp_pa
         status, answer = web.post("/api/v1/emails", seed, key)
         assert status == 202, answer
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(_config(tmp_path / "schemathesis.toml")),
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(_config(tmp_path / "schemathesis.toml", spare_keys)),
         "run", f"{web.web_url}/api/schema/?format=json",
         "--phases", "coverage,fuzzing",
         "--max-examples", str(MAX_EXAMPLES),
@@ -143,6 +151,9 @@ def test_generated_requests_get_no_server_error_and_match_the_schema(web, tmp_pa
     print(output[-2500:])  # the summary: cases generated, warnings, seed
     assert result.returncode == 0, f"{output[-15000:]}\n--- web log ---\n{web.web_log()[-3000:]}"
     assert " 0 generated" not in output, output[-3000:]
+    # The run's key was never revoked by the run: every operation was exercised past authentication.
+    assert ApiKey.objects.get(name="schemathesis").revoked_at is None
+    assert ApiKey.objects.filter(pk__in=spare_keys, revoked_at__isnull=False).exists()  # DELETE did reach real keys
 
 
 def test_known_schema_gaps_are_still_gaps(client, db):

@@ -21,7 +21,7 @@ from emailsvc.selectors import one_or_none
 from emailsvc.submission.submit import message_retries_submit
 from emailsvc.suppressions.services import SuppressionRequest, suppressions_ensure
 from tracking.models import EngagementEvent, EventType
-from tracking.normalize import NormalizedEvent, ses_body_parse
+from tracking.normalize import NormalizedEvent, ses_body_parse, ses_envelope_parse
 
 logger = logging.getLogger(__name__)
 
@@ -425,3 +425,15 @@ def _add_once(entries: list[dict], entry: dict, time_key: str) -> list[dict]:
 def sns_notification_apply(*, message: dict) -> list[AppliedEvent]:
     """Apply the SES events of one verified SNS Notification: the drain's path, a batch of one."""
     return events_apply(events=ses_body_parse(message), source=EngagementEvent.Source.SNS)
+
+
+# --- Test keys' emails ---------------------------------------------------------
+
+
+def simulated_events_apply(*, envelopes: Sequence[dict], **kwargs) -> list[AppliedEvent]:
+    """The SES mailbox simulator's events of test keys' emails, once their record
+    commits (emailsvc.providers.testmode.simulated_events): applied as SES's own
+    are — statuses, timeline, suppressions, webhooks — and stored with source
+    `simulator`. The breaker is not asked: test emails do not count in it."""
+    events = [event for envelope in envelopes for event in ses_envelope_parse(envelope)]
+    return events_apply(events=events, source=EngagementEvent.Source.SIMULATOR)

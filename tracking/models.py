@@ -32,6 +32,7 @@ class EngagementEvent(models.Model):
     class Source(models.TextChoices):
         SQS = "sqs"
         SNS = "sns"
+        SIMULATOR = "simulator"  # a test key's email: the mailbox simulator's events
         TRACKING = "tracking"  # emailsvc's own open pixel and click redirects (tracking.hits)
 
     event_id = models.CharField(max_length=255)
@@ -47,7 +48,7 @@ class EngagementEvent(models.Model):
     )
     occurred_at = models.DateTimeField(help_text="When the provider says it happened")
     received_at = models.DateTimeField(auto_now_add=True)
-    source = models.CharField(max_length=8, choices=Source.choices)
+    source = models.CharField(max_length=16, choices=Source.choices)
     detail = models.JSONField(default=dict, blank=True, help_text="Normalized facts: bounce type, url, …")
     raw = models.JSONField(help_text="The provider's event as received")
 

@@ -1,3 +1,3 @@
 """The admin: model lists and pages of every app, registered from here (the console sits above them all)."""
 
-from console.admin import sending, templates, tracking  # noqa: F401
+from console.admin import keys, sending, templates, tracking  # noqa: F401

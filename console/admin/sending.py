@@ -24,8 +24,7 @@ from console.selectors import address_message_ids, address_recipient_ids, messag
 from core.addresses import InvalidAddress, address_canonical
 from core.admin_lists import BigTableAdmin, address_url, admin_change_url
 from core.errors import EmailsvcError
-from emailsvc.keys import api_key_create, api_key_revoke
-from emailsvc.models import ApiKey, Message, Recipient, SendingPause, StatusChange, Suppression
+from emailsvc.models import Message, Recipient, SendingPause, StatusChange, Suppression
 from emailsvc.selectors import one_or_none, suppressions_list
 from emailsvc.suppressions.csv_rows import (
     COLUMNS,
@@ -240,7 +239,7 @@ _MESSAGE_BODIES = ("html", "text", "headers", "metadata", "template_data", "repl
 @admin.register(Message)
 class MessageAdmin(BigTableAdmin):
     # What support scans for; the work state, sender, template and the rest are on the email's page.
-    list_display = ("email_id", "to", "subject", "status", "created_at", "sent_at", "group_id")
+    list_display = ("email_id", "to", "subject", "status_shown", "created_at", "sent_at", "group_id")
     list_filter = ("status", TemplateUsedFilter)
     search_help_text = (
         "Exact: an address (its newest 10,000 emails), an email_id, a provider message id or a group id."
@@ -260,6 +259,11 @@ class MessageAdmin(BigTableAdmin):
             return queryset.filter(pk__in=address_message_ids(address=term))
         # Each lookup below is one index; an OR of them is a bitmap OR of small ranges.
         return queryset.filter(Q(email_id=term) | Q(provider_message_id=term) | Q(group_id=term))
+
+    @admin.display(description="status", ordering="status")
+    def status_shown(self, message: Message):
+        """A test key's email says so: its outcome is the mailbox simulator's."""
+        return f"{message.status} (test)" if message.is_test else message.status
 
     @admin.display(description="to")
     def to(self, message: Message):
@@ -419,33 +423,4 @@ class SendingPauseAdmin(admin.ModelAdmin):
 
     def has_resume_permission(self, request) -> bool:
         return request.user.has_perm("emailsvc.change_sendingpause")
-
-
-# --- API keys --------------------------------------------------------------------------
-
-
-@admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "permission", "created_at", "expires_at", "revoked_at", "last_used_at")
-    list_filter = ("permission",)
-    search_fields = ("name", "prefix")
-    fields = ("name", "permission", "expires_at", "prefix", "created_at", "revoked_at", "last_used_at")
-    readonly_fields = ("prefix", "created_at", "revoked_at", "last_used_at")
-    actions = ["revoke"]
-
-    @admin.action(description="Revoke the selected keys")
-    def revoke(self, request, queryset):
-        for api_key in queryset:
-            api_key_revoke(api_key=api_key)
-        self.message_user(request, f"Revoked {queryset.count()} key(s).", messages.SUCCESS)
-
-    def save_model(self, request, obj, form, change):
-        if change:
-            obj.save(update_fields=["name", "permission", "expires_at"])
-            return
-        api_key, raw_key = api_key_create(name=obj.name, permission=obj.permission, expires_at=obj.expires_at)
-        obj.pk = api_key.pk
-        self.message_user(
-            request, f"API key created. Copy it now, it will not be shown again: {raw_key}", messages.WARNING
-        )
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 
-from emailsvc.keys import api_key_authenticate
+from emailsvc.keys import ApiKeyRefused, api_key_identify
 from emailsvc.models import ApiKey
 
 
@@ -33,9 +33,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             if scheme.lower() != "bearer" or not value.strip():
                 raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
             raw = value.strip()
-        api_key = api_key_authenticate(raw_key=raw)
-        if api_key is None:
-            raise exceptions.AuthenticationFailed("The API key is invalid, expired or revoked.")
+        try:
+            api_key = api_key_identify(raw_key=raw)
+        except ApiKeyRefused as error:
+            # Its code (api_key_revoked, api_key_expired) is the answer's (core.responses).
+            raise exceptions.AuthenticationFailed(error.detail, code=error.code) from None
         return ApiClient(api_key=api_key), api_key
 
     def authenticate_header(self, request):

@@ -72,8 +72,12 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     tags = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
     priority = serializers.CharField()
-    provider = serializers.CharField()
+    provider = serializers.CharField(help_text="`test` for a test key's email (never handed to a provider)")
+    source = serializers.CharField(help_text="How it was submitted: `api` (POST /emails) or `smtp` (SMTP submission)")
     provider_message_id = serializers.CharField()
+    test = serializers.BooleanField(
+        source="is_test", help_text="Sent with a test key: its outcomes are the SES mailbox simulator's; nothing left the service"
+    )
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()
     created_at = serializers.DateTimeField()

@@ -31,6 +31,9 @@ class StatsInputSerializer(serializers.Serializer):
     interval = serializers.ChoiceField(choices=["hour", "day"], default="hour", help_text="Bucket size (UTC hours or days)")
     group_id = filter_text(200, "Only the transitions of this group's emails")
     tag = filter_text(MAX_TAG, "Only the transitions of emails with this tag")
+    include_test = serializers.BooleanField(
+        default=False, help_text="Count the transitions of test keys' emails too (left out by default)"
+    )
 
     def get_fields(self):
         return rename_field(super().get_fields(), "from_", "from")
@@ -101,7 +104,8 @@ class StatsApi(APIView):
             "status. A transition counts in the bucket of the moment the service recorded it (StatusChange.at): a "
             "recipient delivered at 10:05 counts in `delivered` of the 10:00 bucket; one that was sent, delivered "
             "and opened counts once in each. A message to three addresses counts three times. `group_id` and `tag` "
-            "keep the transitions of the emails that have them. Bad or unknown parameters: 400 invalid_field naming them."
+            "keep the transitions of the emails that have them. Test keys' emails are left out unless "
+            "`include_test=true`. Bad or unknown parameters: 400 invalid_field naming them."
         ),
     )
     def get(self, request):
@@ -110,7 +114,7 @@ class StatsApi(APIView):
             index_lookups()
             counted = transition_counts(
                 start=query["from"], end=query["to"], interval=query["interval"],
-                group_id=query.get("group_id"), tag=query.get("tag"),
+                group_id=query.get("group_id"), tag=query.get("tag"), include_test=query["include_test"],
             )
         body = {
             "from": counted.start,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, transaction
@@ -27,7 +28,8 @@ from core.threads import process_pool
 from emailsvc import status
 from emailsvc.delivery import journal
 from emailsvc.delivery.chunks import ChunkResult, Outgoing, SendOutcome, chunk_load
-from emailsvc.models import Status, WorkState
+from emailsvc.models import Provider, Status, WorkState
+from emailsvc.providers.testmode import simulated_sends_publish
 
 # The engine's lines keep one logger name, whichever of its modules writes them.
 logger = logging.getLogger("emailsvc.delivery.engine")
@@ -182,6 +184,13 @@ def _record(
     status.changes_apply(
         message_ids=list(locked), recipient_changes=changes, message_fields=message_fields, locked=locked, at=now
     )
+    simulated = [
+        (outgoing[pk], outcome) for pk, outcome in outcomes.items()
+        if outgoing[pk].provider == Provider.TEST and outcome.sent and pk in locked
+    ]
+    if simulated:
+        # Their events follow the committed record, as SES's follow a send.
+        transaction.on_commit(partial(simulated_sends_publish, simulated), robust=True)
     if journaled:
         journal.journal_delete(attempts=recorded)
     if lost:

@@ -3,7 +3,8 @@ and `provider_prepare(provider)` to get the connection ready beforehand.
 
 One backend per provider — `ses` (anymail, SES v2), `sandbox` (the same SES
 path against the local emulator, plus simulated events), `smtp` (Django's SMTP
-backend with per-recipient answers), `console` (records, sends nothing) — each
+backend with per-recipient answers), `console` (records, sends nothing), `test` (a test key's emails: the mailbox
+simulator's events, nothing sent) — each
 keeping its connection open per thread: a boto3 client or an SMTP session costs
 far more to set up than one send.
 """
@@ -31,6 +32,7 @@ from emailsvc.providers.mime import (
 from emailsvc.providers.sandbox import SandboxBackend
 from emailsvc.providers.ses import SesBackend
 from emailsvc.providers.smtp import SmtpBackend
+from emailsvc.providers.testmode import SimulatedBackend
 
 __all__ = [
     "CONFIGURATION_SET_HEADER",
@@ -56,6 +58,7 @@ _BACKENDS: dict[str, type[ProviderBackend]] = {
     Provider.SANDBOX: SandboxBackend,
     Provider.SMTP: SmtpBackend,
     Provider.CONSOLE: ConsoleBackend,
+    Provider.TEST: SimulatedBackend,
 }
 
 _local = threading.local()

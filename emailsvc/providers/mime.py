@@ -125,13 +125,16 @@ _POLICIES: dict[str, object] = {}
 
 
 def wire_bytes(email: OutboundEmail, *, linesep: str = "\r\n") -> bytes:
-    """The bytes `email.message().as_bytes(linesep=linesep)` gives.
+    """The bytes `email.message().as_bytes(linesep=linesep)` gives (a
+    SubmittedEmail: its own bytes, which are CRLF already).
 
     An email of the usual shape — a text and/or an HTML body, no attachments,
     every header ASCII — is written directly (`_plain_bytes`), about four times
     faster than building the email package's objects and serializing them;
     anything else goes that way. tests/emailsvc/providers/test_mime.py holds the
     two to the same bytes."""
+    if isinstance(email, SubmittedEmail):
+        return email.raw
     plain = _plain_bytes(email, linesep)
     return plain if plain is not None else email.message().as_bytes(linesep=linesep)
 
@@ -339,8 +342,53 @@ def tracking_id(message) -> str:
     return f"{group}/{message.email_id}"
 
 
+class SubmittedEmail(OutboundEmail):
+    """A message submitted over SMTP, sent as its submitter wrote it: `raw` is
+    the stored MIME with only the tracking header (and SES's configuration set
+    header) put before it. Its address fields are the envelope's, for the
+    provider's recipient list (SES's Destination); they are not written."""
+
+    raw: bytes
+
+    def message(self):
+        raise TypeError("a submitted email is sent as its bytes (wire_bytes), never rebuilt")
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r\n", re.IGNORECASE | re.MULTILINE)
+
+
+def _submitted_email(message, recipients, content: bytes) -> SubmittedEmail:
+    added = [(TRACKING_HEADER, tracking_id(message))]
+    if settings.SES_CONFIGURATION_SET:
+        added.append((CONFIGURATION_SET_HEADER, settings.SES_CONFIGURATION_SET))
+    head = content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    found = _MESSAGE_ID.search(head)  # the submission added one when the submitter did not
+    by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
+    for recipient in recipients:
+        by_role[recipient.role].append(address_key(recipient.email))
+    email = SubmittedEmail(
+        subject=message.subject,
+        from_email=address_key(message.from_email),
+        to=by_role["to"],
+        cc=by_role["cc"],
+        bcc=by_role["bcc"],
+        headers={"Message-ID": found.group(1).decode("ascii", "replace").strip() if found else "", **dict(added)},
+    )
+    email.raw = b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in added) + content
+    email.service_tags, email.service_metadata = list(message.tags), dict(message.metadata)
+    email.recipient_roles = [(recipient.email, recipient.role) for recipient in recipients]
+    email.envelope_from = address_key(message.from_email)
+    email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
+    email.tracking_id = added[0][1]
+    return email
+
+
 def build_email(message, recipients, attachments) -> OutboundEmail:
-    """The outbound email for `message`, addressed to `recipients` only."""
+    """The outbound email for `message`, addressed to `recipients` only (an SMTP
+    submission: its MIME as written, see SubmittedEmail)."""
+    submitted = getattr(message, "submitted_mime", None)
+    if submitted is not None:
+        return _submitted_email(message, recipients, submitted)
     by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
     for recipient in recipients:
         # address_key: rows stored before addresses were kept in ASCII form get it here.

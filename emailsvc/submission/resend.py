@@ -62,7 +62,8 @@ def message_resend(
     `message_submit`, so today's sender policy, size limit, suppressions and
     sending pauses apply: a recipient suppressed since is `suppressed` on the
     new email, a paused domain holds it. The original's template record
-    (name, version, data) is kept. `by` is logged.
+    (name, version, data) is kept; a test key's email is sent again as a test
+    email. `by` is logged.
 
     Raises NotFound (no such message, or `email` was not one of its
     recipients) and whatever `validate` and message_submit raise
@@ -79,7 +80,8 @@ def message_resend(
             raise NotFound(f"{shown(email)} is not a recipient of email {original.email_id}.")
     data = validate(_send_request(original, recipients))
     with transaction.atomic():
-        message = message_submit(api_key=original.api_key, data=data)
+        # A test email's copy stays a test email, even if its key is gone.
+        message = message_submit(api_key=original.api_key, data=data, test=original.is_test)
         link = {
             "retry_of": original, "template_name": original.template_name,
             "template_version": original.template_version, "template_data": original.template_data,

@@ -16,6 +16,7 @@ from core.header_text import MAX_SUBJECT, header_text_problem
 from core.sql import rows_insert
 from emailsvc import providers, status
 from emailsvc.delivery.queueing import deliveries_enqueue
+from emailsvc.keys import api_key_sender_check
 from emailsvc.models import (
     ApiKey,
     Attachment,
@@ -163,7 +164,7 @@ _ROLES = tuple(Recipient.Role.values)  # the enum builds this list anew on every
 
 
 def _submission_build(
-    *, api_key: ApiKey | None, data: dict, now: datetime, templates: dict | None = None
+    *, api_key: ApiKey | None, data: dict, now: datetime, templates: dict | None = None, test: bool = False
 ) -> _Submission:
     """Apply the template, policy and size limits and build the unsaved rows of one request."""
     version = None
@@ -173,6 +174,8 @@ def _submission_build(
     from_name = data.get("from_name", from_name or settings.DEFAULT_FROM_NAME)
     reply_to = data.get("reply_to", [])
     recipients_by_role = {role: data.get(role, []) for role in _ROLES}
+    # The key's own scope first: a key limited to other domains learns nothing of this one's state.
+    api_key_sender_check(api_key=api_key, from_domain=from_email.rpartition("@")[2])
     check_sender_policy(
         from_email=from_email,
         reply_to=[address for _, address in reply_to],
@@ -193,7 +196,8 @@ def _submission_build(
         tags=data.get("tags", []),
         metadata=data.get("metadata", {}),
         priority=data.get("priority", "normal"),
-        provider=settings.EMAIL_PROVIDER,
+        # A test key's emails go to the mailbox simulator, never to the provider.
+        provider=Provider.TEST if test or (api_key is not None and api_key.test) else settings.EMAIL_PROVIDER,
         api_key=api_key,
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
@@ -281,17 +285,20 @@ def _duplicate_email_id(email_id: str) -> Conflict:
     return Conflict(f"An email with email_id '{email_id}' already exists.", code="duplicate_email_id")
 
 
-def message_submit(*, api_key: ApiKey | None, data: dict) -> Message:
+def message_submit(*, api_key: ApiKey | None, data: dict, test: bool = False) -> Message:
     """Store a validated send request and enqueue its delivery after commit.
 
-    `data` is SendEmailInputSerializer.validated_data. Applies the domain policy
+    `data` is SendEmailInputSerializer.validated_data. Applies the key's
+    sending domains (Forbidden `key_domain_not_allowed`), the domain policy
     and the size limit; suppressed recipients are marked `suppressed` at once; a
-    future `send_at` makes it `scheduled` (released by beat). Raises
-    PolicyViolation, PayloadTooLarge, Conflict(duplicate_email_id).
+    future `send_at` makes it `scheduled` (released by beat). A test key's
+    email (or any with `test`: a resend of a test email) is one for the mailbox
+    simulator, never for the provider (emailsvc.providers.testmode). Raises
+    Forbidden, PolicyViolation, PayloadTooLarge, Conflict(duplicate_email_id).
     Never talks to the provider.
     """
     now = timezone.now()
-    submission = _submission_build(api_key=api_key, data=data, now=now)
+    submission = _submission_build(api_key=api_key, data=data, now=now, test=test)
     try:
         with transaction.atomic():
             _submissions_store([submission], now=now)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from emailsvc.keys import api_key_create
 from emailsvc.models import Message, SendingPause, Status, Suppression, WorkState
 from emailsvc.sending_control.breaker import sending_pause
 from tests.conftest import BASE_DIR
@@ -224,9 +225,10 @@ def test_operator_resumes_a_paused_domain_and_reads_the_queues(page, api, events
 
 LISTS = {
     # The columns a user needs on each list, by their header's class (Django's column-<field>).
-    "/admin/emailsvc/message/": ["email_id", "to", "subject", "status", "created_at", "sent_at", "group_id"],
+    "/admin/emailsvc/message/": ["email_id", "to", "subject", "status_shown", "created_at", "sent_at", "group_id"],
     "/admin/emailsvc/suppression/": ["email", "reason", "source", "created_at", "expires_at"],
     "/admin/emailsvc/statuschange/": ["at", "address", "from_status", "to_status", "cause", "email"],
+    "/admin/emailsvc/apikey/": ["name", "prefix", "permission", "scope", "test", "state", "last_used_at"],
 }
 
 
@@ -236,6 +238,7 @@ def test_the_lists_fit_at_1280px_without_an_inner_scroll_and_view_site_leads_to_
         api, ["a.rather.long.recipient.name@subdomain.customer-example.com"], group_id="spring-campaign-2026-eu-west",
         subject="Your monthly statement for November is ready to view in your account",
     )
+    api_key_create(name="ci for the billing service", domains=["billing.customer-example.com", "mail.customer-example.com"], test=True)
     page.set_viewport_size({"width": WIDTH, "height": 800})
     for path, columns in LISTS.items():
         page.goto(f"{page.base_url}{path}")

@@ -86,3 +86,19 @@ def test_resend_of_what_does_not_exist_is_not_found(api):
     with pytest.raises(NotFound):
         message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate, email="stranger@example.com")
     assert not Message.objects.filter(retry_of=original).exists()
+
+
+def test_a_test_email_is_resent_as_a_test_email_even_once_its_key_is_gone(make_client):
+    from emailsvc.keys import api_key_create
+    from emailsvc.models import ApiKey
+
+    api_key, secret = api_key_create(name="ci", test=True)
+    client = make_client()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    original = accepted_message(client, ["ann@example.com"])
+    assert original.provider == "test"
+    ApiKey.objects.filter(pk=api_key.pk).delete()  # its emails keep api_key = NULL
+
+    resent = message_resend(message_id=original.pk, by="admin:test", validate=send_request_validate)
+
+    assert Message.objects.get(pk=resent.pk).provider == "test"

@@ -121,7 +121,9 @@ def test_database_ping_answers():
 
 
 def test_row_by_unique_reads_the_row_the_orm_reads():
-    made = ApiKey.objects.create(name="Zoë's key", prefix="pfx-1", secret_hash="h" * 64, expires_at=AT)
+    made = ApiKey.objects.create(
+        name="Zoë's key", prefix="pfx-1", secret_hash="h" * 64, expires_at=AT, domains=["example.com"], test=True
+    )
     ApiKey.objects.create(name="other", prefix="pfx-2", secret_hash="g" * 64)
     found = sql.row_by_unique(ApiKey, "prefix", "pfx-1")
     orm = ApiKey.objects.get(prefix="pfx-1")

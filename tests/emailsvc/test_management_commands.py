@@ -71,6 +71,16 @@ def test_create_api_key_command_prints_a_working_secret():
     assert ApiKey.objects.get().secret_hash != secret
 
 
+def test_create_api_key_command_makes_a_scoped_test_key():
+    out = io.StringIO()
+    call_command(
+        "create_api_key", "--name", "ci", "--domain", "Example.com", "--domain", "acme.example", "--test",
+        stdout=out, stderr=io.StringIO(),
+    )
+    api_key = api_key_authenticate(raw_key=out.getvalue().strip())
+    assert (api_key.domains, api_key.test, api_key.permission) == (["example.com", "acme.example"], True, "sending")
+
+
 def test_logs_redact_recipient_addresses():
     import logging
 

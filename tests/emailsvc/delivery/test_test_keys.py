@@ -1,0 +1,92 @@
+"""A test key's emails through the real engine in this process: the mailbox
+simulator's outcomes, and nothing of them in the rate limiter, the breaker's
+counts or /stats (unless include_test=true)."""
+
+import json
+
+import pytest
+from rest_framework.test import APIClient
+
+from core.redisclient import redis_client
+from emailsvc import listing
+from emailsvc.keys import api_key_create
+from emailsvc.models import Message, SendingCounts
+from emailsvc.sending_control.ratelimit import rate_limit_backlog, rate_limit_from_settings
+from tests.conftest import deliver_now
+
+pytestmark = pytest.mark.django_db
+
+SIMULATOR = "simulator.amazonses.com"
+
+
+@pytest.fixture(autouse=True)
+def _settings(settings):
+    settings.EMAIL_PROVIDER = "console"
+    settings.ALLOWED_FROM_DOMAINS = ["example.com"]
+    settings.ALLOWED_RECIPIENT_DOMAINS = []
+    client = redis_client()
+    for key in client.scan_iter(match=listing.STATS_CACHE_PREFIX + "*"):
+        client.delete(key)
+
+
+def key_client(**fields) -> APIClient:
+    _, secret = api_key_create(name="ci", permission="sending", **fields)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+def send(client, to) -> str:
+    body = {"from": "ci@example.com", "to": to, "subject": "Hello", "text": "Hi"}
+    response = client.post("/api/v1/emails", json.dumps(body), content_type="application/json")
+    assert response.status_code == 202, response.content
+    return response.json()["email_id"]
+
+
+def totals(client, **query) -> dict:
+    response = client.get("/api/v1/stats", query)
+    assert response.status_code == 200, response.content
+    found = response.json()["totals"]
+    return {status: found[status] for status in ("sent", "delivered", "bounced", "complained")}
+
+
+def test_test_emails_take_no_tokens_and_count_in_neither_the_breaker_nor_stats(
+    settings, read_api, django_capture_on_commit_callbacks
+):
+    settings.SEND_RATE_PER_SECOND = 1  # ten emails that took tokens would book ten seconds ahead
+    settings.SEND_RATE_BURST = 1
+    limit = rate_limit_from_settings()
+    test_client = key_client(test=True)
+    addresses = [f"bounce@{SIMULATOR}", f"complaint@{SIMULATOR}"] + [f"user{n}@example.org" for n in range(8)]
+    ids = [send(test_client, address) for address in addresses]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver_now(priority="low") == 10
+
+    statuses = dict(Message.objects.filter(email_id__in=ids).values_list("recipients__email", "status"))
+    assert statuses == {
+        f"bounce@{SIMULATOR}": "bounced", f"complaint@{SIMULATOR}": "complained",
+        **{f"user{n}@example.org": "delivered" for n in range(8)},
+    }
+    assert set(Message.objects.filter(email_id__in=ids).values_list("provider", flat=True)) == {"test"}
+    assert rate_limit_backlog(limit=limit) == 0.0
+    assert not SendingCounts.objects.exists()
+    assert totals(read_api) == {"sent": 0, "delivered": 0, "bounced": 0, "complained": 0}
+    # complaint@'s Delivery and Complaint are applied together: one transition, sent → complained.
+    assert totals(read_api, include_test="true") == {"sent": 10, "delivered": 8, "bounced": 1, "complained": 1}
+
+    # A live email of the same run is counted everywhere.
+    live = send(key_client(), "live@example.org")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver_now(priority="low") == 1
+    assert Message.objects.get(email_id=live).provider == "console"
+    assert list(SendingCounts.objects.values_list("sending_domain", "sent")) == [("example.com", 1)]
+    assert totals(read_api)["sent"] == 1
+    assert totals(read_api, include_test="true")["sent"] == 11
+
+
+def test_a_test_key_scoped_to_a_domain_is_refused_elsewhere(settings):
+    settings.ALLOWED_FROM_DOMAINS = ["example.com", "other.example"]
+    client = key_client(test=True, domains=["example.com"])
+    body = {"from": "ci@other.example", "to": "jane@example.org", "subject": "Hi", "text": "Hi"}
+    response = client.post("/api/v1/emails", json.dumps(body), content_type="application/json")
+    assert (response.status_code, response.json()["error"]) == (403, "key_domain_not_allowed")
