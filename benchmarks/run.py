@@ -7,7 +7,8 @@ Starts what it needs (database, Redis, gunicorn, celery workers, an SMTP sink,
 moto), grows the database to production-like tables (figure 0), runs each
 figure, stops everything (also on Ctrl-C) and prints the table. Figures:
 accept (1, 2), delivery (3), ses (3, through an SES endpoint answering in
-30 ms), ratelimit (4), drain (5), latency (6), reads (8: the list, stats and
+30 ms), ratelimit (4), drain (5), tracking (9: the open pixel beside /healthz, buffered hits
+applied), latency (6), reads (8: the list, stats and
 group APIs on a million more emails); memory (7) is read from the processes
 the other figures ran.
 Speed is reported, never asserted: the exit code is 0 unless a figure failed to run.
@@ -27,7 +28,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, smtp, tables
+from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, smtp, tables, tracking
 from benchmarks.context import Bench, Params
 from benchmarks.report import Row, write
 from benchmarks.stack import BASE_DIR, Stack
@@ -44,6 +45,7 @@ FIGURES = {
     "ses": ses.run,
     "ratelimit": ratelimit.run,
     "drain": drain.run,
+    "tracking": tracking.run,  # after drain: its hits are compared with the drain's events
     "latency": latency.run,
     "reads": reads.run,  # last: it adds a million emails to the tables
 }

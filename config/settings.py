@@ -371,6 +371,28 @@ SES_EVENTS_VISIBILITY_TIMEOUT = int(_positive_number("SES_EVENTS_VISIBILITY_TIME
 SNS_ALLOWED_TOPIC_ARNS = env.list("SNS_ALLOWED_TOPIC_ARNS", default=[])
 SNS_MAX_AGE_SECONDS = int(_positive_number("SNS_MAX_AGE_SECONDS", 3600, int))
 
+# --- Open and click tracking (tracking.hits, docs/tracking.md#open-and-click-tracking) ---
+# A send opts in with "track": {"opens", "clicks"}. With SES the configuration set
+# tracks: SES_TRACKING_CONFIGURATION_SET (one with open/click tracking and, if you
+# like, a custom redirect domain), else SES_CONFIGURATION_SET. Other providers get
+# emailsvc's own pixel and redirects under TRACKING_DOMAIN (a host, or a base URL).
+SES_TRACKING_CONFIGURATION_SET = env.str("SES_TRACKING_CONFIGURATION_SET", default="")
+TRACKING_DOMAIN = env.str("TRACKING_DOMAIN", default="http://127.0.0.1:8000").strip()
+if (
+    not TRACKING_DOMAIN
+    or any(c in TRACKING_DOMAIN for c in " ?#\"\'<>")
+    or ("://" in TRACKING_DOMAIN and not TRACKING_DOMAIN.lower().startswith(("http://", "https://")))
+):
+    raise ImproperlyConfigured(f"TRACKING_DOMAIN must be a host or a base URL, e.g. https://t.example.com (got {TRACKING_DOMAIN!r})")
+# Opens fetched by privacy proxies (Apple Mail Privacy Protection, Gmail's image
+# proxy) are stored, flagged `machine`, and left out of the counts unless this is true.
+TRACKING_COUNT_MACHINE_OPENS = env.bool("TRACKING_COUNT_MACHINE_OPENS", default=False)
+# Hits wait in a Redis stream; a woken task (and beat, every interval) applies
+# them in sets of TRACKING_HITS_APPLY_BATCH, one transaction each.
+TRACKING_HITS_APPLY_INTERVAL_SECONDS = _positive_number("TRACKING_HITS_APPLY_INTERVAL_SECONDS", 10)
+TRACKING_HITS_APPLY_DELAY_SECONDS = env.float("TRACKING_HITS_APPLY_DELAY_SECONDS", default=1.0)
+TRACKING_HITS_APPLY_BATCH = int(_positive_number("TRACKING_HITS_APPLY_BATCH", 500, int))
+
 # --- Suppressions (issue 16) ----------------------------------------------------
 # POST /api/v1/suppressions/import and load_suppressions: the largest CSV file.
 SUPPRESSION_IMPORT_MAX_ROWS = int(_positive_number("SUPPRESSION_IMPORT_MAX_ROWS", 100_000, int))
@@ -503,6 +525,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SES_EVENTS_DRAIN_INTERVAL_SECONDS,
         # A run that could not start before the next one is due is dropped, not stacked.
         "options": {"expires": SES_EVENTS_DRAIN_INTERVAL_SECONDS},
+    },
+    "apply-tracking-hits": {
+        "task": "tracking.hits_apply",
+        "schedule": TRACKING_HITS_APPLY_INTERVAL_SECONDS,
+        "options": {"expires": TRACKING_HITS_APPLY_INTERVAL_SECONDS},
     },
     "dispatch-status-webhooks": {
         "task": "tracking.webhooks_dispatch",

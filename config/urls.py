@@ -9,6 +9,7 @@ from drf_spectacular.views import (
 from console.metrics import metrics_view
 from console.probes import HealthApi, ReadinessApi
 from tracking.apis import SesSnsWebhookView
+from tracking.hit_views import click_redirect_view, open_pixel_view
 
 urlpatterns = [
     # The operator console (address page, operations pages) first: the admin's
@@ -23,6 +24,9 @@ urlpatterns = [
     path("webhooks/ses/", SesSnsWebhookView.as_view(), name="webhook-ses"),
     # Without the slash too: SNS does not follow the redirect APPEND_SLASH would answer.
     path("webhooks/ses", SesSnsWebhookView.as_view()),
+    # emailsvc's own open and click tracking (TRACKING_DOMAIN points here).
+    path("t/o/<str:token>", open_pixel_view, name="tracking-open"),
+    path("t/c/<str:token>", click_redirect_view, name="tracking-click"),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),
     path("metrics", metrics_view, name="metrics"),

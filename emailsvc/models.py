@@ -180,6 +180,11 @@ class Message(models.Model):
         help_text="The email whose soft-bounced recipient this one sends to again",
     )
     template_data = models.JSONField(null=True, blank=True)
+    tracking = models.JSONField(
+        default=dict, blank=True,
+        help_text="The send's open/click tracking {opens, clicks} and, with emailsvc's own click tracking, "
+        "the tracked links' destinations {links: [url, …]} (the redirect looks them up by index)",
+    )
     send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     provider = models.CharField(max_length=16, choices=Provider.choices)

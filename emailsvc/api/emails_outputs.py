@@ -91,6 +91,11 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
         help_text="The email whose soft-bounced recipient this one sends to again",
     )
     recipients = RecipientDetailSerializer(many=True)
+    track = serializers.SerializerMethodField(help_text="Open and click tracking of this email: {opens, clicks}")
+
+    def get_track(self, message) -> dict[str, bool]:
+        tracking = message.tracking or {}
+        return {"opens": bool(tracking.get("opens")), "clicks": bool(tracking.get("clicks"))}
 
     def get_fields(self):
         return rename_field(super().get_fields(), "from_", "from")

@@ -63,6 +63,7 @@ class Outgoing:
     metadata: dict
     sent_at: datetime | None
     source: str
+    tracking: dict
     recipients: list[OutgoingRecipient] = field(default_factory=list)
     attachments: list[OutgoingAttachment] = field(default_factory=list)
     suppressed: dict[int, str] = field(default_factory=dict)  # recipient id → reason
@@ -144,7 +145,7 @@ def due_exists(priority: str) -> bool:
 
 _OUTGOING_COLUMNS = (
     "id", "email_id", "group_id", "attempts", "priority", "provider", "from_email", "from_name", "reply_to",
-    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "source",
+    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "source", "tracking",
 )
 
 

@@ -27,6 +27,7 @@ from django.core.mail.message import RFC5322_EMAIL_LINE_LENGTH_LIMIT
 from django.core.mail.utils import DNS_NAME
 
 from core.addresses import address_key
+from emailsvc.providers.tracking_links import html_tracked
 
 TRACKING_HEADER = "X-Emailsvc-Tracking-ID"
 CONFIGURATION_SET_HEADER = "X-SES-CONFIGURATION-SET"
@@ -397,9 +398,12 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     headers["Message-ID"] = make_msgid(domain=message.from_email.rpartition("@")[2])
     if settings.SES_CONFIGURATION_SET:
         headers[CONFIGURATION_SET_HEADER] = settings.SES_CONFIGURATION_SET
+    html, configuration_set = _tracking_applied(message, recipients, headers)
+    if configuration_set:
+        headers[CONFIGURATION_SET_HEADER] = configuration_set
     email = OutboundEmail(
         subject=header_text(message.subject),
-        body=message.text or message.html,
+        body=message.text or html,
         from_email=_display_address(message.from_name, address_key(message.from_email)),
         to=by_role["to"],
         cc=by_role["cc"],
@@ -414,10 +418,32 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     email.envelope_from = address_key(message.from_email)
     email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
     email.tracking_id = headers[TRACKING_HEADER]
-    if message.html and message.text:
-        email.attach_alternative(message.html, "text/html")
-    elif message.html:
+    if configuration_set:
+        email.esp_extra = {"ConfigurationSetName": configuration_set}
+    if html and message.text:
+        email.attach_alternative(html, "text/html")
+    elif html:
         email.content_subtype = "html"
     for attachment in attachments:
         email.attach(_attachment_part(attachment.filename, bytes(attachment.content), attachment.content_type))
     return email
+
+
+def _tracking_applied(message, recipients, headers: dict) -> tuple[str, str]:
+    """The HTML part to send and the SES configuration set a tracked email goes
+    through ("" to keep the default). SES tracks through its configuration set
+    (SES_TRACKING_CONFIGURATION_SET); every other provider gets emailsvc's own
+    pixel and links, whose tokens name the first recipient of this send."""
+    tracking = getattr(message, "tracking", None) or {}
+    opens, clicks = bool(tracking.get("opens")), bool(tracking.get("clicks"))
+    if not (opens or clicks):
+        return message.html, ""
+    if message.provider == "ses":
+        return message.html, settings.SES_TRACKING_CONFIGURATION_SET or settings.SES_CONFIGURATION_SET
+    if not message.html or not recipients:
+        return message.html, ""
+    html = html_tracked(
+        message.html, message_id=message.pk, recipient_id=recipients[0].id, headers=message.headers,
+        opens=opens, clicks=clicks,
+    )
+    return html, ""
