@@ -176,7 +176,7 @@ def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> 
 
 
 # (port variable, bind address variable) of the Procfile's listening processes.
-LISTENERS = (("WEB_PORT", "WEB_BIND"), ("FLOWER_PORT", "FLOWER_ADDRESS"))
+LISTENERS = (("WEB_PORT", "WEB_BIND"), ("FLOWER_PORT", "FLOWER_ADDRESS"), ("SMTP_INGRESS_PORT", "SMTP_INGRESS_BIND"))
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
@@ -202,8 +202,8 @@ def _free_port_after(host: str, port: int, taken: set[int]) -> int | None:
 
 
 def listen_problems(env: Mapping[str, str]) -> list[str]:
-    """What stops the Procfile's web and Flower processes from listening, each
-    naming the variable to set; empty when both ports are free."""
+    """What stops the Procfile's web, Flower and SMTP processes from listening,
+    each naming the variable to set; empty when every port is free."""
     problems: list[str] = []
     ports: dict[str, int] = {}
     for port_variable, _ in LISTENERS:
@@ -212,8 +212,16 @@ def listen_problems(env: Mapping[str, str]) -> list[str]:
             problems.append(f"{port_variable}={value!r} is not a port number (1-65535)")
             continue
         ports[port_variable] = int(value)
-    if len(ports) == 2 and len(set(ports.values())) == 1:
-        problems.append(f"WEB_PORT and FLOWER_PORT are both {ports['WEB_PORT']}; give them different ports")
+    by_port: dict[int, list[str]] = {}
+    for port_variable, port in ports.items():
+        by_port.setdefault(port, []).append(port_variable)
+    shared = [variables for variables in by_port.values() if len(variables) > 1]
+    if shared:
+        problems.extend(
+            f"{' and '.join(variables)} are {'both' if len(variables) == 2 else 'all'} {ports[variables[0]]}; "
+            "give them different ports"
+            for variables in shared
+        )
         return problems
     for port_variable, bind_variable in LISTENERS:
         if port_variable not in ports:

@@ -135,7 +135,7 @@ class MakeRun:
         }
         self.web_port = free_port()
         self.sandbox_dir = (cwd / ".sandbox") if fresh else tmp_path / "sandbox"  # its state (SANDBOX_DIR)
-        env.update(WEB_PORT=str(self.web_port), FLOWER_PORT=str(free_port()))
+        env.update(WEB_PORT=str(self.web_port), FLOWER_PORT=str(free_port()), SMTP_INGRESS_PORT=str(free_port()))
         if fresh:  # and nothing that `make test` (this suite's make) exported
             for name in ("DATABASE_URL", "SANDBOX_DIR", "CELERY_BEAT_SCHEDULE_FILE", "VIRTUAL_ENV",
                          "MAKE_STARTED_AT", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):

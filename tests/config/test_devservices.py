@@ -41,6 +41,7 @@ def _make_run(tmp_path: Path, **variables: str) -> tuple[subprocess.CompletedPro
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
         WEB_PORT=str(free_port()),
         FLOWER_PORT=str(free_port()),
+        SMTP_INGRESS_PORT=str(free_port()),
     )
     env.pop("WEB_BIND", None)
     env.pop("FLOWER_ADDRESS", None)
@@ -92,7 +93,7 @@ def test_make_run_refuses_a_port_that_is_not_a_number(tmp_path):
 
 
 def test_suggested_port_is_free(occupied_port):
-    env = procfile_env({"WEB_PORT": str(occupied_port), "FLOWER_PORT": str(free_port())})
+    env = procfile_env({"WEB_PORT": str(occupied_port), "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": str(free_port())})
 
     [problem] = listen_problems(env)
 
@@ -106,13 +107,13 @@ def test_a_port_taken_on_all_addresses_is_taken_for_loopback_too():
         sock.bind(("0.0.0.0", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        env = procfile_env({"WEB_PORT": str(port), "FLOWER_PORT": str(free_port())})
+        env = procfile_env({"WEB_PORT": str(port), "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": str(free_port())})
 
         assert [p for p in listen_problems(env) if "(WEB_PORT) is in use on 127.0.0.1" in p]
 
 
 def test_free_ports_have_no_problems():
-    env = procfile_env({"WEB_PORT": str(free_port()), "FLOWER_PORT": str(free_port())})
+    env = procfile_env({"WEB_PORT": str(free_port()), "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": str(free_port())})
 
     assert listen_problems(env) == []
 
@@ -162,3 +163,19 @@ def test_make_run_serves_smtp_on_loopback_with_a_certificate_it_made(tmp_path):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(env["SMTP_INGRESS_TLS_CERT"], env["SMTP_INGRESS_TLS_KEY"])  # a usable pair
     assert procfile_env({}, state_dir=tmp_path)["SMTP_INGRESS_TLS_CERT"] == env["SMTP_INGRESS_TLS_CERT"]  # made once
+
+
+def test_a_taken_smtp_port_is_named_before_anything_starts(occupied_port):
+    env = procfile_env({"WEB_PORT": str(free_port()), "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": str(occupied_port)})
+
+    [problem] = listen_problems(env)
+
+    assert f"port {occupied_port} (SMTP_INGRESS_PORT) is in use" in problem
+    assert "make run SMTP_INGRESS_PORT=" in problem
+
+
+def test_two_listeners_on_one_port_are_named():
+    port = str(free_port())
+    env = procfile_env({"WEB_PORT": port, "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": port})
+
+    assert listen_problems(env) == [f"WEB_PORT and SMTP_INGRESS_PORT are both {port}; give them different ports"]

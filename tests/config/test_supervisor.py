@@ -269,7 +269,7 @@ def test_exit_description_names_the_signal_that_killed_a_process():
 def test_the_procfile_processes_are_named_and_given_the_environment_honcho_gives():
     processes = procfile_processes(procfile=BASE_DIR / "Procfile", env={"WEB_PORT": "8001"})
 
-    assert [process.name for process in processes] == ["web.1", "worker.1", "beat.1", "flower.1"]
+    assert [process.name for process in processes] == ["web.1", "worker.1", "beat.1", "flower.1", "smtp.1"]
     assert processes[0].command.startswith("gunicorn config.wsgi")
     assert processes[1].env == {"WEB_PORT": "8001", "HONCHO_PROCESS_NAME": "worker.1"}
-    assert len({process.colour for process in processes}) == 4
+    assert len({process.colour for process in processes}) == 5
