@@ -8,6 +8,7 @@ from drf_spectacular.views import (
 
 from console.metrics import metrics_view
 from console.probes import HealthApi, ReadinessApi
+from emailsvc.streams.unsubscribe import resubscribe_view, unsubscribe_view
 from tracking.apis import SesSnsWebhookView
 
 urlpatterns = [
@@ -23,6 +24,9 @@ urlpatterns = [
     path("webhooks/ses/", SesSnsWebhookView.as_view(), name="webhook-ses"),
     # Without the slash too: SNS does not follow the redirect APPEND_SLASH would answer.
     path("webhooks/ses", SesSnsWebhookView.as_view()),
+    # RFC 8058 one-click unsubscribe links (emailsvc.streams.unsubscribe).
+    path("u/<str:token>", unsubscribe_view, name="unsubscribe"),
+    path("u/<str:token>/resubscribe", resubscribe_view, name="resubscribe"),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),
     path("metrics", metrics_view, name="metrics"),

@@ -12,6 +12,7 @@ from django.utils import timezone
 from core.sql_engine import values_among
 from emailsvc.models import PENDING_STATUSES, Attachment, Message, Priority, Recipient, WorkState
 from emailsvc.selectors import suppressed_addresses
+from emailsvc.streams.sending import chunk_streams_apply
 
 # Claims take the most urgent work first: a task of any queue claims due
 # high-priority messages before its own priority's.
@@ -53,6 +54,9 @@ class Outgoing:
     tags: list
     metadata: dict
     sent_at: datetime | None
+    stream: str = "transactional"
+    unsubscribe: bool = False  # List-Unsubscribe headers (emailsvc.streams.sending)
+    configuration_set: str = ""  # the stream's own; empty: SES_CONFIGURATION_SET
     recipients: list[OutgoingRecipient] = field(default_factory=list)
     attachments: list[OutgoingAttachment] = field(default_factory=list)
     suppressed: dict[int, str] = field(default_factory=dict)  # recipient id → reason
@@ -133,7 +137,7 @@ def due_exists(priority: str) -> bool:
 
 _OUTGOING_COLUMNS = (
     "id", "email_id", "group_id", "attempts", "priority", "provider", "from_email", "from_name", "reply_to",
-    "subject", "html", "text", "headers", "tags", "metadata", "sent_at",
+    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "stream", "unsubscribe",
 )
 
 
@@ -165,4 +169,5 @@ def chunk_load(message_ids: list[int]) -> dict[int, Outgoing]:
                 else:
                     keep.append(recipient)
             message.recipients = keep
+    chunk_streams_apply(outgoing)
     return outgoing

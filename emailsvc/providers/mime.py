@@ -347,8 +347,10 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     headers = dict(message.headers)
     headers[TRACKING_HEADER] = tracking_id(message)
     headers["Message-ID"] = make_msgid(domain=message.from_email.rpartition("@")[2])
-    if settings.SES_CONFIGURATION_SET:
-        headers[CONFIGURATION_SET_HEADER] = settings.SES_CONFIGURATION_SET
+    # A message stream's own configuration set wins over the global one (emailsvc.streams).
+    configuration_set = getattr(message, "configuration_set", "") or settings.SES_CONFIGURATION_SET
+    if configuration_set:
+        headers[CONFIGURATION_SET_HEADER] = configuration_set
     email = OutboundEmail(
         subject=header_text(message.subject),
         body=message.text or message.html,
@@ -366,6 +368,8 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     email.envelope_from = address_key(message.from_email)
     email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
     email.tracking_id = headers[TRACKING_HEADER]
+    if getattr(message, "configuration_set", ""):
+        email.esp_extra = {"ConfigurationSetName": message.configuration_set}  # SES's API takes it as a parameter
     if message.html and message.text:
         email.attach_alternative(message.html, "text/html")
     elif message.html:
