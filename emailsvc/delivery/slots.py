@@ -32,7 +32,7 @@ from emailsvc.providers import (
     TransientDeliveryError,
 )
 from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_reserve
-from emailsvc.streams.sending import stream_rate_limits
+from emailsvc.streams.sending import stream_rate_limits, stream_share_max_wait
 
 # The engine's lines keep one logger name, whichever of its modules writes them.
 logger = logging.getLogger("emailsvc.delivery.engine")
@@ -82,12 +82,13 @@ class ChunkContext:
 def send_all(
     outgoing: dict[int, Outgoing], *, limit: RateLimit, journaled: bool = False,
     all_taken: Callable[[], None] | None = None, idle_start: float = 0.0,
+    stream_limits: dict[str, RateLimit] | None = None,
 ) -> tuple[dict[int, SendOutcome], ChunkContext]:
     """Send the chunk in this process's send slots; `all_taken` is called once
     every message is in a slot (the last one taken, not yet sent)."""
     context = ChunkContext(
         limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS, journaled=journaled,
-        idle_start=idle_start, stream_limits=stream_rate_limits(limit),
+        idle_start=idle_start, stream_limits=stream_rate_limits(limit) if stream_limits is None else stream_limits,
     )
     outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
@@ -230,14 +231,14 @@ def _stream_share_wait(message: Outgoing, limit: RateLimit) -> SendOutcome | Non
     asked = time.monotonic()
     try:
         granted, wait = rate_limit_reserve(
-            limit=limit, tokens=len(message.recipients), max_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS
+            limit=limit, tokens=len(message.recipients), max_wait=stream_share_max_wait()
         )
     except RedisError as error:
         _limiter_outage.failed(error, action="emails wait until it answers")
         return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
     if not granted:
         return SendOutcome(
-            released_for=max(wait - settings.RATE_LIMIT_MAX_WAIT_SECONDS / 2, 0.0), released_at=timezone.now(),
+            released_for=max(wait - stream_share_max_wait() / 2, 0.0), released_at=timezone.now(),
             reason=f"waiting for the {message.stream} stream's share of the send rate",
         )
     if (pause := asked + wait - time.monotonic()) > 0:

@@ -3,6 +3,7 @@ stream-scoped suppressions, the headers of its emails, and its rate share."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -103,6 +104,26 @@ def chunk_streams_apply(outgoing: dict) -> None:
             message.headers = {
                 **message.headers, **unsubscribe_headers(recipient_id=first.id, email=first.email, stream=message.stream)
             }
+
+
+# How far ahead an email of a stream with a rate share may book its moment (at
+# most RATE_LIMIT_MAX_WAIT_SECONDS): a chunk of such emails holds its worker
+# process about this long, then the process is free for the next chunk's claim,
+# which takes transactional email first (emailsvc.delivery.chunks.PRIORITY_ORDER).
+STREAM_SHARE_MAX_WAIT_SECONDS = 0.5
+
+
+def stream_share_max_wait() -> float:
+    return min(STREAM_SHARE_MAX_WAIT_SECONDS, settings.RATE_LIMIT_MAX_WAIT_SECONDS)
+
+
+def stream_share_chunk_size(stream_limits: dict[str, RateLimit]) -> int | None:
+    """Messages a low-priority chunk claims at most while streams have rate shares:
+    what the smallest share can book within stream_share_max_wait(); None without shares."""
+    if not stream_limits:
+        return None
+    slowest = min(stream_limits.values(), key=lambda limit: limit.per_second)
+    return max(1, math.floor(stream_share_max_wait() * slowest.per_second) + slowest.burst)
 
 
 def stream_rate_limits(limit: RateLimit) -> dict[str, RateLimit]:
