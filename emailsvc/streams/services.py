@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core import metrics
 from core.addresses import address_key
 from core.errors import Conflict, NotFound, ValidationFailed
 from emailsvc import status
@@ -87,6 +88,7 @@ def stream_unsubscribe(*, target: UnsubscribeTarget) -> Unsubscribed:
             email=email, stream_id=target.stream, defaults={"source": f"one-click unsubscribe (recipient {target.recipient_id})"}
         )
         if created:
+            metrics.unsubscribe_observe(stream=target.stream)
             recipient = Recipient.objects.select_related("message").filter(pk=target.recipient_id).first()
             if recipient is not None:
                 status.unsubscribe_change_record(recipient=recipient, stream=target.stream, at=now)
