@@ -143,7 +143,8 @@ def unsubscribe_observe(*, stream: str) -> None:
 def status_changes_observe(changes: Iterable[StatusChange]) -> None:
     """Count committed recipient status transitions: called with the StatusChange
     rows once their transaction has committed (emailsvc.status.status_changes_committed)."""
-    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes))
+    # `unsubscribed` is no status (emailsvc.streams): emailsvc_unsubscribes_total counts it.
+    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes if change.to_status in STATUSES))
 
 
 def _count(counter: Counter, label: str, tally: Tally, **labels: str) -> None:

@@ -44,6 +44,7 @@ from emailsvc.models import Message, Recipient, Status, StatusChange
 logger = logging.getLogger(__name__)
 
 STATUSES: tuple[str, ...] = tuple(Status.values)
+_STATUS_SET = frozenset(STATUSES)
 
 # created_at comes from the clock of the process that stores a message, and
 # its id from the database sequence a moment later in the same INSERT: in id
@@ -479,7 +480,8 @@ def _transitions_counted(
     )
     found: dict[datetime, dict[str, int]] = {}
     for bucket, to_status, number in grouped:
-        found.setdefault(bucket.astimezone(UTC), {})[to_status] = number
+        if to_status in _STATUS_SET:  # not `unsubscribed`: an event, not a status (emailsvc.streams)
+            found.setdefault(bucket.astimezone(UTC), {})[to_status] = number
     return found
 
 

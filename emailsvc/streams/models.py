@@ -57,6 +57,10 @@ class StreamSuppression(models.Model):
     def __str__(self) -> str:
         return f"{self.email} ({self.stream_id})"
 
+    # Shown beside the suppressions of every stream (GET /api/v1/suppressions?stream=…).
+    note = ""
+    expires_at = None
+
 
 # The streams every installation has (migration 0015 creates them; made again
 # with these settings if they are missing, e.g. after a table was emptied).

@@ -23,7 +23,7 @@ from tests.webhook_receiver import local_receiver
 ENV = {
     **FAST, "EMAIL_PROVIDER": "smtp", "DEBUG": "true", "WEBHOOK_ALLOW_HTTP": "true",
     "WEBHOOK_ALLOW_PRIVATE_TARGETS": "true", "WEBHOOK_DISPATCH_INTERVAL_SECONDS": "1",
-    "UNSUBSCRIBE_MAILTO": "unsubscribe@example.com",
+    "UNSUBSCRIBE_MAILTO": "unsubscribe@example.com", "METRICS_PUBLIC": "true",
 }
 
 
@@ -122,6 +122,20 @@ def test_one_click_unsubscribes_from_that_stream_only_once_and_fires_a_webhook(s
         assert [(e["type"], e["data"]["recipient"], e["data"]["detail"]) for e in events] == [
             ("email.unsubscribed", address, {"stream": "broadcast"})
         ]
+
+    # The suppression list shows it under its stream only; /stats and /metrics count per stream.
+    status, listed = stack.get(f"/api/v1/suppressions?stream=broadcast&search={address}", key)
+    assert status == 200, listed
+    assert [(row["email"], row["stream"], row["reason"]) for row in listed["results"]] == [(address, "broadcast", "unsubscribe")]
+    status, everywhere = stack.get(f"/api/v1/suppressions?search={address}", key)
+    assert everywhere["results"] == []
+    status, stats = stack.get("/api/v1/stats?stream=broadcast", key)
+    assert status == 200, stats
+    assert stats["totals"]["sent"] >= 1
+    status, stats = stack.get("/api/v1/stats?stream=nope", key)
+    assert stats["totals"]["sent"] == 0
+    metrics = urllib.request.urlopen(f"{stack.web_url}/metrics", timeout=30).read().decode()
+    assert re.search(r'^emailsvc_unsubscribes_total\{stream="broadcast"\} [1-9]', metrics, re.M), metrics[:2000]
 
     # The same address still gets transactional email; a broadcast one is recorded suppressed.
     receipt = send(stack, key, to=address)
