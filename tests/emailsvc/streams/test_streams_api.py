@@ -119,3 +119,17 @@ def test_unsubscribe_links_need_a_base_url(api, settings):
     settings.UNSUBSCRIBE_BASE_URL = ""
     assert send(api, stream="broadcast").json()["error"] == "unsubscribe_not_configured"
     assert send(api).status_code == 202  # transactional without the header: no link needed
+
+
+def test_a_one_click_unsubscribe_shows_on_the_address_page(api, admin_client, client):
+    from emailsvc.models import Recipient
+    from emailsvc.streams.tokens import unsubscribe_token
+
+    email_id = send(api, to="Reader@Example.org", stream="broadcast").json()["email_id"]
+    recipient = Recipient.objects.get(message__email_id=email_id)
+    token = unsubscribe_token(recipient_id=recipient.pk, email=recipient.email, stream="broadcast")
+    assert client.post(f"/u/{token}", "List-Unsubscribe=One-Click", content_type="application/x-www-form-urlencoded").status_code == 200
+
+    page = admin_client.get("/admin/address/", {"q": "reader@example.org"}).content.decode()
+    assert "unsubscribed</span> from the <b>broadcast</b> stream" in page
+    assert "queued → unsubscribed" in page  # the email's timeline
