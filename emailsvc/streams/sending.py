@@ -74,6 +74,9 @@ def stream_suppressed_recipients(*, messages: list[tuple[str, list[str]]]) -> li
     ]
 
 
+_LIST_UNSUBSCRIBE = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+
+
 def chunk_streams_apply(outgoing: dict) -> None:
     """What their streams change on a chunk's claimed messages (emailsvc.delivery.chunks.Outgoing),
     with two queries whatever the chunk's size: recipients unsubscribed from the
@@ -101,8 +104,10 @@ def chunk_streams_apply(outgoing: dict) -> None:
             message.configuration_set = stream.configuration_set
         if message.unsubscribe and message.recipients:
             first = message.recipients[0]
+            # Ours replace a caller's own List-Unsubscribe headers (in any case): one of each on the wire.
+            own = {name: value for name, value in message.headers.items() if name.lower() not in _LIST_UNSUBSCRIBE}
             message.headers = {
-                **message.headers, **unsubscribe_headers(recipient_id=first.id, email=first.email, stream=message.stream)
+                **own, **unsubscribe_headers(recipient_id=first.id, email=first.email, stream=message.stream)
             }
 
 
