@@ -4,6 +4,7 @@ stream-scoped suppressions, the headers of its emails, and its rate share."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -146,7 +147,19 @@ def stream_rate_limits(limit: RateLimit) -> dict[str, RateLimit]:
     }
 
 
+# The streams as delivery reads them, per process: read again at most this often,
+# so a chunk costs no statement for them (a change applies within this time).
+STREAMS_CACHE_SECONDS = 5.0
+_cached: tuple[float, dict[str, Stream]] = (0.0, {})
+
+
 def _streams() -> dict[str, Stream]:
-    streams = {stream.name: stream for stream in Stream.objects.all()}
+    global _cached
+    expires, streams = _cached
+    if time.monotonic() < expires:
+        return streams
+    stored = {stream.name: stream for stream in Stream.objects.all()}
     # A built-in stream missing (a table emptied) counts with its own settings.
-    return {**{name: Stream(name=name, **defaults) for name, defaults in BUILTIN.items()}, **streams}
+    streams = {**{name: Stream(name=name, **defaults) for name, defaults in BUILTIN.items()}, **stored}
+    _cached = (time.monotonic() + STREAMS_CACHE_SECONDS, streams)
+    return streams
