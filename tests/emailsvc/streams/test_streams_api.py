@@ -133,3 +133,29 @@ def test_a_one_click_unsubscribe_shows_on_the_address_page(api, admin_client, cl
     page = admin_client.get("/admin/address/", {"q": "reader@example.org"}).content.decode()
     assert "unsubscribed</span> from the <b>broadcast</b> stream" in page
     assert "queued → unsubscribed" in page  # the email's timeline
+
+
+def test_bounces_and_complaints_still_suppress_every_stream(api):
+    from emailsvc.suppressions.services import suppression_add
+
+    suppression_add(email="gone@example.org", reason="hard_bounce", source="test")
+    for stream in ("transactional", "broadcast"):
+        answer = send(api, to="gone@example.org", stream=stream).json()
+        assert answer["recipients"][0]["status"] == "suppressed", answer
+
+
+def test_an_unsubscribe_link_works_for_its_lifetime_and_not_after(db, client, monkeypatch, settings):
+    import time
+
+    from emailsvc.streams.tokens import unsubscribe_token
+
+    def token_made_days_ago(days: float) -> str:
+        real = time.time
+        with monkeypatch.context() as patch:
+            patch.setattr(time, "time", lambda: real() - days * 86400)
+            return unsubscribe_token(recipient_id=1, email="old@example.org", stream="broadcast")
+
+    assert settings.UNSUBSCRIBE_TOKEN_DAYS == 180
+    assert client.get(f"/u/{token_made_days_ago(61)}").status_code == 200
+    assert client.get(f"/u/{token_made_days_ago(179)}").status_code == 200
+    assert client.get(f"/u/{token_made_days_ago(181)}").status_code == 404
