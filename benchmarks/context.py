@@ -29,6 +29,8 @@ class Params:
     accept_seconds: float = 10
     accept_warmup: float = 1.5
     batch_sizes: tuple[int, ...] = (100, 500)
+    smtp_clients: int = 4  # SMTP submission: sessions, each sending smtp_messages emails
+    smtp_messages: int = 1000
     batch_concurrency: int = 2  # one request per web worker
     batch_seconds: float = 10
     sink_processes: int = 2  # aiosmtpd fallback only
@@ -50,6 +52,9 @@ class Params:
     drain_events: int = 3000
     e2e_limit: int = 14
     e2e_seconds: float = 20
+    tracking_hits: int = 10_000
+    tracking_clients: tuple[int, ...] = (4, 16)
+    tracking_seconds: float = 10
 
     @classmethod
     def for_mode(cls, quick: bool) -> Params:
@@ -59,7 +64,13 @@ class Params:
             quick=True, used_messages=20_000, accept_seconds=2, accept_warmup=0.5, batch_seconds=3, sink_seconds=2,
             delivery_messages=2_000, ses_messages=1_500, ses_ceiling_seconds=2,
             rate_seconds=((14, 10), (500, 10)), reference_seconds=10, drain_events=500, e2e_seconds=10,
+            tracking_hits=2_000, tracking_seconds=4,
         )
+
+    def tracking_batch_label(self) -> str:
+        from django.conf import settings
+
+        return f"{settings.TRACKING_HITS_APPLY_BATCH} hits per transaction (TRACKING_HITS_APPLY_BATCH)"
 
     def seconds_at(self, rate: int) -> float:
         return dict(self.rate_seconds).get(rate, max(dict(self.rate_seconds).values()))

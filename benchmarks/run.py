@@ -1,12 +1,14 @@
 """`make bench`: measure emailsvc on this machine and write benchmarks/results/latest.{md,json}.
 
     python -m benchmarks.run [--quick] [--only NAME ...] [--used N] [--keep] [--profile [TARGET]]
+    python -m benchmarks.run --fresh-clone
 
 Starts what it needs (database, Redis, gunicorn, celery workers, an SMTP sink,
 moto), grows the database to production-like tables (figure 0), runs each
 figure, stops everything (also on Ctrl-C) and prints the table. Figures:
 accept (1, 2), delivery (3), ses (3, through an SES endpoint answering in
-30 ms), ratelimit (4), drain (5), latency (6), reads (8: the list, stats and
+30 ms), ratelimit (4), drain (5), tracking (9: the open pixel beside /healthz, buffered hits
+applied), latency (6), reads (8: the list, stats and
 group APIs on a million more emails); memory (7) is read from the processes
 the other figures ran.
 Speed is reported, never asserted: the exit code is 0 unless a figure failed to run.
@@ -26,7 +28,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, tables
+from benchmarks import accept, delivery, drain, latency, ratelimit, reads, ses, smtp, tables, tracking
 from benchmarks.context import Bench, Params
 from benchmarks.report import Row, write
 from benchmarks.stack import BASE_DIR, Stack
@@ -38,10 +40,12 @@ WORK_DIR = RESULTS_DIR / "run.tmp"
 
 FIGURES = {
     "accept": accept.run,
+    "smtp": smtp.run,  # beside accept's single rows
     "delivery": delivery.run,  # before ratelimit: it sizes the rate-limit backlogs
     "ses": ses.run,
     "ratelimit": ratelimit.run,
     "drain": drain.run,
+    "tracking": tracking.run,  # after drain: its hits are compared with the drain's events
     "latency": latency.run,
     "reads": reads.run,  # last: it adds a million emails to the tables
 }
@@ -114,7 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", nargs="?", const="default", metavar="TARGET",
                         help="profile a path instead of measuring: deliver, deliver-ses, accept or drain "
                              "(default: the slowest, see benchmarks/README.md)")
+    parser.add_argument("--fresh-clone", action="store_true",
+                        help="only figure 9: make run in a fresh clone with cold caches until the first email is "
+                             "delivered (benchmarks/freshclone.py); its row replaces the earlier one in latest.*")
     args = parser.parse_args(argv)
+    if args.fresh_clone:
+        from benchmarks import freshclone
+
+        row = freshclone.run(RESULTS_DIR)
+        print(f"{row.figure}: {row.result}")
+        print(f"written: {RESULTS_DIR / 'latest.md'} and latest.json (the other rows unchanged)")
+        return 0
     params = Params.for_mode(args.quick)
     if args.used is not None:
         from dataclasses import replace

@@ -32,6 +32,7 @@ from honcho.environ import parse as parse_env_file
 from honcho.environ import parse_procfile
 
 from config.sandbox_env import persistent_secret, sandbox_env_write, state_dir
+from config.startup import StartupClock, make_started_at, startup_summary
 from config.supervisor import supervise
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -140,6 +141,14 @@ def procfile_env(environ: Mapping[str, str], *, state_dir: Path = STATE_DIR) -> 
     env.setdefault("FLOWER_PORT", "5555")
     env.setdefault("FLOWER_BASIC_AUTH", f"admin:{persistent_secret('flower_password', state_dir)}")
     env.setdefault("CELERY_BEAT_SCHEDULE_FILE", str(state_dir / "celerybeat-schedule"))
+    # SMTP submission (docs/smtp.md) on loopback, STARTTLS with a certificate made here once.
+    env.setdefault("SMTP_INGRESS_BIND", "127.0.0.1")
+    env.setdefault("SMTP_INGRESS_PORT", "2525")
+    if not env.get("SMTP_INGRESS_TLS_CERT"):
+        from emailsvc.smtp_ingress.certificate import self_signed_certificate
+
+        certificate, key = self_signed_certificate(state_dir)
+        env["SMTP_INGRESS_TLS_CERT"], env["SMTP_INGRESS_TLS_KEY"] = str(certificate), str(key)
     env.setdefault("PYTHONUNBUFFERED", "1")
     # Logs for a human in the terminal (LOG_FORMAT=json shows what production writes).
     env.setdefault("LOG_FORMAT", "text")
@@ -246,6 +255,8 @@ def procfile_command(name: str, *, procfile: Path | None = None) -> str:
 def run() -> int:
     """`make run`: the whole service on this machine, with nothing configured."""
     env = procfile_env(os.environ)
+    started_at = make_started_at(env)
+    env.pop("MAKE_STARTED_AT", None)
     # Before anything is started: a taken port would otherwise only show as
     # gunicorn or Flower dying after the banner, taking everything down with it.
     problems = listen_problems(env)
@@ -280,9 +291,11 @@ def run() -> int:
             process, env["AWS_ENDPOINT_URL"] = start_moto(new_session=True)
             started.append(process)
             print(f"sandbox AWS (moto)  {env['AWS_ENDPOINT_URL']}")
-        manage("migrate", "--noinput", "-v", "0")
-        manage("load_example_templates", capture=True)  # welcome, password-reset, invite: once
-        demo_key = manage("sandbox_init", "--admin-password", admin_password, capture=True)
+        # Migrate, load the example templates (welcome, password-reset, invite: once) and
+        # prepare the sandbox in one process: each Django start-up costs seconds.
+        demo_key = manage(
+            "sandbox_init", "--migrate", "--example-templates", "--admin-password", admin_password, capture=True
+        )
         web = f"http://{_url_host(env['WEB_BIND'])}:{env['WEB_PORT']}"
         flower = f"http://{_url_host(env['FLOWER_ADDRESS'])}:{env['FLOWER_PORT']}"
         flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")
@@ -300,6 +313,12 @@ def run() -> int:
                     "   (WEB_BIND / FLOWER_ADDRESS change that, WEB_PORT / FLOWER_PORT the ports)",
                     f"  Provider     {env['EMAIL_PROVIDER']}",
                     f"  Demo API key {demo_key}",
+                    f"  SMTP         host {_url_host(env['SMTP_INGRESS_BIND'])} port {env['SMTP_INGRESS_PORT']}, "
+                    f"user apikey, password the API key, STARTTLS (self-signed: {env['SMTP_INGRESS_TLS_CERT']})",
+                    f"               Django: EMAIL_HOST='{_url_host(env['SMTP_INGRESS_BIND'])}' "
+                    f"EMAIL_PORT={env['SMTP_INGRESS_PORT']} EMAIL_HOST_USER='apikey' "
+                    f"EMAIL_HOST_PASSWORD='{demo_key}'   (docs/smtp.md: Rails, WordPress)",
+                    f"  Started      {startup_summary(started_at)}",
                     "",
                     "Try it:",
                     f"  curl -s -X POST {web}/api/v1/emails -H 'Authorization: Bearer {demo_key}' \\",
@@ -326,7 +345,9 @@ def run() -> int:
         sandbox_env_write(env, STATE_DIR)
         # Returns once every Procfile process has ended; only then does the
         # `finally` stop Redis and moto, which they need until the end.
-        return supervise(procfile=BASE_DIR / "Procfile", env=env, cwd=BASE_DIR)
+        clock = StartupClock(stream=sys.stdout, web_url=web, started_at=started_at)
+        clock.watch()
+        return supervise(procfile=BASE_DIR / "Procfile", env=env, cwd=BASE_DIR, stream=clock)
     except KeyboardInterrupt:
         print("make run: stopped while starting", file=sys.stderr)
         return 130

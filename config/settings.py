@@ -394,6 +394,28 @@ SES_EVENTS_VISIBILITY_TIMEOUT = int(_positive_number("SES_EVENTS_VISIBILITY_TIME
 SNS_ALLOWED_TOPIC_ARNS = env.list("SNS_ALLOWED_TOPIC_ARNS", default=[])
 SNS_MAX_AGE_SECONDS = int(_positive_number("SNS_MAX_AGE_SECONDS", 3600, int))
 
+# --- Open and click tracking (tracking.hits, docs/tracking.md#open-and-click-tracking) ---
+# A send opts in with "track": {"opens", "clicks"}. With SES the configuration set
+# tracks: SES_TRACKING_CONFIGURATION_SET (one with open/click tracking and, if you
+# like, a custom redirect domain), else SES_CONFIGURATION_SET. Other providers get
+# emailsvc's own pixel and redirects under TRACKING_DOMAIN (a host, or a base URL).
+SES_TRACKING_CONFIGURATION_SET = env.str("SES_TRACKING_CONFIGURATION_SET", default="")
+TRACKING_DOMAIN = env.str("TRACKING_DOMAIN", default="http://127.0.0.1:8000").strip()
+if (
+    not TRACKING_DOMAIN
+    or any(c in TRACKING_DOMAIN for c in " ?#\"\'<>")
+    or ("://" in TRACKING_DOMAIN and not TRACKING_DOMAIN.lower().startswith(("http://", "https://")))
+):
+    raise ImproperlyConfigured(f"TRACKING_DOMAIN must be a host or a base URL, e.g. https://t.example.com (got {TRACKING_DOMAIN!r})")
+# Opens fetched by privacy proxies (Apple Mail Privacy Protection, Gmail's image
+# proxy) are stored, flagged `machine`, and left out of the counts unless this is true.
+TRACKING_COUNT_MACHINE_OPENS = env.bool("TRACKING_COUNT_MACHINE_OPENS", default=False)
+# Hits wait in a Redis stream; a woken task (and beat, every interval) applies
+# them in sets of TRACKING_HITS_APPLY_BATCH, one transaction each.
+TRACKING_HITS_APPLY_INTERVAL_SECONDS = _positive_number("TRACKING_HITS_APPLY_INTERVAL_SECONDS", 10)
+TRACKING_HITS_APPLY_DELAY_SECONDS = env.float("TRACKING_HITS_APPLY_DELAY_SECONDS", default=1.0)
+TRACKING_HITS_APPLY_BATCH = int(_positive_number("TRACKING_HITS_APPLY_BATCH", 500, int))
+
 # --- Suppressions (issue 16) ----------------------------------------------------
 # POST /api/v1/suppressions/import and load_suppressions: the largest CSV file.
 SUPPRESSION_IMPORT_MAX_ROWS = int(_positive_number("SUPPRESSION_IMPORT_MAX_ROWS", 100_000, int))
@@ -425,6 +447,22 @@ WEBHOOK_ALLOW_HTTP = env.bool("WEBHOOK_ALLOW_HTTP", default=False)
 WEBHOOK_ALLOW_PRIVATE_TARGETS = env.bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", default=False)
 # Extra CA certificates (a PEM file) trusted for https receivers with a private CA.
 WEBHOOK_CA_BUNDLE = env.str("WEBHOOK_CA_BUNDLE", default="")
+
+# --- SMTP submission (the Procfile's `smtp` process; docs/smtp.md) ------------
+# STARTTLS on SMTP_INGRESS_PORT with a certificate; implicit TLS on
+# SMTP_INGRESS_TLS_PORT when set (0: off). Without TLS, AUTH only from loopback.
+SMTP_INGRESS_BIND = env.str("SMTP_INGRESS_BIND", default="127.0.0.1")
+SMTP_INGRESS_PORT = env.int("SMTP_INGRESS_PORT", default=2525)
+SMTP_INGRESS_TLS_PORT = env.int("SMTP_INGRESS_TLS_PORT", default=0)
+SMTP_INGRESS_TLS_CERT = env.str("SMTP_INGRESS_TLS_CERT", default="")
+SMTP_INGRESS_TLS_KEY = env.str("SMTP_INGRESS_TLS_KEY", default="")
+SMTP_INGRESS_HOSTNAME = env.str("SMTP_INGRESS_HOSTNAME", default="")
+SMTP_INGRESS_PROCESSES = int(_positive_number("SMTP_INGRESS_PROCESSES", 2, int))
+for _name in ("SMTP_INGRESS_TLS_CERT", "SMTP_INGRESS_TLS_KEY"):
+    if globals()[_name] and not Path(globals()[_name]).is_file():
+        raise ImproperlyConfigured(f"{_name}: no file at {globals()[_name]}")
+if bool(SMTP_INGRESS_TLS_CERT) != bool(SMTP_INGRESS_TLS_KEY):
+    raise ImproperlyConfigured("SMTP_INGRESS_TLS_CERT and SMTP_INGRESS_TLS_KEY go together")
 
 EMAIL_HOST = env.str("SMTP_HOST", default="localhost")
 EMAIL_PORT = env.int("SMTP_PORT", default=25)
@@ -510,6 +548,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": SES_EVENTS_DRAIN_INTERVAL_SECONDS,
         # A run that could not start before the next one is due is dropped, not stacked.
         "options": {"expires": SES_EVENTS_DRAIN_INTERVAL_SECONDS},
+    },
+    "apply-tracking-hits": {
+        "task": "tracking.hits_apply",
+        "schedule": TRACKING_HITS_APPLY_INTERVAL_SECONDS,
+        "options": {"expires": TRACKING_HITS_APPLY_INTERVAL_SECONDS},
     },
     "dispatch-status-webhooks": {
         "task": "tracking.webhooks_dispatch",

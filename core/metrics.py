@@ -61,7 +61,8 @@ DRAIN_OUTCOMES = ("received", "applied", "duplicate", "unmatched", "malformed", 
 
 EMAILS_ACCEPTED = Counter(
     "emailsvc_emails_accepted",
-    "Emails accepted by the API (202 from POST /emails, or an accepted item of POST /emails/batch), by priority",
+    "Emails accepted by the API (202 from POST /emails, or an accepted item of POST /emails/batch) or by SMTP "
+    "submission (endpoint smtp), by priority",
     ["priority", "endpoint"],
 )
 STATUS_CHANGES = Counter(
@@ -105,10 +106,16 @@ WEBHOOK_DELIVERIES = Counter(
 )
 
 
+SMTP_AUTH_FAILURES = Counter(
+    "emailsvc_smtp_auth_failures",
+    "SMTP submission AUTH attempts refused (535): a bad, revoked, expired or read-only API key",
+)
+
+
 def _series_create() -> None:
     """Every known label set from 0, so a rate over an idle series reads 0, not nothing."""
     for priority in PRIORITIES:
-        for endpoint in ("single", "batch"):
+        for endpoint in ("single", "batch", "smtp"):
             EMAILS_ACCEPTED.labels(priority=priority, endpoint=endpoint)
     for status in STATUSES:
         STATUS_CHANGES.labels(status=status)
@@ -127,9 +134,13 @@ def _series_create() -> None:
 _series_create()
 
 
+def smtp_auth_failure_observe() -> None:
+    SMTP_AUTH_FAILURES.inc()
+
+
 def emails_accepted_observe(*, priorities: Iterable[str], endpoint: str) -> None:
     """Count accepted emails (their priorities) once the transaction that stored them commits.
-    endpoint: "single" (POST /emails) or "batch" (POST /emails/batch)."""
+    endpoint: "single" (POST /emails), "batch" (POST /emails/batch) or "smtp" (SMTP submission)."""
     tally = Tally(priorities)
     if tally:
         transaction.on_commit(partial(_count, EMAILS_ACCEPTED, "priority", tally, endpoint=endpoint))

@@ -87,6 +87,13 @@ class Provider(models.TextChoices):
     TEST = "test"
 
 
+class Source(models.TextChoices):
+    """How a message reached the service: the REST API or SMTP submission."""
+
+    API = "api"
+    SMTP = "smtp"
+
+
 class ApiKey(models.Model):
     class Permission(models.TextChoices):
         READ_ONLY = "read_only"
@@ -176,6 +183,11 @@ class Message(models.Model):
         help_text="The email whose soft-bounced recipient this one sends to again",
     )
     template_data = models.JSONField(null=True, blank=True)
+    tracking = models.JSONField(
+        default=dict, blank=True,
+        help_text="The send's open/click tracking {opens, clicks} and, with emailsvc's own click tracking, "
+        "the tracked links' destinations {links: [url, …]} (the redirect looks them up by index)",
+    )
     send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     # Its message stream (emailsvc.streams), by name; `unsubscribe`: the send
@@ -202,6 +214,7 @@ class Message(models.Model):
     )
     sent_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.API)
 
     class Meta:
         indexes = [
@@ -243,6 +256,15 @@ class Attachment(models.Model):
 
     def __str__(self) -> str:
         return self.filename
+
+
+class SubmittedMime(models.Model):
+    """The MIME of a message submitted over SMTP, kept as written (headers the
+    service reads removed): what is sent, byte for byte, with only the tracking
+    header added."""
+
+    message = models.OneToOneField(Message, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    content = models.BinaryField()
 
 
 class Recipient(models.Model):

@@ -10,6 +10,7 @@ from emailsvc.delivery.chunks import ChunkResult
 from emailsvc.delivery.engine import deliver_due
 from emailsvc.delivery.queueing import chunk_follow_up, delivery_enqueue, retries_enqueue
 from emailsvc.delivery.scheduling import messages_sweep, scheduled_publish
+from emailsvc.domains.services import domains_refresh_due
 from emailsvc.models import Priority
 from emailsvc.sending_control.breaker import breaker_check, provider_probe
 
@@ -127,10 +128,8 @@ def ses_suppression_delete_task(self, email: str) -> bool:
         return False
 
 
-@shared_task(name="emailsvc.domains_refresh", ignore_result=True)
+@shared_task(name="emailsvc.domains_refresh", base=ResilientTask, ignore_result=True, send_events=False)
 def domains_refresh_task() -> int:
     """Check the sending domains that are due (SES status and public DNS)."""
-    from emailsvc.domains.services import domains_refresh_due
-
     close_old_connections()
     return domains_refresh_due()

@@ -8,6 +8,24 @@ the test database.
 import atexit
 import os
 
+# Under pytest-xdist (`make test PYTEST_ARGS="-n 3"`) each pytest worker is a test
+# session of its own: its own test database (pytest-django adds the _gwN suffix), its
+# own Redis database number and /metrics directory. The processes a worker starts
+# (Celery workers, gunicorn) inherit what it chose: TESTS_SESSION records that the
+# choice is made, so they do not make it again.
+_xdist_worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _xdist_worker and os.environ.get("TESTS_SESSION") != _xdist_worker:
+    os.environ["TESTS_SESSION"] = _xdist_worker
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if os.environ.get("REDIS_URL"):
+        from urllib.parse import urlsplit, urlunsplit
+
+        _url = urlsplit(_given := os.environ["REDIS_URL"])
+        _number = int(_url.path.strip("/") or 0) + 1 + int(_xdist_worker.removeprefix("gw"))
+        os.environ["REDIS_URL"] = urlunsplit(_url._replace(path=f"/{_number % 16}"))
+        if os.environ.get("CELERY_BROKER_URL") == _given:
+            del os.environ["CELERY_BROKER_URL"]
+
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     import shutil
     import tempfile

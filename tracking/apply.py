@@ -357,9 +357,14 @@ def _recipient_apply(recipient: Recipient, event: NormalizedEvent) -> None:
         if feedback != "not-spam" and (recipient.complained_at is None or at < recipient.complained_at):
             recipient.complained_at, recipient.complaint_feedback_type = at, feedback
     elif kind == EventType.OPEN:
-        recipient.opens = _add_once(recipient.opens, {"event_id": event.event_id, "opened_at": at.isoformat()}, "opened_at")
-        recipient.open_count = len(recipient.opens)
-        recipient.last_opened_at = max(filter(None, [recipient.last_opened_at, at]))
+        entry = {"event_id": event.event_id, "opened_at": at.isoformat()}
+        if event.detail.get("machine"):
+            entry["machine"] = True  # a privacy proxy's fetch (tracking.hits): kept, not counted by default
+        recipient.opens = _add_once(recipient.opens, entry, "opened_at")
+        counted = [o for o in recipient.opens if settings.TRACKING_COUNT_MACHINE_OPENS or not o.get("machine")]
+        recipient.open_count = len(counted)
+        if counted:
+            recipient.last_opened_at = max(filter(None, [recipient.last_opened_at, *(_parsed(o["opened_at"]) for o in counted)]))
     elif kind == EventType.CLICK:
         click = {"event_id": event.event_id, "url": event.detail.get("url", ""), "clicked_at": at.isoformat()}
         recipient.clicks = _add_once(recipient.clicks, click, "clicked_at")
@@ -385,6 +390,10 @@ def _policy_request(event: NormalizedEvent) -> SuppressionRequest | None:
     else:
         return None
     return SuppressionRequest(email=event.recipient, reason=reason, source=source[:255], note=note.strip())
+
+
+def _parsed(value: str) -> datetime:
+    return datetime.fromisoformat(value)
 
 
 def _earliest(current: datetime | None, candidate: datetime) -> datetime:

@@ -33,6 +33,7 @@ class EngagementEvent(models.Model):
         SQS = "sqs"
         SNS = "sns"
         SIMULATOR = "simulator"  # a test key's email: the mailbox simulator's events
+        TRACKING = "tracking"  # emailsvc's own open pixel and click redirects (tracking.hits)
 
     event_id = models.CharField(max_length=255)
     recipient_email = models.CharField(max_length=320, blank=True, help_text="Lower-cased address; empty if none")

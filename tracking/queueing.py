@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 
 from django.conf import settings
+from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from core.redisclient import redis_client
@@ -86,3 +87,14 @@ def drain_helper_enqueue() -> None:
     from tracking.tasks import events_drain_task
 
     events_drain_task.apply_async(expires=settings.SES_EVENTS_DRAIN_INTERVAL_SECONDS)
+
+
+def hits_apply_enqueue(*, countdown: float = 0) -> None:
+    """Publish a run applying the buffered tracking hits (tracking.hits sets the
+    flag that keeps this to one per TRACKING_HITS_APPLY_DELAY_SECONDS)."""
+    from tracking.tasks import hits_apply_task
+
+    try:
+        hits_apply_task.apply_async(countdown=countdown or None, expires=countdown + settings.TRACKING_HITS_APPLY_INTERVAL_SECONDS)
+    except (KombuError, RedisError, OSError) as error:  # a lost wake-up costs one beat interval, never the hit
+        logger.warning("tracking hits not woken: %s", error)

@@ -6,6 +6,7 @@ from django.conf import settings
 from core import metrics
 from core.taskbase import ResilientTask
 from tracking.drain import events_drain
+from tracking.hits import hits_apply
 from tracking.queueing import webhook_send_enqueue, webhooks_dispatch_enqueue, webhooks_dispatch_started
 from tracking.webhooks.outbox import webhooks_dispatch
 from tracking.webhooks.sender import RETRY_DELAYS, webhook_deliveries_send, webhook_next_due_seconds
@@ -19,6 +20,13 @@ def events_drain_task() -> dict:
     result = events_drain()
     metrics.drain_observe(result)
     return vars(result)
+
+
+@shared_task(name="tracking.hits_apply", base=ResilientTask, ignore_result=True, send_events=False)
+def hits_apply_task() -> dict:
+    """Woken by the first hit after a quiet spell (tracking.queueing), and run by
+    beat every TRACKING_HITS_APPLY_INTERVAL_SECONDS: apply the buffered open and click hits."""
+    return vars(hits_apply())
 
 
 @shared_task(name="tracking.webhooks_dispatch", base=ResilientTask, ignore_result=True, send_events=False)

@@ -28,6 +28,7 @@ from core.addresses import CONTROL_CHARACTERS, MAX_DISPLAY_NAME, json_kind, prin
 from core.fields import MAX_HEADER_WORD, AddressField, AddressListField, TextField, rename_field
 from core.header_text import MAX_HEADER_LINE, header_text_problem
 from core.responses import validation_failed_from_drf
+from emailsvc.api.emails_track import TrackInputSerializer
 from emailsvc.models import Priority, Recipient
 
 # \Z, not $: "$" also matches before a final line break.
@@ -329,6 +330,7 @@ class SendEmailInputSerializer(serializers.Serializer):
         help_text=f"The template's variables: a JSON object of at most {MAX_TEMPLATE_DATA_BYTES // 1024} KB.",
     )
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
+    track = TrackInputSerializer(required=False, allow_null=True)
     # Message streams (docs/streams.md): checked against the stored streams when submitted.
     stream = TextField(
         required=False, max_length=64, single_line=True, refuse_blank=True,

@@ -75,6 +75,7 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     stream = serializers.CharField(help_text="Its message stream (docs/streams.md)")
     unsubscribe = serializers.BooleanField(help_text="It carries RFC 8058 List-Unsubscribe headers")
     provider = serializers.CharField(help_text="`test` for a test key's email (never handed to a provider)")
+    source = serializers.CharField(help_text="How it was submitted: `api` (POST /emails) or `smtp` (SMTP submission)")
     provider_message_id = serializers.CharField()
     test = serializers.BooleanField(
         source="is_test", help_text="Sent with a test key: its outcomes are the SES mailbox simulator's; nothing left the service"
@@ -92,6 +93,11 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
         help_text="The email whose soft-bounced recipient this one sends to again",
     )
     recipients = RecipientDetailSerializer(many=True)
+    track = serializers.SerializerMethodField(help_text="Open and click tracking of this email: {opens, clicks}")
+
+    def get_track(self, message) -> dict[str, bool]:
+        tracking = message.tracking or {}
+        return {"opens": bool(tracking.get("opens")), "clicks": bool(tracking.get("clicks"))}
 
     def get_fields(self):
         return rename_field(super().get_fields(), "from_", "from")

@@ -1,6 +1,6 @@
 """A chunk of delivery: the rows it works on (the claimed messages, their
 pending recipients, attachments and suppressed addresses), loaded with four
-queries, and what its sends and its record come to."""
+queries (a fifth for the MIME of SMTP submissions), and what its sends and its record come to."""
 
 from __future__ import annotations
 
@@ -10,7 +10,16 @@ from datetime import datetime
 from django.utils import timezone
 
 from core.sql_engine import values_among
-from emailsvc.models import PENDING_STATUSES, Attachment, Message, Priority, Recipient, WorkState
+from emailsvc.models import (
+    PENDING_STATUSES,
+    Attachment,
+    Message,
+    Priority,
+    Recipient,
+    Source,
+    SubmittedMime,
+    WorkState,
+)
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.streams.sending import chunk_streams_apply
 
@@ -54,12 +63,15 @@ class Outgoing:
     tags: list
     metadata: dict
     sent_at: datetime | None
+    source: str
+    tracking: dict
     stream: str = "transactional"
     unsubscribe: bool = False  # List-Unsubscribe headers (emailsvc.streams.sending)
     configuration_set: str = ""  # the stream's own; empty: SES_CONFIGURATION_SET
     recipients: list[OutgoingRecipient] = field(default_factory=list)
     attachments: list[OutgoingAttachment] = field(default_factory=list)
     suppressed: dict[int, str] = field(default_factory=dict)  # recipient id → reason
+    submitted_mime: bytes | None = None  # an SMTP submission's MIME, sent as written
 
 
 @dataclass
@@ -137,7 +149,8 @@ def due_exists(priority: str) -> bool:
 
 _OUTGOING_COLUMNS = (
     "id", "email_id", "group_id", "attempts", "priority", "provider", "from_email", "from_name", "reply_to",
-    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "stream", "unsubscribe",
+    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "source", "tracking", "stream",
+    "unsubscribe",
 )
 
 
@@ -159,6 +172,10 @@ def chunk_load(message_ids: list[int]) -> dict[int, Outgoing]:
     )
     for message_id, filename, content_type, content in attachments:
         outgoing[message_id].attachments.append(OutgoingAttachment(filename, content_type, bytes(content)))
+    submitted = [message_id for message_id, message in outgoing.items() if message.source == Source.SMTP]
+    if submitted:
+        for message_id, content in values_among(SubmittedMime, ("message_id", "content"), among={"message_id": submitted}):
+            outgoing[message_id].submitted_mime = bytes(content)
     suppressed = suppressed_addresses(addresses=list({r.email for o in outgoing.values() for r in o.recipients}))
     if suppressed:
         for message in outgoing.values():

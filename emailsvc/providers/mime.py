@@ -27,6 +27,7 @@ from django.core.mail.message import RFC5322_EMAIL_LINE_LENGTH_LIMIT
 from django.core.mail.utils import DNS_NAME
 
 from core.addresses import address_key
+from emailsvc.providers.tracking_links import html_tracked
 
 TRACKING_HEADER = "X-Emailsvc-Tracking-ID"
 CONFIGURATION_SET_HEADER = "X-SES-CONFIGURATION-SET"
@@ -124,13 +125,16 @@ _POLICIES: dict[str, object] = {}
 
 
 def wire_bytes(email: OutboundEmail, *, linesep: str = "\r\n") -> bytes:
-    """The bytes `email.message().as_bytes(linesep=linesep)` gives.
+    """The bytes `email.message().as_bytes(linesep=linesep)` gives (a
+    SubmittedEmail: its own bytes, which are CRLF already).
 
     An email of the usual shape — a text and/or an HTML body, no attachments,
     every header ASCII — is written directly (`_plain_bytes`), about four times
     faster than building the email package's objects and serializing them;
     anything else goes that way. tests/emailsvc/providers/test_mime.py holds the
     two to the same bytes."""
+    if isinstance(email, SubmittedEmail):
+        return email.raw
     plain = _plain_bytes(email, linesep)
     return plain if plain is not None else email.message().as_bytes(linesep=linesep)
 
@@ -338,8 +342,53 @@ def tracking_id(message) -> str:
     return f"{group}/{message.email_id}"
 
 
+class SubmittedEmail(OutboundEmail):
+    """A message submitted over SMTP, sent as its submitter wrote it: `raw` is
+    the stored MIME with only the tracking header (and SES's configuration set
+    header) put before it. Its address fields are the envelope's, for the
+    provider's recipient list (SES's Destination); they are not written."""
+
+    raw: bytes
+
+    def message(self):
+        raise TypeError("a submitted email is sent as its bytes (wire_bytes), never rebuilt")
+
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r\n", re.IGNORECASE | re.MULTILINE)
+
+
+def _submitted_email(message, recipients, content: bytes) -> SubmittedEmail:
+    added = [(TRACKING_HEADER, tracking_id(message))]
+    if settings.SES_CONFIGURATION_SET:
+        added.append((CONFIGURATION_SET_HEADER, settings.SES_CONFIGURATION_SET))
+    head = content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    found = _MESSAGE_ID.search(head)  # the submission added one when the submitter did not
+    by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
+    for recipient in recipients:
+        by_role[recipient.role].append(address_key(recipient.email))
+    email = SubmittedEmail(
+        subject=message.subject,
+        from_email=address_key(message.from_email),
+        to=by_role["to"],
+        cc=by_role["cc"],
+        bcc=by_role["bcc"],
+        headers={"Message-ID": found.group(1).decode("ascii", "replace").strip() if found else "", **dict(added)},
+    )
+    email.raw = b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in added) + content
+    email.service_tags, email.service_metadata = list(message.tags), dict(message.metadata)
+    email.recipient_roles = [(recipient.email, recipient.role) for recipient in recipients]
+    email.envelope_from = address_key(message.from_email)
+    email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
+    email.tracking_id = added[0][1]
+    return email
+
+
 def build_email(message, recipients, attachments) -> OutboundEmail:
-    """The outbound email for `message`, addressed to `recipients` only."""
+    """The outbound email for `message`, addressed to `recipients` only (an SMTP
+    submission: its MIME as written, see SubmittedEmail)."""
+    submitted = getattr(message, "submitted_mime", None)
+    if submitted is not None:
+        return _submitted_email(message, recipients, submitted)
     by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
     for recipient in recipients:
         # address_key: rows stored before addresses were kept in ASCII form get it here.
@@ -347,13 +396,17 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     headers = dict(message.headers)
     headers[TRACKING_HEADER] = tracking_id(message)
     headers["Message-ID"] = make_msgid(domain=message.from_email.rpartition("@")[2])
-    # A message stream's own configuration set wins over the global one (emailsvc.streams).
-    configuration_set = getattr(message, "configuration_set", "") or settings.SES_CONFIGURATION_SET
-    if configuration_set:
-        headers[CONFIGURATION_SET_HEADER] = configuration_set
+    # The email's stream may name its own configuration set (emailsvc.streams); a tracked
+    # SES email goes through SES_TRACKING_CONFIGURATION_SET when one is set.
+    stream_set = getattr(message, "configuration_set", "")
+    html, tracking_set = _tracking_applied(message, recipients, headers)
+    configuration_set = (tracking_set if tracking_set and settings.SES_TRACKING_CONFIGURATION_SET else "") or stream_set
+    configuration_set = configuration_set or tracking_set
+    if configuration_set or settings.SES_CONFIGURATION_SET:
+        headers[CONFIGURATION_SET_HEADER] = configuration_set or settings.SES_CONFIGURATION_SET
     email = OutboundEmail(
         subject=header_text(message.subject),
-        body=message.text or message.html,
+        body=message.text or html,
         from_email=_display_address(message.from_name, address_key(message.from_email)),
         to=by_role["to"],
         cc=by_role["cc"],
@@ -368,12 +421,32 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     email.envelope_from = address_key(message.from_email)
     email.envelope_recipients = [address_key(recipient.email) for recipient in recipients]
     email.tracking_id = headers[TRACKING_HEADER]
-    if getattr(message, "configuration_set", ""):
-        email.esp_extra = {"ConfigurationSetName": message.configuration_set}  # SES's API takes it as a parameter
-    if message.html and message.text:
-        email.attach_alternative(message.html, "text/html")
-    elif message.html:
+    if configuration_set:
+        email.esp_extra = {"ConfigurationSetName": configuration_set}
+    if html and message.text:
+        email.attach_alternative(html, "text/html")
+    elif html:
         email.content_subtype = "html"
     for attachment in attachments:
         email.attach(_attachment_part(attachment.filename, bytes(attachment.content), attachment.content_type))
     return email
+
+
+def _tracking_applied(message, recipients, headers: dict) -> tuple[str, str]:
+    """The HTML part to send and the SES configuration set a tracked email goes
+    through ("" to keep the default). SES tracks through its configuration set
+    (SES_TRACKING_CONFIGURATION_SET); every other provider gets emailsvc's own
+    pixel and links, whose tokens name the first recipient of this send."""
+    tracking = getattr(message, "tracking", None) or {}
+    opens, clicks = bool(tracking.get("opens")), bool(tracking.get("clicks"))
+    if not (opens or clicks):
+        return message.html, ""
+    if message.provider == "ses":
+        return message.html, settings.SES_TRACKING_CONFIGURATION_SET or settings.SES_CONFIGURATION_SET
+    if not message.html or not recipients:
+        return message.html, ""
+    html = html_tracked(
+        message.html, message_id=message.pk, recipient_id=recipients[0].id, headers=message.headers,
+        opens=opens, clicks=clicks,
+    )
+    return html, ""

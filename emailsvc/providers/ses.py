@@ -17,7 +17,7 @@ from botocore.config import Config
 from django.conf import settings
 
 from emailsvc.providers.base import ProviderBackend, SendResult
-from emailsvc.providers.mime import OutboundEmail, seven_bit_bytes
+from emailsvc.providers.mime import OutboundEmail, SubmittedEmail, seven_bit_bytes
 
 _client = None
 _client_lock = threading.Lock()
@@ -62,7 +62,7 @@ class _SendEmailPayload(_RawPayload):
 
     def init_payload(self):
         message = self.message
-        self.direct = (
+        self.direct = isinstance(message, SubmittedEmail) or (
             isinstance(message, OutboundEmail)
             and not self.defaults
             and getattr(message, "metadata", UNSET) is UNSET
@@ -92,6 +92,9 @@ class _SendEmailPayload(_RawPayload):
         super().set_reply_to(emails)
 
     def finalize_payload(self):
+        if self.direct and isinstance(self.message, SubmittedEmail):
+            self.params["Content"] = {"Raw": {"Data": self.message.raw}}  # as written; Destination: the envelope
+            return
         if self.direct:
             message, given = self.message, self.formatted
             unchanged = given.get("from_email", [message.from_email]) == [message.from_email] and all(

@@ -62,7 +62,7 @@ class StreamSuppression(models.Model):
     expires_at = None
 
 
-# The streams every installation has (migration 0015 creates them; made again
+# The streams every installation has (migration 0017 creates them; made again
 # with these settings if they are missing, e.g. after a table was emptied).
 BUILTIN = {
     TRANSACTIONAL: {

@@ -40,6 +40,9 @@ def _send_request(original: Message, recipients: list[Recipient]) -> dict:
         "tags": original.tags, "metadata": original.metadata, "group_id": original.group_id,
     }
     body.update({name: value for name, value in optional.items() if value})
+    track = {name: bool((original.tracking or {}).get(name)) for name in ("opens", "clicks")}
+    if any(track.values()):  # sent again as it was first sent: tracked or not
+        body["track"] = track
     attachments = Attachment.objects.filter(message_id=original.pk).order_by("id")
     if attachments:
         body["attachments"] = [

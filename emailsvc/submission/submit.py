@@ -26,6 +26,7 @@ from emailsvc.models import (
     Recipient,
     WorkState,
 )
+from emailsvc.providers.tracking_links import track_requested, tracked_links
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.sending_control.breaker import paused_domains
 from emailsvc.streams.sending import stream_send_check, stream_suppressed_recipients
@@ -210,6 +211,7 @@ def _submission_build(
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
     )
+    message.tracking = _tracking(data, message)
     if version is not None:
         message.template_name, message.template_version = version.template.name, version.version
         message.template_data = data.get("template_data") or {}
@@ -228,6 +230,16 @@ def _submission_build(
                 recipients.append(Recipient(email=address, name=name, role=role, group_id=message.group_id))
     _check_size(message, recipients, attachments)
     return _Submission(message=message, recipients=recipients, attachments=attachments)
+
+
+def _tracking(data: dict, message: Message) -> dict:
+    """The send's tracking; with emailsvc's own click tracking (every provider
+    but SES) also the destinations of its tracked links, stored with the
+    message so a click is answered by one primary-key read."""
+    tracking = track_requested(data.get("track"))
+    if tracking["clicks"] and message.provider != Provider.SES and message.html:
+        tracking["links"] = tracked_links(message.html, headers=message.headers)
+    return tracking
 
 
 def _submissions_store(submissions: list[_Submission], *, now: datetime, groups_exist: bool = False) -> None:
@@ -392,7 +404,7 @@ def _check_size(message: Message, recipients: list[Recipient], attachments: list
 _RETRY_COPIED = [
     "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
     "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "stream",
-    "unsubscribe", "provider",
+    "unsubscribe", "provider", "tracking",
 ]
 
 

@@ -119,7 +119,13 @@ def _database_url() -> str:
 class MakeRun:
     """`make run` in its own process group; every line it prints, with when it came."""
 
-    def __init__(self, tmp_path: Path, **variables: str) -> None:
+    def __init__(
+        self, tmp_path: Path, *, command: list[str] | None = None, cwd: Path = BASE_DIR, fresh: bool = False,
+        **variables: str,
+    ) -> None:
+        """`command` (default: this checkout's `python -m config.devservices run`) in `cwd`. On
+        the test database, with its state in tmp_path; `fresh`: with nothing set but free ports,
+        as a new user runs it (SQLite, embedded Redis, moto, state in `cwd`)."""
         env = {
             name: value
             for name, value in os.environ.items()
@@ -128,19 +134,23 @@ class MakeRun:
                             "TESTS_DB_NAME", "EMAIL_PROVIDER", "PROMETHEUS_MULTIPROC_DIR"}
         }
         self.web_port = free_port()
-        self.sandbox_dir = tmp_path / "sandbox"  # its state (SANDBOX_DIR): secrets, the env file
-        env.update(
-            DATABASE_URL=_database_url(),
-            WEB_PORT=str(self.web_port),
-            FLOWER_PORT=str(free_port()),
-            CELERY_BEAT_SCHEDULE_FILE=str(tmp_path / "celerybeat-schedule"),
-            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
-            SANDBOX_DIR=str(self.sandbox_dir),
-        )
+        self.sandbox_dir = (cwd / ".sandbox") if fresh else tmp_path / "sandbox"  # its state (SANDBOX_DIR)
+        env.update(WEB_PORT=str(self.web_port), FLOWER_PORT=str(free_port()))
+        if fresh:  # and nothing that `make test` (this suite's make) exported
+            for name in ("DATABASE_URL", "SANDBOX_DIR", "CELERY_BEAT_SCHEDULE_FILE", "VIRTUAL_ENV",
+                         "MAKE_STARTED_AT", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"):
+                env.pop(name, None)
+        else:
+            env.update(
+                DATABASE_URL=_database_url(),
+                CELERY_BEAT_SCHEDULE_FILE=str(tmp_path / "celerybeat-schedule"),
+                PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prometheus"),
+                SANDBOX_DIR=str(self.sandbox_dir),
+            )
         env.update(variables)
         self.lines: list[tuple[float, str]] = []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "config.devservices", "run"], cwd=BASE_DIR, env=env, text=True,
+            command or [sys.executable, "-m", "config.devservices", "run"], cwd=cwd, env=env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)

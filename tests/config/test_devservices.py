@@ -152,3 +152,13 @@ def test_make_run_allows_a_local_http_webhook_receiver_unless_told_otherwise():
 
     assert (env["WEBHOOK_ALLOW_HTTP"], env["WEBHOOK_ALLOW_PRIVATE_TARGETS"]) == ("true", "true")
     assert (kept["WEBHOOK_ALLOW_HTTP"], kept["WEBHOOK_ALLOW_PRIVATE_TARGETS"]) == ("false", "false")
+
+
+def test_make_run_serves_smtp_on_loopback_with_a_certificate_it_made(tmp_path):
+    import ssl
+
+    env = procfile_env({}, state_dir=tmp_path)
+    assert (env["SMTP_INGRESS_BIND"], env["SMTP_INGRESS_PORT"]) == ("127.0.0.1", "2525")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(env["SMTP_INGRESS_TLS_CERT"], env["SMTP_INGRESS_TLS_KEY"])  # a usable pair
+    assert procfile_env({}, state_dir=tmp_path)["SMTP_INGRESS_TLS_CERT"] == env["SMTP_INGRESS_TLS_CERT"]  # made once

@@ -23,7 +23,7 @@ from tests.config.conftest import KEEPALIVE, READ_TIMEOUT, address, open_request
 from tests.conftest import wait_until
 from tests.stack import Stack
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.timing, pytest.mark.django_db(transaction=True)]
 
 
 def _healthz_seconds(web) -> float:

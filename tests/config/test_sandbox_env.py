@@ -162,6 +162,7 @@ def test_a_configured_environment_never_reads_the_file(stopped_sandbox, variable
         ("DATABASE_URL", "nosuchdb://host/name", "DATABASE_URL: 'nosuchdb' isn't an available database backend"),
         ("DATABASE_URL", f"postgres://nobody@127.0.0.1:{free_port()}/none", "cannot use the database ("),
     ],
+    ids=["SMTP_PORT", "EMAIL_PROVIDER", "SEND_RATE_PER_SECOND", "DATABASE_URL-scheme", "DATABASE_URL-unreachable"],
 )
 def test_a_bad_setting_is_one_line_naming_it(tmp_path, name, value, line):
     variables = {"SECRET_KEY": "deployed", "EMAIL_PROVIDER": "console", name: value}

@@ -21,6 +21,8 @@ import pytest
 from config.devservices import BASE_DIR
 from config.supervisor import exit_description, procfile_processes, restart_delay
 
+pytestmark = pytest.mark.timing
+
 STEADY = """steady: python -c 'import os, time; print("steady up", os.getpid(), flush=True); time.sleep(60)'"""
 # Dies after 0.5 s, leaving behind a `sleep` of its process group, as a Celery
 # master killed by a Redis blip leaves its pool.

@@ -268,9 +268,13 @@ def test_two_drains_at_once_apply_every_event_exactly_once(api, events_queue, se
     for thread in threads:
         thread.join()
 
-    assert sum(r.received for r in results) == 50
+    # SQS delivers at least once: moto, like SQS, may hand one message to both
+    # receivers at the same moment. Each such extra receipt is a duplicate, never
+    # applied twice.
+    received = sum(r.received for r in results)
+    assert received >= 50
     assert sum(r.applied for r in results) == 80  # 40 envelopes × 2 recipients
-    assert sum(r.duplicates for r in results) == 20
+    assert sum(r.duplicates for r in results) == 20 + 2 * (received - 50)
     assert events_queue.depth() == 0
     assert set(Recipient.objects.filter(message__in=messages).values_list("status", flat=True)) == {"opened"}
 

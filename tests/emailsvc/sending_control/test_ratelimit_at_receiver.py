@@ -21,7 +21,7 @@ from django.db import connections
 from emailsvc.keys import api_key_create
 from tests.stack import SmtpServer, Stack
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.timing, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def streams_seed(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('emailsvc', '0014_api_key_scopes_test_mode'),
+        ('emailsvc', '0016_message_tracking'),
     ]
 
     operations = [
