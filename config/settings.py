@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from config.sandbox_env import sandbox_env_apply
+from config.unsubscribe_settings import unsubscribe_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -333,29 +334,7 @@ ANYMAIL = {
 if SES_CONFIGURATION_SET:
     ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
 
-# --- Message streams and one-click unsubscribe (emailsvc.streams, docs/streams.md) ---
-# List-Unsubscribe links point at <UNSUBSCRIBE_BASE_URL>/u/<token> (default
-# PUBLIC_BASE_URL): https, except with the sandbox or console provider or DEBUG.
-# Empty: sends that need the header are refused (400 unsubscribe_not_configured).
-PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="").rstrip("/")
-_LOCAL_SENDING = DEBUG or EMAIL_PROVIDER in ("sandbox", "console")
-UNSUBSCRIBE_BASE_URL = env.str(
-    "UNSUBSCRIBE_BASE_URL", default=PUBLIC_BASE_URL or ("http://localhost:8000" if _LOCAL_SENDING else "")
-).rstrip("/")
-if UNSUBSCRIBE_BASE_URL and not (
-    UNSUBSCRIBE_BASE_URL.startswith("https://") or (_LOCAL_SENDING and UNSUBSCRIBE_BASE_URL.startswith("http://"))
-):
-    raise ImproperlyConfigured(
-        f"UNSUBSCRIBE_BASE_URL (or PUBLIC_BASE_URL) must be an https:// URL (http:// only with the sandbox or "
-        f"console provider or DEBUG), got {UNSUBSCRIBE_BASE_URL!r}"
-    )
-# A mailbox that takes unsubscribe requests by email (a mailto: beside the URL); empty: none.
-UNSUBSCRIBE_MAILTO = env.str("UNSUBSCRIBE_MAILTO", default="").strip()
-# How long an unsubscribe link keeps working after its email was built.
-UNSUBSCRIBE_TOKEN_DAYS = int(_positive_number("UNSUBSCRIBE_TOKEN_DAYS", 180, int))
-if UNSUBSCRIBE_TOKEN_DAYS < 60:
-    raise ImproperlyConfigured("UNSUBSCRIBE_TOKEN_DAYS must be at least 60 (mailbox providers expect links to last)")
-
+globals().update(unsubscribe_settings(env, debug=DEBUG, provider=EMAIL_PROVIDER))  # docs/streams.md: PUBLIC_BASE_URL, …
 # --- Sending domains (emailsvc.domains, docs/domains.md) ------------------------
 # SES identities added through /api/v1/domains. A pending or failed domain is checked
 # (SES's status and public DNS) every DOMAIN_CHECK_INTERVAL_SECONDS, a verified one
