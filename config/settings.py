@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from config.sandbox_env import sandbox_env_apply
+from config.unsubscribe_settings import unsubscribe_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -333,6 +334,7 @@ ANYMAIL = {
 if SES_CONFIGURATION_SET:
     ANYMAIL["AMAZON_SES_CONFIGURATION_SET_NAME"] = SES_CONFIGURATION_SET
 
+globals().update(unsubscribe_settings(env, debug=DEBUG, provider=EMAIL_PROVIDER))  # docs/streams.md: PUBLIC_BASE_URL, …
 # --- Sending domains (emailsvc.domains, docs/domains.md) ------------------------
 # SES identities added through /api/v1/domains. A pending or failed domain is checked
 # (SES's status and public DNS) every DOMAIN_CHECK_INTERVAL_SECONDS, a verified one

@@ -8,6 +8,7 @@ from drf_spectacular.views import (
 
 from console.metrics import metrics_view
 from console.probes import HealthApi, ReadinessApi
+from emailsvc.streams.unsubscribe import resubscribe_view, unsubscribe_view
 from tracking.apis import SesSnsWebhookView
 from tracking.hit_views import click_redirect_view, open_pixel_view
 
@@ -27,6 +28,9 @@ urlpatterns = [
     # emailsvc's own open and click tracking (TRACKING_DOMAIN points here).
     path("t/o/<str:token>", open_pixel_view, name="tracking-open"),
     path("t/c/<str:token>", click_redirect_view, name="tracking-click"),
+    # RFC 8058 one-click unsubscribe links (emailsvc.streams.unsubscribe).
+    path("u/<str:token>", unsubscribe_view, name="unsubscribe"),
+    path("u/<str:token>/resubscribe", resubscribe_view, name="resubscribe"),
     path("healthz", HealthApi.as_view(), name="healthz"),
     path("readyz", ReadinessApi.as_view(), name="readyz"),
     path("metrics", metrics_view, name="metrics"),

@@ -40,6 +40,7 @@ from emailsvc.models import (
     Suppression,
     WorkState,
 )
+from emailsvc.streams.selectors import stream_suppressions_of
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +286,8 @@ class AddressHistory:
     total_is_capped: bool
     next_before: int | None
     unmatched_events: list[TimelineEntry]
+    # One-click unsubscribes: the streams it receives no more (emailsvc.streams).
+    stream_suppressions: list = field(default_factory=list)
 
 
 def _suppression_source(suppression: Suppression, forms: set[str]) -> SourceLink:
@@ -386,6 +389,7 @@ def address_history(*, address: str, before: int | None = None, page_size: int =
         .defer("raw").order_by("-occurred_at")[:20]
     ]
     return AddressHistory(
+        stream_suppressions=stream_suppressions_of(email=address),
         address=key,
         suppression=suppression,
         suppression_active=active,

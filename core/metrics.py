@@ -70,6 +70,11 @@ STATUS_CHANGES = Counter(
     "Recipient status transitions, by the status moved to (sent, delivered, bounced, complained, failed, suppressed, …)",
     ["status"],
 )
+UNSUBSCRIBES = Counter(
+    "emailsvc_unsubscribes",
+    "One-click unsubscribes (RFC 8058), by message stream; a repeated one is not counted",
+    ["stream"],
+)
 DELIVERY_ATTEMPTS = Counter(
     "emailsvc_delivery_attempts",
     "Recipients handed to the provider in a send attempt (sent, refused or failed)",
@@ -114,6 +119,8 @@ def _series_create() -> None:
             EMAILS_ACCEPTED.labels(priority=priority, endpoint=endpoint)
     for status in STATUSES:
         STATUS_CHANGES.labels(status=status)
+    for stream in ("transactional", "broadcast"):
+        UNSUBSCRIBES.labels(stream=stream)
     for error_class in DELIVERY_ERROR_CLASSES:
         DELIVERY_ERRORS.labels(error_class)
     for outcome in ("granted", "refused"):
@@ -139,10 +146,16 @@ def emails_accepted_observe(*, priorities: Iterable[str], endpoint: str) -> None
         transaction.on_commit(partial(_count, EMAILS_ACCEPTED, "priority", tally, endpoint=endpoint))
 
 
+def unsubscribe_observe(*, stream: str) -> None:
+    """Count a one-click unsubscribe once its transaction commits."""
+    transaction.on_commit(lambda: UNSUBSCRIBES.labels(stream=stream).inc())
+
+
 def status_changes_observe(changes: Iterable[StatusChange]) -> None:
     """Count committed recipient status transitions: called with the StatusChange
     rows once their transaction has committed (emailsvc.status.status_changes_committed)."""
-    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes))
+    # `unsubscribed` is no status (emailsvc.streams): emailsvc_unsubscribes_total counts it.
+    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes if change.to_status in STATUSES))
 
 
 def _count(counter: Counter, label: str, tally: Tally, **labels: str) -> None:

@@ -1,6 +1,6 @@
 """API keys: create (secret shown once), revoke, authenticate, and the rules a
 key carries into every way of sending — its sending domains and test mode
-(SPEC §3, §4, §9; docs/api-keys.md).
+(SPEC §3, §4, §9; docs/api-keys.md), and its message streams (docs/streams.md).
 
 The REST API and SMTP submission both authenticate here and both submit
 through emailsvc.submission.submit, which asks `api_key_sender_check`: so a
@@ -53,10 +53,33 @@ def domain_within(domain: str, scope: Iterable[str]) -> bool:
     return any(domain == allowed or domain.endswith("." + allowed) for allowed in scope)
 
 
-def _exceeds(actor: ApiKey, *, permission: str, domains: list[str], test: bool, expires_at: datetime | None) -> str:
+def _streams_known(streams: Iterable[str]) -> list[str]:
+    """The stream names, once each, in the order given; ValidationFailed(stream_not_found) for an unknown one."""
+    from emailsvc.streams.selectors import streams_missing
+
+    names = list(dict.fromkeys(streams))
+    missing = streams_missing(names=names)
+    if missing:
+        raise ValidationFailed(
+            f"There is no stream named {', '.join(missing)}.", fields={"streams": [f"Unknown: {', '.join(missing)}."]},
+            code="stream_not_found",
+        )
+    return names
+
+
+def _exceeds(
+    actor: ApiKey, *, permission: str, domains: list[str], test: bool, expires_at: datetime | None,
+    streams: list[str] | None = None,
+) -> str:
     """What a key with these rights could do that `actor` cannot ("" when nothing)."""
     if ApiKey.RANK[permission] > ApiKey.RANK[actor.permission]:
         return f"permission '{permission}' is above this key's '{actor.permission}'"
+    if actor.streams and streams is not None:
+        if not streams:
+            return f"this key may send only on {', '.join(actor.streams)}; a key without streams could send on any"
+        outside = [name for name in streams if name not in actor.streams]
+        if outside:
+            return f"stream {', '.join(outside)} is outside this key's streams ({', '.join(actor.streams)})"
     if actor.domains:
         if not domains:
             return f"this key may send only from {', '.join(actor.domains)}; a key without domains could send from any"
@@ -83,13 +106,12 @@ def api_key_create(
     """Create a key; return it with its secret, which is never retrievable again.
 
     `domains`: the sending domains it may send from (sub-domains included;
-    none: any). `streams` must be empty: message streams do not exist yet, so
-    a stream scope could not be enforced (`streams_not_supported`). `test`:
+    none: any). `streams`: the message streams it may send on (none: any). `test`:
     its emails never reach the provider. `created_by`: the key asking (the
     API); the new key may not have more rights than it — a higher permission,
-    wider domains, live instead of test, or a later expiry — (403
+    wider domains or streams, live instead of test, or a later expiry — (403
     `key_rights_exceeded`). Raises ValidationFailed (invalid_field,
-    invalid_domain, streams_not_supported).
+    invalid_domain, stream_not_found).
     """
     name = name.strip() if isinstance(name, str) else name
     if not name or len(name) > 200:
@@ -97,24 +119,21 @@ def api_key_create(
     if permission not in ApiKey.Permission.values:
         choices = ", ".join(ApiKey.Permission.values)
         raise ValidationFailed(f"permission must be one of {choices}.", fields={"permission": [f"One of {choices}."]})
-    streams = list(streams)
-    if streams:
-        raise ValidationFailed(
-            "Message streams are not available yet: a key cannot be scoped to streams; give [] or leave streams out.",
-            fields={"streams": ["Not supported yet: give [] or leave it out."]}, code="streams_not_supported",
-        )
+    streams = _streams_known(streams)
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationFailed("expires_at must be in the future.", fields={"expires_at": ["Must be in the future."]})
     names = _domains_canonical(domains)
     if created_by is not None:
-        problem = _exceeds(created_by, permission=permission, domains=names, test=test, expires_at=expires_at)
+        problem = _exceeds(
+            created_by, permission=permission, domains=names, test=test, expires_at=expires_at, streams=streams
+        )
         if problem:
             raise Forbidden(f"A key cannot create a key with more rights than itself: {problem}.", code="key_rights_exceeded")
     prefix = secrets.token_hex(4)
     raw_key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
         name=name, prefix=prefix, secret_hash=_hash_key(raw_key), permission=permission, expires_at=expires_at,
-        domains=names, test=test, created_by=created_by,
+        domains=names, streams=streams, test=test, created_by=created_by,
     )
     return api_key, raw_key
 
@@ -126,7 +145,7 @@ def api_key_revoke(*, api_key: ApiKey, revoked_by: ApiKey | None = None) -> ApiK
     if revoked_by is not None and revoked_by.pk != api_key.pk:
         problem = _exceeds(
             revoked_by, permission=api_key.permission, domains=api_key.domains, test=api_key.test,
-            expires_at=api_key.expires_at,
+            expires_at=api_key.expires_at, streams=api_key.streams,
         )
         if problem:
             raise Forbidden(f"A key cannot revoke a key with more rights than itself: {problem}.", code="key_rights_exceeded")
@@ -200,4 +219,17 @@ def api_key_sender_check(*, api_key: ApiKey | None, from_domain: str) -> None:
         f"This API key may send only from {', '.join(api_key.domains)} (and their sub-domains), not from '{from_domain}'.",
         fields={"from": [f"Allowed for this key: {', '.join(api_key.domains)}."]},
         code="key_domain_not_allowed",
+    )
+
+
+def api_key_stream_check(*, api_key: ApiKey | None, stream: str) -> None:
+    """Raise Forbidden(key_stream_not_allowed, 403) when `api_key` is limited to
+    message streams and `stream` is not one of them. Every way of submitting
+    calls this (the API, SMTP)."""
+    if api_key is None or not api_key.streams or stream in api_key.streams:
+        return
+    raise Forbidden(
+        f"This API key may send only on the stream(s) {', '.join(api_key.streams)}, not on '{stream}'.",
+        fields={"stream": [f"Allowed for this key: {', '.join(api_key.streams)}."]},
+        code="key_stream_not_allowed",
     )

@@ -44,6 +44,7 @@ from emailsvc.models import Message, Recipient, Status, StatusChange
 logger = logging.getLogger(__name__)
 
 STATUSES: tuple[str, ...] = tuple(Status.values)
+_STATUS_SET = frozenset(STATUSES)
 
 # created_at comes from the clock of the process that stores a message, and
 # its id from the database sequence a moment later in the same INSERT: in id
@@ -399,7 +400,7 @@ class TransitionCounts:
 
 def transition_counts(
     *, start: datetime, end: datetime, interval: str, group_id: str | None = None, tag: str | None = None,
-    include_test: bool = False,
+    include_test: bool = False, stream: str | None = None,
 ) -> TransitionCounts:
     """Recipient status transitions per `interval` bucket, by the status reached.
 
@@ -408,7 +409,8 @@ def transition_counts(
     boundaries; one row per recipient and transition, so a recipient that was
     sent, delivered and opened counts once in each of `sent`, `delivered` and
     `opened`, each in the bucket of its own moment. `group_id` and `tag` keep
-    the transitions of the messages that have them. Every bucket of the window
+    the transitions of the messages that have them, `stream` those of one
+    message stream. Every bucket of the window
     is listed, every status in each (0 included). The transitions of test
     keys' emails are left out unless `include_test`.
 
@@ -422,13 +424,15 @@ def transition_counts(
     start, end = bucket_floor(start, interval), bucket_ceil(end, interval)
     starts = [start + step * index for index in range(int((end - start) / step))]
     settled = [moment for moment in starts if moment + step <= now - STATS_SETTLE]
-    cache_key = _stats_cache_key(interval=interval, group_id=group_id, tag=tag, include_test=include_test)
+    cache_key = _stats_cache_key(interval=interval, group_id=group_id, tag=tag, include_test=include_test, stream=stream)
     found = _stats_cache_get(cache_key, settled)
     missing = [moment for moment in starts if moment not in found]
     counted: dict[datetime, dict[str, int]] = {}
     for span_start, span_end in _spans(missing, step):
         counted.update(
-            _transitions_counted(span_start, span_end, interval, group_id=group_id, tag=tag, include_test=include_test)
+            _transitions_counted(
+                span_start, span_end, interval, group_id=group_id, tag=tag, include_test=include_test, stream=stream
+            )
         )
     _stats_cache_set(cache_key, {moment: counted.get(moment, {}) for moment in settled if moment in missing})
     found.update(counted)
@@ -454,7 +458,8 @@ def _spans(moments: list[datetime], step: timedelta) -> list[tuple[datetime, dat
 
 
 def _transitions_counted(
-    start: datetime, end: datetime, interval: str, *, group_id: str | None, tag: str | None, include_test: bool = False
+    start: datetime, end: datetime, interval: str, *, group_id: str | None, tag: str | None, include_test: bool = False,
+    stream: str | None = None,
 ) -> dict[datetime, dict[str, int]]:
     """{bucket start: {status: transitions}} of [start, end), non-zero counts only."""
     rows = StatusChange.objects.filter(at__gte=start, at__lt=end)
@@ -464,6 +469,8 @@ def _transitions_counted(
         rows = rows.filter(message__group_id=group_id)
     if tag is not None:
         rows = rows.filter(message__in=Message.objects.filter(_has_tag(tag)))
+    if stream is not None:
+        rows = rows.filter(message__stream=stream)
     trunc = TruncHour if interval == "hour" else TruncDay
     grouped = (
         rows.order_by()
@@ -473,13 +480,17 @@ def _transitions_counted(
     )
     found: dict[datetime, dict[str, int]] = {}
     for bucket, to_status, number in grouped:
-        found.setdefault(bucket.astimezone(UTC), {})[to_status] = number
+        if to_status in _STATUS_SET:  # not `unsubscribed`: an event, not a status (emailsvc.streams)
+            found.setdefault(bucket.astimezone(UTC), {})[to_status] = number
     return found
 
 
-def _stats_cache_key(*, interval: str, group_id: str | None, tag: str | None, include_test: bool = False) -> str:
+def _stats_cache_key(
+    *, interval: str, group_id: str | None, tag: str | None, include_test: bool = False, stream: str | None = None
+) -> str:
     # The database's name too: two databases may share one Redis.
     parts = [connection.settings_dict["NAME"], group_id, tag] + (["include_test"] if include_test else [])
+    parts += [f"stream:{stream}"] if stream is not None else []
     digest = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     return f"{STATS_CACHE_PREFIX}{interval}:{digest}:"
 

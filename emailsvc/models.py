@@ -114,6 +114,9 @@ class ApiKey(models.Model):
         default=list, blank=True,
         help_text="Sending domains (canonical names) this key may send from, sub-domains included; empty: any",
     )
+    streams = models.JSONField(
+        default=list, blank=True, help_text="Message streams (names) this key may send on; empty: any"
+    )
     test = models.BooleanField(
         default=False, help_text="Test mode: its emails are stored as usual but never reach the provider"
     )
@@ -187,6 +190,10 @@ class Message(models.Model):
     )
     send_at = models.DateTimeField(null=True, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
+    # Its message stream (emailsvc.streams), by name; `unsubscribe`: the send
+    # asked for List-Unsubscribe (a stream whose policy is `always` adds it anyway).
+    stream = models.CharField(max_length=64, default="transactional")
+    unsubscribe = models.BooleanField(default=False)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_message_id = models.CharField(max_length=255, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -494,3 +501,4 @@ class SesSuppressionLift(models.Model):
 
 # Sending domains live in their own package; imported here so the app registers them.
 from emailsvc.domains.models import Domain  # noqa: E402,F401
+from emailsvc.streams.models import Stream, StreamSuppression  # noqa: E402,F401

@@ -8,7 +8,7 @@ from django.utils import timezone
 from core.addresses import InvalidAddress, address_canonical, address_forms, address_key, domain_canonical, shown
 from core.errors import NotFound
 from core.sql import values_unexpired
-from emailsvc.models import Attachment, Message, Recipient, Suppression, WorkState
+from emailsvc.models import Attachment, Message, Recipient, StreamSuppression, Suppression, WorkState
 
 
 def suppressed_addresses(*, addresses: list[str]) -> dict[str, str]:
@@ -99,6 +99,7 @@ def suppressions_list(
     search: str | None = None,
     prefix: str | None = None,
     active: bool | None = None,
+    stream: str | None = None,
 ) -> QuerySet[Suppression]:
     """Suppressions matching every filter given (unordered: the paginator orders by id).
 
@@ -106,9 +107,15 @@ def suppressions_list(
     on the unique address index, also on PostgreSQL through Django's
     pattern-ops index), both without regard to case or to the form of an
     internationalised domain. `active` True leaves out expired entries, False
-    keeps only them.
+    keeps only them. `stream`: the suppressions of that message stream only
+    (emailsvc.streams: they never expire) instead of those of every stream.
     """
     rows = Suppression.objects.all()
+    if stream is not None:
+        rows = StreamSuppression.objects.filter(stream_id=stream)
+        if active is False:
+            return rows.none()
+        active = None
     if reason:
         rows = rows.filter(reason=reason)
     if created_after:

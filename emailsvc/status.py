@@ -426,3 +426,20 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
     if rows:
         _changes_record(rows, sending_domains=sending_domains)
     return len(rows)
+
+
+# Not a recipient status (a recipient keeps the one it has): the change a
+# one-click unsubscribe records so that webhooks tell the caller (emailsvc.streams).
+UNSUBSCRIBED = "unsubscribed"
+
+
+def unsubscribe_change_record(*, recipient: Recipient, stream: str, at: datetime) -> None:
+    """Record that `recipient` unsubscribed from `stream` (a StatusChange from
+    and to its own status, to_status `unsubscribed`), in the caller's transaction."""
+    message = recipient.message
+    change = StatusChange(
+        message_id=recipient.message_id, recipient_id=recipient.pk, email=recipient.email,
+        from_status=recipient.status, to_status=UNSUBSCRIBED, at=at, cause="unsubscribe",
+        detail={"stream": stream}, test=message.provider == Provider.TEST,
+    )
+    _changes_record([change], sending_domains={message.pk: message.sending_domain})

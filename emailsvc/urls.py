@@ -5,6 +5,7 @@ from emailsvc.api.emails import EmailBatchApi, EmailCancelApi, EmailDetailApi, E
 from emailsvc.api.keys import ApiKeyDetailApi, ApiKeyListApi
 from emailsvc.api.sending import SendingResumeApi, SendingStatusApi
 from emailsvc.api.stats import StatsApi
+from emailsvc.api.streams import StreamDetailApi, StreamListApi
 from emailsvc.api.suppressions import (
     SuppressionDetailApi,
     SuppressionExportApi,
@@ -37,6 +38,8 @@ urlpatterns = [
     path("domains/<str:name>/verify", DomainVerifyApi.as_view(), name="domain-verify"),
     path("api-keys", ApiKeyListApi.as_view(), name="api-keys"),
     path("api-keys/<int:key_id>", ApiKeyDetailApi.as_view(), name="api-key-detail"),
+    path("streams", StreamListApi.as_view(), name="streams"),
+    path("streams/<str:name>", StreamDetailApi.as_view(), name="stream-detail"),
     path("templates", TemplateListApi.as_view(), name="templates"),
     path("templates/<str:name>", TemplateDetailApi.as_view(), name="template-detail"),
     path("templates/<str:name>/versions", TemplateVersionListApi.as_view(), name="template-versions"),

@@ -331,6 +331,17 @@ class SendEmailInputSerializer(serializers.Serializer):
     )
     priority = serializers.ChoiceField(choices=Priority.choices, required=False, default=Priority.NORMAL)
     track = TrackInputSerializer(required=False, allow_null=True)
+    # Message streams (docs/streams.md): checked against the stored streams when submitted.
+    stream = TextField(
+        required=False, max_length=64, single_line=True, refuse_blank=True,
+        help_text="Its message stream: `transactional` (default), `broadcast` or one created under /api/v1/streams "
+        "(400 stream_not_found; 403 key_stream_not_allowed outside the key's streams)",
+    )
+    unsubscribe = serializers.BooleanField(
+        required=False, default=False,
+        help_text="Add RFC 8058 one-click List-Unsubscribe headers (a stream with policy `always`, such as "
+        "broadcast, adds them anyway). Needs a single recipient",
+    )
     send_at = SendAtField(
         required=False,
         allow_null=True,

@@ -72,6 +72,8 @@ class EmailSummaryOutputSerializer(serializers.Serializer):
     tags = serializers.ListField(child=serializers.CharField())
     metadata = serializers.DictField()
     priority = serializers.CharField()
+    stream = serializers.CharField(help_text="Its message stream (docs/streams.md)")
+    unsubscribe = serializers.BooleanField(help_text="It carries RFC 8058 List-Unsubscribe headers")
     provider = serializers.CharField(help_text="`test` for a test key's email (never handed to a provider)")
     source = serializers.CharField(help_text="How it was submitted: `api` (POST /emails) or `smtp` (SMTP submission)")
     provider_message_id = serializers.CharField()

@@ -28,8 +28,9 @@ class ApiKeyCreateInputSerializer(serializers.Serializer):
         help_text="Sending domains the key may send from (their sub-domains too); empty or left out: any domain",
     )
     streams = serializers.ListField(
-        child=serializers.CharField(), required=False,
-        help_text="Reserved for message streams, which do not exist yet: only [] is accepted (else 400 streams_not_supported)",
+        child=TextField(max_length=64, single_line=True, refuse_blank=True), required=False, max_length=MAX_DOMAINS,
+        help_text="Message streams the key may send on (others: 403 key_stream_not_allowed); empty or left out: any. "
+        "At most the creating key's own (400 stream_not_found for an unknown one)",
     )
     test = serializers.BooleanField(
         default=False, help_text="Test mode: emails are stored as usual but only the SES mailbox simulator answers them"
@@ -48,7 +49,7 @@ class ApiKeyOutputSerializer(serializers.Serializer):
     prefix = serializers.CharField(help_text="The public part of the key (es_<prefix>_…), to tell keys apart")
     permission = serializers.ChoiceField(choices=ApiKey.Permission.values)
     domains = serializers.ListField(child=serializers.CharField(), help_text="Empty: any sending domain")
-    streams = serializers.SerializerMethodField(help_text="Always [] until message streams exist")
+    streams = serializers.ListField(child=serializers.CharField(), help_text="Empty: any message stream")
     test = serializers.BooleanField()
     state = serializers.ChoiceField(choices=["active", "revoked", "expired"])
     created_at = serializers.DateTimeField()
@@ -58,9 +59,6 @@ class ApiKeyOutputSerializer(serializers.Serializer):
         allow_null=True, help_text="Last authenticated use, to the minute (written at most once a minute)"
     )
     created_by = serializers.IntegerField(source="created_by_id", allow_null=True, help_text="The id of the key that created it")
-
-    def get_streams(self, api_key: ApiKey) -> list[str]:
-        return []
 
 
 class ApiKeyCreatedOutputSerializer(ApiKeyOutputSerializer):
@@ -93,8 +91,9 @@ class ApiKeyListApi(APIView):
         description=(
             "Needs `full`. Create a key: 201 with its secret in `key`, shown this once. The new key may not have "
             "more rights than the calling one (a higher permission, domains outside its own or none when it has "
-            "some, live when it is a test key, a later expiry or none when it expires): 403 key_rights_exceeded. "
-            "Errors: invalid_domain, streams_not_supported, invalid_field (400)."
+            "some, streams outside its own or none when it has some, live when it is a test key, a later expiry or none "
+            "when it expires): 403 key_rights_exceeded. "
+            "Errors: invalid_domain, stream_not_found, invalid_field (400)."
         ),
     )
     def post(self, request):

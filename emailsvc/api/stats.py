@@ -31,6 +31,7 @@ class StatsInputSerializer(serializers.Serializer):
     interval = serializers.ChoiceField(choices=["hour", "day"], default="hour", help_text="Bucket size (UTC hours or days)")
     group_id = filter_text(200, "Only the transitions of this group's emails")
     tag = filter_text(MAX_TAG, "Only the transitions of emails with this tag")
+    stream = filter_text(64, "Only the transitions of emails of this message stream (docs/streams.md)")
     include_test = serializers.BooleanField(
         default=False, help_text="Count the transitions of test keys' emails too (left out by default)"
     )
@@ -103,8 +104,8 @@ class StatsApi(APIView):
             "24 hours; at most 7 days by hour, 90 days by day): every bucket of the window with a count for every "
             "status. A transition counts in the bucket of the moment the service recorded it (StatusChange.at): a "
             "recipient delivered at 10:05 counts in `delivered` of the 10:00 bucket; one that was sent, delivered "
-            "and opened counts once in each. A message to three addresses counts three times. `group_id` and `tag` "
-            "keep the transitions of the emails that have them. Test keys' emails are left out unless "
+            "and opened counts once in each. A message to three addresses counts three times. `group_id`, `tag` and "
+            "`stream` keep the transitions of the emails that have them. Test keys' emails are left out unless "
             "`include_test=true`. Bad or unknown parameters: 400 invalid_field naming them."
         ),
     )
@@ -115,6 +116,7 @@ class StatsApi(APIView):
             counted = transition_counts(
                 start=query["from"], end=query["to"], interval=query["interval"],
                 group_id=query.get("group_id"), tag=query.get("tag"), include_test=query["include_test"],
+                stream=query.get("stream"),
             )
         body = {
             "from": counted.start,

@@ -68,10 +68,17 @@ class SuppressionOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     expires_at = serializers.DateTimeField(allow_null=True)
     active = serializers.SerializerMethodField(help_text="False once expires_at has passed (sends are no longer refused)")
+    stream = serializers.SerializerMethodField(
+        help_text="null: every message stream; a stream's name: that stream only (a one-click unsubscribe, docs/streams.md)"
+    )
 
     @extend_schema_field(serializers.BooleanField())
     def get_active(self, suppression) -> bool:
         return suppression.expires_at is None or suppression.expires_at > timezone.now()
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_stream(self, suppression) -> str | None:
+        return getattr(suppression, "stream_id", None)
 
 
 class SuppressionListInputSerializer(serializers.Serializer):
@@ -88,6 +95,15 @@ class SuppressionListInputSerializer(serializers.Serializer):
     active = serializers.BooleanField(required=False, help_text="true: leave out expired entries; false: only them")
     cursor = serializers.CharField(required=False, allow_blank=True, help_text="From `next` or `previous` of a page")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="Entries a page (default 50)")
+
+
+class SuppressionListQuerySerializer(SuppressionListInputSerializer):
+    """GET /suppressions: the filters, and `stream`."""
+
+    stream = TextField(
+        required=False, single_line=True, max_length=64, refuse_blank=True,
+        help_text="The suppressions of this message stream only (one-click unsubscribes); left out: those of every stream",
+    )
 
 
 SuppressionPageOutputSerializer = cursor_page_serializer(SuppressionOutputSerializer, "SuppressionPageOutputSerializer")
@@ -165,18 +181,19 @@ def _actor(request) -> str:
 class SuppressionListApi(_ReadsAndWrites):
     @extend_schema(
         operation_id="list_suppressions",
-        parameters=[SuppressionListInputSerializer],
+        parameters=[SuppressionListQuerySerializer],
         responses={200: SuppressionPageOutputSerializer, **ERRORS},
         description=(
             "Suppressed addresses, newest first, cursor-paginated (`limit` ≤ 500, default 50; follow `next`). "
             "Pages stay stable while entries are added. Filters: `reason`, `created_after`/`created_before`, "
-            "`search` (a part of the address), `prefix` (its start; an index lookup), `active`."
+            "`search` (a part of the address), `prefix` (its start; an index lookup), `active`. Without `stream`: "
+            "the suppressions of every stream (`stream` null); `stream=<name>`: those of that stream only."
         ),
     )
     def get(self, request):
-        query = _validated(SuppressionListInputSerializer, request.query_params.dict())
+        query = _validated(SuppressionListQuerySerializer, request.query_params.dict())
         filters = {name: value for name, value in query.items() if name not in ("cursor", "limit")}
-        paginator = NewestFirstPagination(filters=SuppressionListInputSerializer._declared_fields)
+        paginator = NewestFirstPagination(filters=SuppressionListQuerySerializer._declared_fields)
         page = paginator.paginate_queryset(suppressions_list(**filters), request, view=self)
         return paginator.get_paginated_response(SuppressionOutputSerializer(page, many=True).data)
 

@@ -21,6 +21,7 @@ from emailsvc.models import (
     WorkState,
 )
 from emailsvc.selectors import suppressed_addresses
+from emailsvc.streams.sending import chunk_streams_apply
 
 # Claims take the most urgent work first: a task of any queue claims due
 # high-priority messages before its own priority's.
@@ -64,6 +65,9 @@ class Outgoing:
     sent_at: datetime | None
     source: str
     tracking: dict
+    stream: str = "transactional"
+    unsubscribe: bool = False  # List-Unsubscribe headers (emailsvc.streams.sending)
+    configuration_set: str = ""  # the stream's own; empty: SES_CONFIGURATION_SET
     recipients: list[OutgoingRecipient] = field(default_factory=list)
     attachments: list[OutgoingAttachment] = field(default_factory=list)
     suppressed: dict[int, str] = field(default_factory=dict)  # recipient id → reason
@@ -145,7 +149,8 @@ def due_exists(priority: str) -> bool:
 
 _OUTGOING_COLUMNS = (
     "id", "email_id", "group_id", "attempts", "priority", "provider", "from_email", "from_name", "reply_to",
-    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "source", "tracking",
+    "subject", "html", "text", "headers", "tags", "metadata", "sent_at", "source", "tracking", "stream",
+    "unsubscribe",
 )
 
 
@@ -181,4 +186,5 @@ def chunk_load(message_ids: list[int]) -> dict[int, Outgoing]:
                 else:
                     keep.append(recipient)
             message.recipients = keep
+    chunk_streams_apply(outgoing)
     return outgoing

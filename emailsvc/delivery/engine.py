@@ -50,6 +50,7 @@ from emailsvc.models import Priority
 from emailsvc.providers import AccountStoppedError
 from emailsvc.sending_control import breaker
 from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_backlog, rate_limit_from_settings
+from emailsvc.streams.sending import stream_rate_limits, stream_share_chunk_size
 
 
 def chunk_size(limit: RateLimit) -> int:
@@ -104,6 +105,11 @@ def deliver_due(
         # What the limiter would refuse would only be claimed and put back.
         bookable = math.floor((settings.RATE_LIMIT_MAX_WAIT_SECONDS - backlog) * limit.per_second) + limit.burst
         size = result.chunk_size = min(size, bookable)
+    stream_limits = stream_rate_limits(limit)
+    if priority == Priority.LOW and (share_size := stream_share_chunk_size(stream_limits)) is not None:
+        # Streams with a share of the rate (broadcast) send at low priority: a chunk of
+        # them holds its process only while its share books (emailsvc.streams.sending).
+        size = result.chunk_size = min(size, share_size)
     paused = breaker.paused_domains()
     if breaker.ACCOUNT in paused:
         result.paused = True  # the tasks published when it is resumed take the work
@@ -135,6 +141,7 @@ def deliver_due(
     outcomes, context = send_all(
         outgoing, limit=limit, journaled=recorded is not None, all_taken=all_taken,
         idle_start=min(IDLE_START_SECONDS, settings.RATE_LIMIT_MAX_WAIT_SECONDS) if full and len(claimed) > 1 else 0.0,
+        stream_limits=stream_limits,
     )
     if context.account_stop is not None:
         # Every worker stops claiming; what this chunk did not send waits, unattempted.

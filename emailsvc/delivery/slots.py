@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
@@ -32,6 +32,7 @@ from emailsvc.providers import (
     TransientDeliveryError,
 )
 from emailsvc.sending_control.ratelimit import RateLimit, rate_limit_reserve
+from emailsvc.streams.sending import stream_rate_limits, stream_share_max_wait
 
 # The engine's lines keep one logger name, whichever of its modules writes them.
 logger = logging.getLogger("emailsvc.delivery.engine")
@@ -74,17 +75,20 @@ class ChunkContext:
     stopped: str = ""
     # With the limiter idle, the first moment is booked this far ahead.
     idle_start: float = 0.0
+    # The buckets of streams limited to a share of the rate (emailsvc.streams.sending).
+    stream_limits: dict[str, RateLimit] = field(default_factory=dict)
 
 
 def send_all(
     outgoing: dict[int, Outgoing], *, limit: RateLimit, journaled: bool = False,
     all_taken: Callable[[], None] | None = None, idle_start: float = 0.0,
+    stream_limits: dict[str, RateLimit] | None = None,
 ) -> tuple[dict[int, SendOutcome], ChunkContext]:
     """Send the chunk in this process's send slots; `all_taken` is called once
     every message is in a slot (the last one taken, not yet sent)."""
     context = ChunkContext(
         limit=limit, deadline=time.monotonic() + settings.DELIVERY_CHUNK_MAX_SECONDS, journaled=journaled,
-        idle_start=idle_start,
+        idle_start=idle_start, stream_limits=stream_rate_limits(limit) if stream_limits is None else stream_limits,
     )
     outcomes = {pk: SendOutcome() for pk, message in outgoing.items() if not message.recipients}
     sendable = [message for message in outgoing.values() if message.recipients]
@@ -175,6 +179,10 @@ def _send_slot(message: Outgoing, context: ChunkContext) -> SendOutcome:
             outcome = _provider_failure(message, error, context)
             _journal_write(message, outcome, context)
             return outcome
+    if (stream_limit := context.stream_limits.get(message.stream)) is not None:
+        refused = _stream_share_wait(message, stream_limit)
+        if refused is not None:
+            return refused
     for booking in range(2):
         asked = time.monotonic()
         try:
@@ -214,6 +222,28 @@ def _send_slot(message: Outgoing, context: ChunkContext) -> SendOutcome:
     outcome = _send_one(message, email, context)
     _journal_write(message, outcome, context)
     return outcome
+
+
+def _stream_share_wait(message: Outgoing, limit: RateLimit) -> SendOutcome | None:
+    """Book the email's moment in its stream's bucket and sleep until it comes
+    (then the global limiter books as for any email); a released outcome when
+    the stream's share is booked too far ahead."""
+    asked = time.monotonic()
+    try:
+        granted, wait = rate_limit_reserve(
+            limit=limit, tokens=len(message.recipients), max_wait=stream_share_max_wait()
+        )
+    except RedisError as error:
+        _limiter_outage.failed(error, action="emails wait until it answers")
+        return SendOutcome(released_for=settings.DELIVERY_RETRY_BASE_SECONDS, reason=f"rate limiter unavailable: {error}")
+    if not granted:
+        return SendOutcome(
+            released_for=max(wait - stream_share_max_wait() / 2, 0.0), released_at=timezone.now(),
+            reason=f"waiting for the {message.stream} stream's share of the send rate",
+        )
+    if (pause := asked + wait - time.monotonic()) > 0:
+        time.sleep(pause)
+    return None
 
 
 def _send_one(message: Outgoing, email, context: ChunkContext) -> SendOutcome:

@@ -396,11 +396,14 @@ def build_email(message, recipients, attachments) -> OutboundEmail:
     headers = dict(message.headers)
     headers[TRACKING_HEADER] = tracking_id(message)
     headers["Message-ID"] = make_msgid(domain=message.from_email.rpartition("@")[2])
-    if settings.SES_CONFIGURATION_SET:
-        headers[CONFIGURATION_SET_HEADER] = settings.SES_CONFIGURATION_SET
-    html, configuration_set = _tracking_applied(message, recipients, headers)
-    if configuration_set:
-        headers[CONFIGURATION_SET_HEADER] = configuration_set
+    # The email's stream may name its own configuration set (emailsvc.streams); a tracked
+    # SES email goes through SES_TRACKING_CONFIGURATION_SET when one is set.
+    stream_set = getattr(message, "configuration_set", "")
+    html, tracking_set = _tracking_applied(message, recipients, headers)
+    configuration_set = (tracking_set if tracking_set and settings.SES_TRACKING_CONFIGURATION_SET else "") or stream_set
+    configuration_set = configuration_set or tracking_set
+    if configuration_set or settings.SES_CONFIGURATION_SET:
+        headers[CONFIGURATION_SET_HEADER] = configuration_set or settings.SES_CONFIGURATION_SET
     email = OutboundEmail(
         subject=header_text(message.subject),
         body=message.text or html,

@@ -34,6 +34,7 @@ REPLIES = {
     "from_domain_not_allowed": ("550", "5.7.1"),
     "domain_not_verified": ("550", "5.7.1"),
     "key_domain_not_allowed": ("550", "5.7.1"),
+    "key_stream_not_allowed": ("550", "5.7.1"),
     "reply_to_domain_not_allowed": ("550", "5.7.1"),
     "recipient_domain_not_allowed": ("550", "5.7.1"),
     "invalid_address": ("553", "5.1.3"),

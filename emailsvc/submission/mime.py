@@ -27,8 +27,9 @@ from django.utils import timezone
 from core import metrics
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import PayloadTooLarge, ValidationFailed
-from emailsvc.keys import api_key_sender_check
+from emailsvc.keys import api_key_sender_check, api_key_stream_check
 from emailsvc.models import ApiKey, IdempotencyKey, Message, Priority, Provider, Recipient, Source, SubmittedMime
+from emailsvc.streams.models import TRANSACTIONAL
 from emailsvc.submission.policy import check_sender_policy
 from emailsvc.submission.submit import _Submission, _submission_build, _submissions_store
 
@@ -264,6 +265,8 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
     for address, role in roles.items():
         by_role.setdefault(role, []).append(address)
     api_key_sender_check(api_key=api_key, from_domain=parsed.from_email.rpartition("@")[2])
+    # Submitted MIME goes on the transactional stream (docs/streams.md): a key limited to others may not.
+    api_key_stream_check(api_key=api_key, stream=TRANSACTIONAL)
     check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
     key = dedupe_key(parsed.message_id) if parsed.message_id else ""
     now = timezone.now()

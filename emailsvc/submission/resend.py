@@ -32,6 +32,8 @@ def _send_request(original: Message, recipients: list[Recipient]) -> dict:
         "from_name": original.from_name,
         "subject": original.subject,
         "priority": original.priority,
+        "stream": original.stream,
+        "unsubscribe": original.unsubscribe,
     }
     optional = {
         "reply_to": original.reply_to, "html": original.html, "text": original.text, "headers": original.headers,

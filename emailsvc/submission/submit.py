@@ -29,6 +29,7 @@ from emailsvc.models import (
 from emailsvc.providers.tracking_links import track_requested, tracked_links
 from emailsvc.selectors import suppressed_addresses
 from emailsvc.sending_control.breaker import paused_domains
+from emailsvc.streams.sending import stream_send_check, stream_suppressed_recipients
 from emailsvc.submission.policy import check_sender_policy
 from templates_app.errors import TemplateNotFound
 from templates_app.models import TemplateVersion
@@ -161,6 +162,8 @@ def _rendered_headers_check(ref: str, merged: dict, given: dict) -> None:
 
 
 _ROLES = tuple(Recipient.Role.values)  # the enum builds this list anew on every read
+# The batch's cache of templates also holds its streams, under this key (no template has it as a name).
+_STREAMS_CACHE = ("streams",)
 
 
 def _submission_build(
@@ -176,6 +179,10 @@ def _submission_build(
     recipients_by_role = {role: data.get(role, []) for role in _ROLES}
     # The key's own scope first: a key limited to other domains learns nothing of this one's state.
     api_key_sender_check(api_key=api_key, from_domain=from_email.rpartition("@")[2])
+    stream = stream_send_check(
+        api_key=api_key, data=data, recipients=len({address for pairs in recipients_by_role.values() for _, address in pairs}),
+        cache=None if templates is None else templates.setdefault(_STREAMS_CACHE, {}),
+    )
     check_sender_policy(
         from_email=from_email,
         reply_to=[address for _, address in reply_to],
@@ -195,7 +202,9 @@ def _submission_build(
         headers=data.get("headers", {}),
         tags=data.get("tags", []),
         metadata=data.get("metadata", {}),
-        priority=data.get("priority", "normal"),
+        priority=stream.priority,
+        stream=stream.stream,
+        unsubscribe=stream.unsubscribe,
         # A test key's emails go to the mailbox simulator, never to the provider.
         provider=Provider.TEST if test or (api_key is not None and api_key.test) else settings.EMAIL_PROVIDER,
         api_key=api_key,
@@ -241,12 +250,17 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime, groups_
     if group_ids and not groups_exist:
         Group.objects.bulk_create([Group(id=group_id) for group_id in group_ids], ignore_conflicts=True)
     suppressed = suppressed_addresses(addresses=list({r.email for s in submissions for r in s.recipients}))
+    # Addresses unsubscribed from a message's stream only (emailsvc.streams).
+    unsubscribed = stream_suppressed_recipients(
+        messages=[(s.message.stream, [r.email for r in s.recipients]) for s in submissions]
+    )
     paused = paused_domains(now=now)
-    for submission in submissions:
+    for submission, held in zip(submissions, unsubscribed, strict=True):
         message = submission.message
         scheduled = message.send_at is not None and message.send_at > now
         status.submission_statuses(
-            message=message, recipients=submission.recipients, suppressed=suppressed, scheduled=scheduled,
+            message=message, recipients=submission.recipients, suppressed={**held, **suppressed} if held else suppressed,
+            scheduled=scheduled,
             held=message.sending_domain in paused,  # accepted, and waits for its domain to be resumed
         )
         if message.state == WorkState.QUEUED:
@@ -389,8 +403,8 @@ def _check_size(message: Message, recipients: list[Recipient], attachments: list
 
 _RETRY_COPIED = [
     "api_key_id", "group_id", "from_email", "sending_domain", "from_name", "reply_to", "subject", "html", "text",
-    "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "provider",
-    "tracking",
+    "headers", "tags", "metadata", "template_name", "template_version", "template_data", "priority", "stream",
+    "unsubscribe", "provider", "tracking",
 ]
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from emailsvc.models import PENDING_STATUSES, PRECEDENCE, Status
+from emailsvc.status import UNSUBSCRIBED
 
-# The statuses a status change can reach (a recipient is never moved *to* a pending one).
-EVENT_TYPES = tuple(s.value for s in Status if s not in PENDING_STATUSES)
+# The statuses a status change can reach (a recipient is never moved *to* a pending
+# one), and `unsubscribed`: a one-click unsubscribe, which leaves the status as it is.
+EVENT_TYPES = (*(s.value for s in Status if s not in PENDING_STATUSES), UNSUBSCRIBED)
 # Statuses a recipient reached by the provider has passed: sent, and delivered for these.
 _AFTER_SENT = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
 _AFTER_DELIVERY = frozenset({Status.OPENED, Status.CLICKED, Status.COMPLAINED})

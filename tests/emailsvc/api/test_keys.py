@@ -164,7 +164,7 @@ def test_a_scoped_key_may_create_narrower_keys_and_not_revoke_wider_ones(db):
 @pytest.mark.parametrize(
     ("body", "code", "field"),
     [
-        ({"name": "x", "streams": ["broadcast"]}, "streams_not_supported", "streams"),
+        ({"name": "x", "streams": ["no-such-stream"]}, "stream_not_found", "streams"),
         ({"name": "x", "domains": ["localhost"]}, "invalid_domain", "domains"),
         ({"name": "x", "permission": "admin"}, "invalid_field", "permission"),
         ({"name": "x", "expires_at": "2000-01-01T00:00:00Z"}, "invalid_field", "expires_at"),

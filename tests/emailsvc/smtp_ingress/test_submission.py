@@ -386,3 +386,13 @@ def test_a_keys_domains_and_test_mode_hold_over_smtp_as_over_the_api(ingress, ce
     )
     assert (detail["test"], detail["provider"], detail["source"]) == (True, "test", "smtp")
     assert smtp_server.matching(f"Body of {run}.") == []
+
+
+def test_a_key_limited_to_other_streams_is_refused_over_smtp(ingress):
+    # Submitted MIME goes on the transactional stream (docs/streams.md).
+    newsletters = api_key_create(name="newsletters", permission="sending", streams=["broadcast"])[1]
+    with ingress.client(newsletters) as client:
+        client.mail("app@example.com")
+        client.rcpt("reader@example.org")
+        code, text = client.data(simple(run_id()))
+    assert (code, text[:5]) == (550, b"5.7.1") and b"key_stream_not_allowed" in text, text
