@@ -11,6 +11,7 @@ from core.errors import Forbidden
 from core.fields import TextField
 from core.responses import ErrorBodySerializer
 from emailsvc.api.auth import CanRead, FullAccess
+from emailsvc.api.emails_track import TrackInputSerializer
 from emailsvc.api.responses import ERRORS
 from emailsvc.keys import api_key_stream_check
 from emailsvc.streams.models import Stream
@@ -39,10 +40,27 @@ class StreamUpdateInputSerializer(_StrictSerializer):
         required=False, min_value=0.01, max_value=1.0,
         help_text="The most of SEND_RATE_PER_SECOND the stream's emails may take (0.01–1; 1: no cap)",
     )
+    track = TrackInputSerializer(
+        required=False,
+        help_text="Open and click tracking of the stream's sends that carry no `track` of their own (both off unless given)",
+    )
+
+    @property
+    def settings(self) -> dict:
+        """The validated input as the stream's fields (`track` as track_opens and track_clicks)."""
+        fields = dict(self.validated_data)
+        if (track := fields.pop("track", None)) is not None:
+            fields.update(track_opens=track["opens"], track_clicks=track["clicks"])
+        return fields
 
 
 class StreamCreateInputSerializer(StreamUpdateInputSerializer):
     name = TextField(max_length=64, single_line=True, refuse_blank=True, help_text="a-z, 0-9, - and _; 1 to 64")
+
+
+class StreamTrackOutputSerializer(serializers.Serializer):
+    opens = serializers.BooleanField()
+    clicks = serializers.BooleanField()
 
 
 class StreamOutputSerializer(serializers.Serializer):
@@ -51,6 +69,7 @@ class StreamOutputSerializer(serializers.Serializer):
     configuration_set = serializers.CharField(help_text="Empty: SES_CONFIGURATION_SET")
     unsubscribe = serializers.ChoiceField(choices=Stream.Unsubscribe.values)
     rate_share = serializers.FloatField()
+    track = StreamTrackOutputSerializer()
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
@@ -93,7 +112,7 @@ class StreamListApi(APIView):
         serializer.is_valid(raise_exception=True)
         if request.auth.streams:
             raise Forbidden("A key limited to streams cannot create one.", code="key_rights_exceeded")
-        return Response(StreamOutputSerializer(stream_create(**serializer.validated_data)).data, status=status.HTTP_201_CREATED)
+        return Response(StreamOutputSerializer(stream_create(**serializer.settings)).data, status=status.HTTP_201_CREATED)
 
 
 class StreamDetailApi(APIView):
@@ -120,4 +139,4 @@ class StreamDetailApi(APIView):
         stream = stream_get(name=name)
         serializer = StreamUpdateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return Response(StreamOutputSerializer(stream_update(stream=stream, **serializer.validated_data)).data)
+        return Response(StreamOutputSerializer(stream_update(stream=stream, **serializer.settings)).data)

@@ -26,11 +26,11 @@ _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _ANGLE_URL = re.compile(r"<([^>]*)>")
 
 
-def track_requested(requested: dict | None) -> dict:
-    """The tracking a send gets: what it asked for (`track`), else the default,
-    which is off (transactional mail). A stream's default slots in here."""
-    requested = requested or {}
-    return {"opens": bool(requested.get("opens", False)), "clicks": bool(requested.get("clicks", False))}
+def track_requested(requested: dict | None, default: dict | None = None) -> dict:
+    """The tracking a send gets: what it asked for (`track`: it decides both,
+    an omitted one is off), else its stream's default (`default`), else off."""
+    chosen = requested if requested is not None else (default or {})
+    return {"opens": bool(chosen.get("opens", False)), "clicks": bool(chosen.get("clicks", False))}
 
 
 def tracking_base_url() -> str:

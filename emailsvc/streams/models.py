@@ -26,6 +26,8 @@ class Stream(models.Model):
         default=1.0, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
         help_text="The most of SEND_RATE_PER_SECOND its emails may take (0.01–1); the rest stays free for the others",
     )
+    track_opens = models.BooleanField(default=False, help_text="Its sends without `track` get an open pixel")
+    track_clicks = models.BooleanField(default=False, help_text="Its sends without `track` get tracked links")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -34,6 +36,11 @@ class Stream(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def track(self) -> dict[str, bool]:
+        """The tracking of its sends that do not say (a send's `track` decides both)."""
+        return {"opens": self.track_opens, "clicks": self.track_clicks}
 
 
 class StreamSuppression(models.Model):

@@ -23,6 +23,7 @@ class StreamChoice:
     stream: str
     unsubscribe: bool  # the emails carry List-Unsubscribe
     priority: str
+    track: dict[str, bool]  # the stream's tracking, for a send that does not say
 
 
 def stream_send_check(
@@ -59,7 +60,7 @@ def stream_send_check(
     priority = data.get("priority", Priority.NORMAL)
     if name != TRANSACTIONAL:
         priority = Priority.LOW
-    return StreamChoice(stream=name, unsubscribe=unsubscribe, priority=priority)
+    return StreamChoice(stream=name, unsubscribe=unsubscribe, priority=priority, track=stream.track)
 
 
 def stream_suppressed_recipients(*, messages: list[tuple[str, list[str]]]) -> list[dict[str, str]]:

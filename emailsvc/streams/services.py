@@ -21,7 +21,7 @@ from emailsvc.streams.tokens import UnsubscribeTarget
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # SES configuration set names: letters, digits, _ and -, at most 64.
 CONFIGURATION_SET_PATTERN = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
-EDITABLE = ("description", "configuration_set", "unsubscribe", "rate_share")
+EDITABLE = ("description", "configuration_set", "unsubscribe", "rate_share", "track_opens", "track_clicks")
 
 
 def _check(fields: dict) -> None:

@@ -211,7 +211,7 @@ def _submission_build(
         send_at=send_at,
         next_attempt_at=send_at if scheduled else now,
     )
-    message.tracking = _tracking(data, message)
+    message.tracking = _tracking(data, message, default=stream.track)
     if version is not None:
         message.template_name, message.template_version = version.template.name, version.version
         message.template_data = data.get("template_data") or {}
@@ -232,11 +232,12 @@ def _submission_build(
     return _Submission(message=message, recipients=recipients, attachments=attachments)
 
 
-def _tracking(data: dict, message: Message) -> dict:
-    """The send's tracking; with emailsvc's own click tracking (every provider
-    but SES) also the destinations of its tracked links, stored with the
-    message so a click is answered by one primary-key read."""
-    tracking = track_requested(data.get("track"))
+def _tracking(data: dict, message: Message, *, default: dict) -> dict:
+    """The send's tracking (its `track`, else its stream's `default`); with
+    emailsvc's own click tracking (every provider but SES) also the destinations
+    of its tracked links, stored with the message so a click is answered by one
+    primary-key read."""
+    tracking = track_requested(data.get("track"), default)
     if tracking["clicks"] and message.provider != Provider.SES and message.html:
         tracking["links"] = tracked_links(message.html, headers=message.headers)
     return tracking

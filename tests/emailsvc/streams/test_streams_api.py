@@ -47,9 +47,31 @@ def test_a_full_key_creates_reads_and_changes_a_stream(full_api):
     assert changed.status_code == 200, changed.content
     assert full_api.get(f"{STREAMS}/digests").json() | {"created_at": "", "updated_at": ""} == {
         "name": "digests", "description": "", "configuration_set": "digests-set", "unsubscribe": "always",
-        "rate_share": 0.2, "created_at": "", "updated_at": "",
+        "rate_share": 0.2, "track": {"opens": False, "clicks": False}, "created_at": "", "updated_at": "",
     }
     assert post(full_api, STREAMS, {"name": "digests"}).json()["error"] == "stream_exists"
+
+
+def test_a_streams_tracking_applies_to_its_sends_that_do_not_say(full_api, settings):
+    settings.EMAIL_PROVIDER = "smtp"  # emailsvc's own pixel and links
+    created = post(full_api, STREAMS, {"name": "digest", "track": {"opens": True, "clicks": True}})
+    assert created.status_code == 201, created.content
+    assert created.json()["track"] == {"opens": True, "clicks": True}
+    html = '<p><a href="https://example.com/read?id=7">Read</a></p>'
+
+    default = send(full_api, stream="digest", html=html).json()["email_id"]
+    own = send(full_api, stream="digest", html=html, track={"opens": True}).json()["email_id"]
+    untracked = send(full_api, html=html).json()["email_id"]  # transactional: off
+
+    tracking = {m.email_id: m.tracking for m in Message.objects.filter(email_id__in=[default, own, untracked])}
+    assert tracking[default]["opens"] and tracking[default]["clicks"]
+    assert tracking[default]["links"] == ["https://example.com/read?id=7"]
+    assert (tracking[own]["opens"], tracking[own]["clicks"]) == (True, False)  # a send's track decides both
+    assert (tracking[untracked]["opens"], tracking[untracked]["clicks"]) == (False, False)
+    changed = full_api.patch(f"{STREAMS}/digest", {"track": {"clicks": True}}, format="json")
+    assert changed.json()["track"] == {"opens": False, "clicks": True}
+    refused = full_api.patch(f"{STREAMS}/digest", {"track": {"pixels": True}}, format="json")
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_field"
 
 
 @pytest.mark.parametrize(
