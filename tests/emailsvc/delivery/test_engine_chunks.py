@@ -12,6 +12,7 @@ from django.utils import timezone
 from emailsvc.delivery.engine import chunk_size, deliver_due
 from emailsvc.models import Attachment, Message, Recipient, StatusChange
 from emailsvc.sending_control.ratelimit import rate_limit_from_settings
+from emailsvc.streams import sending as stream_sending
 from emailsvc.suppressions.services import suppression_add
 from tests.conftest import deliver_now
 
@@ -180,7 +181,15 @@ def test_a_chunk_claims_high_priority_first_then_oldest_due(api, settings, smtp)
     assert low.status == "sent"
 
 
-def test_recording_a_chunk_costs_the_same_statements_for_one_or_a_hundred(api, smtp, django_capture_on_commit_callbacks):
+def test_recording_a_chunk_costs_the_same_statements_for_one_or_a_hundred(
+    api, smtp, django_capture_on_commit_callbacks, monkeypatch
+):
+    # Delivery reads the streams' settings at most every STREAMS_CACHE_SECONDS per
+    # process, not per chunk: held for the test, so a slow machine counts the same.
+    monkeypatch.setattr(stream_sending, "STREAMS_CACHE_SECONDS", 3600.0)
+    monkeypatch.setattr(stream_sending, "_cached", (0.0, {}))
+    stream_sending._streams()
+
     def statements(context) -> list[str]:
         # Savepoints stand for BEGIN/COMMIT outside a test; the process's heartbeat
         # goes with a claim at most every DELIVERY_HEARTBEAT_SECONDS / 2.

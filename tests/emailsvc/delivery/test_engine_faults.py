@@ -359,6 +359,7 @@ def test_rate_limit_holds_across_worker_processes(smtp_stack, mail, key):
     assert sum(delivered) == 20 and all(delivered), delivered
 
 
+@pytest.mark.timing  # how many low emails go out meanwhile depends on how fast the machine is then
 def test_high_priority_overtakes_a_deep_low_backlog(console_stack, key):
     started = time.monotonic()
     for batch in range(20):
