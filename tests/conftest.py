@@ -334,3 +334,28 @@ def no_stale_drain_lock():
     client = redis_client()
     for key in client.scan_iter(match=DRAIN_LOCK_PREFIX + "*"):
         client.delete(key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_tries_again_after_a_deadlock():
+    """A transactional test ends by emptying every table (TRUNCATE), while the
+    processes a module started (its worker, beat, web) may still be writing:
+    PostgreSQL may pick the TRUNCATE as the victim of the deadlock. The flush is
+    then tried again, as any client of a deadlocked transaction would."""
+    from django.db import OperationalError
+    from django.test import TransactionTestCase
+
+    original = TransactionTestCase._fixture_teardown
+
+    def teardown(self):
+        for attempt in range(5):
+            try:
+                return original(self)
+            except OperationalError as error:
+                if "deadlock detected" not in str(error) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+    TransactionTestCase._fixture_teardown = teardown
+    yield
+    TransactionTestCase._fixture_teardown = original
