@@ -252,6 +252,12 @@ def _url_host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
+def sandbox_init_argv(admin_password: str) -> list[str]:
+    """The sandbox_init command make run runs. The password is joined to its option:
+    a generated one may begin with "-", which argparse would take for an option."""
+    return ["sandbox_init", "--migrate", "--example-templates", f"--admin-password={admin_password}"]
+
+
 def procfile_command(name: str, *, procfile: Path | None = None) -> str:
     """The command of the Procfile's process `name` (`web`), for whatever must start
     it exactly as the Procfile does (tests, the bench): run it in a shell, with
@@ -301,9 +307,7 @@ def run() -> int:
             print(f"sandbox AWS (moto)  {env['AWS_ENDPOINT_URL']}")
         # Migrate, load the example templates (welcome, password-reset, invite: once) and
         # prepare the sandbox in one process: each Django start-up costs seconds.
-        demo_key = manage(
-            "sandbox_init", "--migrate", "--example-templates", "--admin-password", admin_password, capture=True
-        )
+        demo_key = manage(*sandbox_init_argv(admin_password), capture=True)
         web = f"http://{_url_host(env['WEB_BIND'])}:{env['WEB_PORT']}"
         flower = f"http://{_url_host(env['FLOWER_ADDRESS'])}:{env['FLOWER_PORT']}"
         flower_user, _, flower_password = env["FLOWER_BASIC_AUTH"].partition(":")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from config.devservices import BASE_DIR, free_port, listen_problems, procfile_env
+from config.devservices import BASE_DIR, free_port, listen_problems, procfile_env, sandbox_init_argv
 
 STATE_DIR = BASE_DIR / ".sandbox"
 
@@ -179,3 +179,12 @@ def test_two_listeners_on_one_port_are_named():
     env = procfile_env({"WEB_PORT": port, "FLOWER_PORT": str(free_port()), "SMTP_INGRESS_PORT": port})
 
     assert listen_problems(env) == [f"WEB_PORT and SMTP_INGRESS_PORT are both {port}; give them different ports"]
+
+
+def test_an_admin_password_that_begins_with_a_dash_reaches_sandbox_init():
+    from emailsvc.management.commands.sandbox_init import Command
+
+    argv = sandbox_init_argv("-H9YiuCL_g06Uvdzuq_o73Uq")
+    options = Command().create_parser("manage.py", argv[0]).parse_args(argv[1:])
+
+    assert (options.admin_password, options.migrate, options.example_templates) == ("-H9YiuCL_g06Uvdzuq_o73Uq", True, True)
