@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import orjson
-from django.db import connection, connections, models
+from django.db import connection, connections, models, transaction
 from django.db.models import BooleanField, Q
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTransform
@@ -403,3 +403,33 @@ def planner_settings(**values: str) -> Iterator[None]:
         yield
     finally:
         planner_settings_set(before, read=False)
+
+
+@contextmanager
+def read_snapshot() -> Iterator[None]:
+    """The statements inside read one moment of the database: a record read in
+    several statements (an email, its recipients, its events) never shows a
+    commit that landed between two of them.
+
+    PostgreSQL: a READ ONLY, REPEATABLE READ transaction. SQLite: a deferred
+    transaction (in WAL mode a reader's snapshot, taken at its first read,
+    blocks no writer; the project's IMMEDIATE transactions would). Inside a
+    transaction already open, that transaction's own view is kept.
+    """
+    if connection.in_atomic_block:
+        yield
+        return
+    if is_postgresql():
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield
+        return
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN DEFERRED")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("COMMIT")

@@ -17,7 +17,7 @@ from core.errors import EmailsvcError, ValidationFailed
 from core.fields import MomentField, TextField, error_list, filter_text, one_value
 from core.pagination import NewestFirstPagination
 from core.responses import ErrorBodySerializer, error_body, validation_failed_from_drf
-from core.sql import index_lookups
+from core.sql import index_lookups, read_snapshot
 from emailsvc.api.auth import CanRead, CanSend
 from emailsvc.api.emails_inputs import (
     MAX_TAG,
@@ -329,8 +329,12 @@ class EmailDetailApi(APIView):
         responses={200: EmailDetailOutputSerializer, **ERRORS, 404: OpenApiResponse(ErrorBodySerializer)},
     )
     def get(self, request, email_id: str):
-        message = message_get(email_id=email_id)
-        return Response(EmailDetailOutputSerializer(message).data)
+        # The email, its recipients and its events come from several statements:
+        # one snapshot, so that an event never shows without the status it set.
+        with read_snapshot():
+            message = message_get(email_id=email_id)
+            data = EmailDetailOutputSerializer(message).data
+        return Response(data)
 
     @extend_schema(
         operation_id="delete_email",

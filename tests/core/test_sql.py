@@ -328,6 +328,32 @@ def test_commit_asynchronously_keeps_every_write():
         connection.close()  # the setting holds for the session: no later test gets it
 
 
+@pytest.mark.django_db(transaction=True)
+def test_read_snapshot_does_not_see_a_commit_made_between_its_statements():
+    import threading
+
+    from django.db import connections
+
+    (message,) = _store_messages("snapshot", 1)
+
+    def other_connection_commits():
+        try:
+            Recipient.objects.create(message_id=message.pk, email="late@example.org", role="to", status="queued")
+        finally:
+            connections.close_all()
+
+    with sql.read_snapshot():
+        before = Recipient.objects.filter(message_id=message.pk).count()
+        writer = threading.Thread(target=other_connection_commits)
+        writer.start()
+        writer.join()
+        assert Recipient.objects.filter(message_id=message.pk).count() == before  # the snapshot's moment
+        assert Message.objects.filter(pk=message.pk).exists()
+    assert Recipient.objects.filter(message_id=message.pk).count() == before + 1  # committed, seen after
+    with transaction.atomic(), sql.read_snapshot():  # inside a transaction: that transaction's view, no error
+        assert Recipient.objects.filter(message_id=message.pk).count() == before + 1
+
+
 # --- The status writer's statements (called by emailsvc.status only) ---------------------------
 
 
