@@ -95,6 +95,7 @@ SOURCES = (
     ScrapeSource("broker", probes.broker_depths),
     ScrapeSource("drain", probes.drain_report),
     ScrapeSource("breaker", _paused_domains),
+    ScrapeSource("hits", probes.tracking_hits),
 )
 
 
@@ -113,7 +114,8 @@ class ScrapeTimeCollector:
         up = GaugeMetricFamily(
             "emailsvc_metrics_source_up",
             "Whether the last scrape-time read of a source answered in time (broker: queue depths, drain: the SES "
-            "event drain's report in Redis, breaker: paused domains in the database)",
+            "event drain's report in Redis, breaker: paused domains in the database, hits: the tracking hits buffer "
+            "in Redis)",
             labels=["source"],
         )
         readings = {}
@@ -143,6 +145,18 @@ class ScrapeTimeCollector:
             gauge = GaugeMetricFamily(name, documentation)
             if report and report.get(key) is not None:
                 gauge.add_metric([], float(report[key]))
+            yield gauge
+
+        hits = readings.get("hits")
+        for name, key, documentation in (
+            ("emailsvc_tracking_hits_waiting", "waiting", "Open and click hits (own tracking) buffered in Redis, not yet applied"),
+            ("emailsvc_tracking_hits_oldest_age_seconds", "oldest_age_seconds",
+             "Age of the oldest buffered open or click hit (absent when none waits)"),
+            ("emailsvc_tracking_hits_dead", "dead", "Open and click hits that could not be applied, kept aside in Redis"),
+        ):
+            gauge = GaugeMetricFamily(name, documentation)
+            if hits and hits.get(key) is not None:
+                gauge.add_metric([], float(hits[key]))
             yield gauge
 
         paused = GaugeMetricFamily(

@@ -91,6 +91,14 @@ def drain_report(*, timeout: float | None = None) -> dict | None:
     return report
 
 
+def tracking_hits(*, timeout: float | None = None) -> dict:
+    """emailsvc's own open and click hits waiting in Redis to be applied (tracking.hits)."""
+    from core.redisclient import redis_client
+    from tracking.hits import hits_backlog
+
+    return hits_backlog(redis_client() if timeout is None else _short_redis(timeout))
+
+
 def rate_limiter(*, timeout: float) -> dict:
     """The send rate limit's settings and its backlog in seconds, read from Redis within `timeout` seconds."""
     from emailsvc.sending_control.ratelimit import rate_limit_backlog, rate_limit_from_settings

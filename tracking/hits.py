@@ -11,6 +11,12 @@ TRACKING_HITS_APPLY_BATCH, turns each hit into the same normalized `open` or
 path (tracking.apply.events_apply: one transaction, set-based), then deletes
 the hits it committed. A hit applied twice (the task died between its commit
 and the delete) is stored once: its event id is unique.
+
+With Redis unavailable a hit is not lost: the request applies it itself, the
+same way (one transaction through events_apply), so an outage of Redis costs
+the hits their buffering, not their record. Only with both Redis and the
+database down is a hit lost (logged); the reader still gets the pixel or the
+redirect.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
 from redis.exceptions import LockNotOwnedError, RedisError
 
+from core.outages import outage
 from core.redisclient import redis_client
 from core.tracking_tokens import CLICK, TrackingToken
 from emailsvc.models import Message, Recipient
@@ -54,8 +61,8 @@ MAX_USER_AGENT = 500
 def hit_record(*, token: TrackingToken, user_agent: str, ip: str, url: str = "") -> str:
     """Buffer one hit; its event id. No database write: one Redis round trip
     (XADD and the wake flag pipelined), plus a task publish at most once per
-    TRACKING_HITS_APPLY_DELAY_SECONDS. With Redis down the hit is lost (logged):
-    the reader still gets the pixel or the redirect."""
+    TRACKING_HITS_APPLY_DELAY_SECONDS. With Redis down the hit is applied here
+    and now (`_hit_apply_now`)."""
     hit_id = uuid.uuid4().hex
     fields = {
         "k": token.kind, "m": token.message_id, "r": token.recipient_id, "l": token.link_index,
@@ -68,13 +75,29 @@ def hit_record(*, token: TrackingToken, user_agent: str, ip: str, url: str = "")
         pipe.set(WAKE_KEY, 1, nx=True, ex=max(1, int(delay) + 1))
         _, woken = pipe.execute()
     except RedisError as error:
-        logger.warning("tracking hit lost: Redis unavailable: %s", error)
+        _redis_outage.failed(error, action="tracking hits are applied by the request that receives them")
+        _hit_apply_now(fields)
         return hit_id
+    _redis_outage.succeeded()
     if woken:
         from tracking.queueing import hits_apply_enqueue
 
         hits_apply_enqueue(countdown=delay)
     return hit_id
+
+
+_redis_outage = outage("Redis")
+
+
+def _hit_apply_now(fields: dict) -> None:
+    """Apply one hit in the request (Redis unavailable): the same events as a
+    buffered hit's, through the same apply path, so a later buffered copy of it
+    (there is none) or a replay would be a duplicate, not a second open."""
+    entry = (f"direct-{fields['id']}", {key: str(value) for key, value in fields.items()})
+    try:
+        events_apply(events=hits_events([entry]), source=EngagementEvent.Source.TRACKING)
+    except (DatabaseError, ValueError, KeyError) as error:
+        logger.error("tracking hit lost: Redis and the database unavailable: %s", error)
 
 
 def click_destination(token: TrackingToken) -> str | None:
@@ -84,6 +107,22 @@ def click_destination(token: TrackingToken) -> str | None:
     found = list(Message.objects.filter(pk=token.message_id).values_list("tracking", flat=True))
     links = (found[0] or {}).get("links") or [] if found else []
     return links[token.link_index] if 0 <= token.link_index < len(links) else None
+
+
+def hits_backlog(client=None) -> dict:
+    """The buffer as /metrics shows it: hits waiting to be applied, the age in
+    seconds of the oldest (None when none waits), and the dead hits kept aside.
+    One pipelined round trip."""
+    pipe = (client or redis_client()).pipeline(transaction=False)
+    pipe.xlen(HITS_STREAM)
+    pipe.xlen(DEAD_HITS_STREAM)
+    pipe.xrange(HITS_STREAM, count=1)
+    waiting, dead, oldest = pipe.execute()
+    age = None
+    if oldest:  # a stream entry's id begins with the milliseconds it was added at
+        added_ms = int(_text(oldest[0][0]).split("-", 1)[0])
+        age = round(max(time.time() - added_ms / 1000, 0.0), 3)
+    return {"waiting": waiting, "dead": dead, "oldest_age_seconds": age}
 
 
 # --- Machine opens ------------------------------------------------------------

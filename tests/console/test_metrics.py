@@ -143,6 +143,30 @@ def test_paused_domains_and_the_drain_report_are_read_at_scrape_time(client, tok
     assert ("emailsvc_sending_paused", frozenset({("domain", "bounces.example")})) not in resumed
 
 
+def test_the_tracking_hits_buffer_is_read_at_scrape_time(client, token, fresh):
+    from core.redisclient import redis_client
+    from tracking.hits import DEAD_HITS_STREAM, HITS_STREAM
+
+    redis = redis_client()
+    redis.delete(HITS_STREAM, DEAD_HITS_STREAM)
+    empty = scrape(client)
+    assert value(empty, "emailsvc_tracking_hits_waiting") == 0 and value(empty, "emailsvc_tracking_hits_dead") == 0
+    assert not [key for key in empty if key[0] == "emailsvc_tracking_hits_oldest_age_seconds"]  # none waits: no age
+
+    ten_seconds_ago = int((time.time() - 10) * 1000)
+    try:
+        for index in range(3):  # as tracking.hits.hit_record buffers them, at a chosen time
+            redis.xadd(HITS_STREAM, {"k": "o", "m": "1", "r": "1", "id": f"h{index}"}, id=f"{ten_seconds_ago}-{index}")
+        redis.xadd(DEAD_HITS_STREAM, {"k": "o", "m": "1", "r": "1", "id": "dead"})
+        samples = scrape(client)
+    finally:
+        redis.delete(HITS_STREAM, DEAD_HITS_STREAM)
+    assert value(samples, "emailsvc_tracking_hits_waiting") == 3
+    assert value(samples, "emailsvc_tracking_hits_dead") == 1
+    assert 10 <= value(samples, "emailsvc_tracking_hits_oldest_age_seconds") < 60
+    assert value(samples, "emailsvc_metrics_source_up", source="hits") == 1
+
+
 def test_a_source_that_does_not_answer_never_holds_the_scrape(monkeypatch):
     release = threading.Event()
     reads = []

@@ -250,3 +250,33 @@ def test_machine_open_is_flagged_and_not_counted_as_a_human_open(stack, mail, ke
     assert recipient["status"] == "opened" and recipient["open_count"] == 1
     reasons = sorted(e["detail"].get("machine_reason", "") for e in events_of(answer, "open"))
     assert reasons == ["", "apple_mail_privacy", "gmail_image_proxy"]
+
+
+def test_hits_while_redis_is_down_are_recorded_by_the_request_and_buffering_resumes_after(stack, mail, keys):
+    """Redis (buffer and broker) stopped: the pixel and the redirect still answer,
+    and each hit is recorded once, applied by the request itself; Redis back, a
+    new hit goes through the buffer and the worker again. Last in the module:
+    the worker lives through the outage."""
+    email_id, message = send(stack, keys["sending"], mail, track={"opens": True, "clicks": True})
+    html, _ = parts(message)
+    pixel = re.findall(r'<img src="([^"]+)"', html)[0]
+    link = re.findall(r'href="([^"]+/t/c/[^"]+)"', html)[0]
+
+    stack.stop_redis()
+    try:
+        assert hit(stack, pixel).status == 200
+        redirected = hit(stack, link)
+        assert redirected.status == 302 and redirected.getheader("Location") == "https://shop.example.com/p/%C3%BCn%C3%AF?a=1&b=2&c=%20x#reviews"
+        # Recorded with nothing to buffer them and no worker able to hear of them.
+        answer = record(stack, keys["sending"], email_id)
+        assert [len(events_of(answer, kind)) for kind in ("open", "click")] == [1, 1], answer["events"]
+        recipient = answer["recipients"][0]
+        assert recipient["status"] == "clicked" and (recipient["open_count"], recipient["click_count"]) == (1, 1), recipient
+    finally:
+        stack.start_redis()
+
+    assert hit(stack, pixel).status == 200
+    answer = wait_record(stack, keys["sending"], email_id, lambda a: len(events_of(a, "open")) == 2)
+    assert answer["recipients"][0]["open_count"] == 2
+    assert len(events_of(answer, "click")) == 1
+    assert stack.redis().xlen(HITS_STREAM) == 0  # the buffered one was applied and deleted
