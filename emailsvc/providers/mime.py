@@ -359,8 +359,13 @@ _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(.*?)\r\n", re.IGNORECASE | re.MUL
 
 def _submitted_email(message, recipients, content: bytes) -> SubmittedEmail:
     added = [(TRACKING_HEADER, tracking_id(message))]
-    if settings.SES_CONFIGURATION_SET:
-        added.append((CONFIGURATION_SET_HEADER, settings.SES_CONFIGURATION_SET))
+    # Its stream's configuration set, else SES_CONFIGURATION_SET; its stream's
+    # List-Unsubscribe headers (emailsvc.streams.sending.chunk_streams_apply:
+    # the submission removed the submitter's own).
+    configuration_set = getattr(message, "configuration_set", "") or settings.SES_CONFIGURATION_SET
+    if configuration_set:
+        added.append((CONFIGURATION_SET_HEADER, configuration_set))
+    added += [(name, value) for name, value in (message.headers or {}).items() if name.lower().startswith("list-unsubscribe")]
     head = content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     found = _MESSAGE_ID.search(head)  # the submission added one when the submitter did not
     by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}
@@ -375,6 +380,8 @@ def _submitted_email(message, recipients, content: bytes) -> SubmittedEmail:
         headers={"Message-ID": found.group(1).decode("ascii", "replace").strip() if found else "", **dict(added)},
     )
     email.raw = b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in added) + content
+    if configuration_set:
+        email.esp_extra = {"ConfigurationSetName": configuration_set}
     email.service_tags, email.service_metadata = list(message.tags), dict(message.metadata)
     email.recipient_roles = [(recipient.email, recipient.role) for recipient in recipients]
     email.envelope_from = address_key(message.from_email)

@@ -45,6 +45,10 @@ REPLIES = {
     "missing_fields": ("550", "5.6.0"),
     "invalid_field": ("550", "5.6.0"),
     "idempotency_key_reused": ("550", "5.6.0"),
+    "stream_not_found": ("550", "5.6.0"),
+    "unsubscribe_needs_one_recipient": ("550", "5.5.3"),
+    # The service's own settings, not the message: worth trying again once they are fixed.
+    "unsubscribe_not_configured": ("451", "4.3.5"),
 }
 # Failed AUTHs from one client address that are answered at once; each one
 # after that waits twice as long as the one before (from AUTH_DELAY_FIRST

@@ -27,9 +27,9 @@ from django.utils import timezone
 from core import metrics
 from core.addresses import InvalidAddress, address_canonical
 from core.errors import PayloadTooLarge, ValidationFailed
-from emailsvc.keys import api_key_sender_check, api_key_stream_check
+from emailsvc.keys import api_key_sender_check
 from emailsvc.models import ApiKey, IdempotencyKey, Message, Priority, Provider, Recipient, Source, SubmittedMime
-from emailsvc.streams.models import TRANSACTIONAL
+from emailsvc.streams.sending import stream_send_check
 from emailsvc.submission.policy import check_sender_policy
 from emailsvc.submission.submit import _Submission, _submission_build, _submissions_store
 
@@ -40,7 +40,12 @@ GROUP_HEADER = "X-Emailsvc-Group"
 PRIORITY_HEADER = "X-Emailsvc-Priority"
 TEMPLATE_HEADER = "X-Emailsvc-Template"
 TEMPLATE_DATA_HEADER = "X-Emailsvc-Template-Data"
-CONTROL_HEADERS = (TAGS_HEADER, METADATA_HEADER, GROUP_HEADER, PRIORITY_HEADER, TEMPLATE_HEADER, TEMPLATE_DATA_HEADER)
+STREAM_HEADER = "X-Emailsvc-Stream"
+UNSUBSCRIBE_HEADER = "X-Emailsvc-Unsubscribe"
+CONTROL_HEADERS = (
+    TAGS_HEADER, METADATA_HEADER, GROUP_HEADER, PRIORITY_HEADER, TEMPLATE_HEADER, TEMPLATE_DATA_HEADER, STREAM_HEADER,
+    UNSUBSCRIBE_HEADER,
+)
 MAX_TAGS = 50
 MAX_TAG = 128
 MAX_GROUP_ID = 200
@@ -71,6 +76,8 @@ class ParsedMime:
     priority: str = Priority.NORMAL
     template: str = ""  # a stored template renders the message instead of its own body
     template_data: dict = field(default_factory=dict)
+    stream: str = ""  # X-Emailsvc-Stream; "" is the transactional stream
+    unsubscribe: bool = False  # X-Emailsvc-Unsubscribe: true
 
 
 def _refused(detail: str, code: str) -> ValidationFailed:
@@ -217,6 +224,13 @@ def _control_headers_read(headers, parsed: ParsedMime) -> None:
             parsed.template_data = None
         if not isinstance(parsed.template_data, dict) or not parsed.template:
             raise _refused(f"{TEMPLATE_DATA_HEADER} must be a JSON object, beside {TEMPLATE_HEADER}.", "invalid_field")
+    if (stream := headers.get(STREAM_HEADER)) is not None:
+        parsed.stream = str(stream).strip()
+    if (unsubscribe := headers.get(UNSUBSCRIBE_HEADER)) is not None:
+        value = str(unsubscribe).strip().lower()
+        if value not in ("true", "false"):
+            raise _refused(f"{UNSUBSCRIBE_HEADER} must be true or false.", "invalid_field")
+        parsed.unsubscribe = value == "true"
     if (priority := headers.get(PRIORITY_HEADER)) is not None:
         parsed.priority = str(priority).strip().lower()
         if parsed.priority not in Priority.values:
@@ -265,8 +279,11 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
     for address, role in roles.items():
         by_role.setdefault(role, []).append(address)
     api_key_sender_check(api_key=api_key, from_domain=parsed.from_email.rpartition("@")[2])
-    # Submitted MIME goes on the transactional stream (docs/streams.md): a key limited to others may not.
-    api_key_stream_check(api_key=api_key, stream=TRANSACTIONAL)
+    # X-Emailsvc-Stream names the stream (transactional without it), checked as a request's `stream` is.
+    stream = stream_send_check(
+        api_key=api_key, data={"stream": parsed.stream, "unsubscribe": parsed.unsubscribe, "priority": parsed.priority},
+        recipients=len(roles),
+    )
     check_sender_policy(from_email=parsed.from_email, reply_to=parsed.reply_to, recipients=by_role)
     key = dedupe_key(parsed.message_id) if parsed.message_id else ""
     now = timezone.now()
@@ -274,7 +291,8 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
         data: dict = {
             "from": (parsed.from_name, parsed.from_email), "template": parsed.template,
             "template_data": parsed.template_data, "tags": parsed.tags, "metadata": parsed.metadata,
-            "group_id": parsed.group_id, "priority": parsed.priority,
+            "group_id": parsed.group_id, "priority": parsed.priority, "stream": stream.stream,
+            "unsubscribe": parsed.unsubscribe,
             "reply_to": [("", address) for address in parsed.reply_to],
             **{role: [("", address) for address in addresses] for role, addresses in by_role.items()},
         }
@@ -291,7 +309,10 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
         subject=parsed.subject,
         tags=parsed.tags,
         metadata=parsed.metadata,
-        priority=parsed.priority,
+        # Its stream's: a stream other than transactional sends at low priority.
+        priority=stream.priority,
+        stream=stream.stream,
+        unsubscribe=stream.unsubscribe,
         # A test key's emails go to the mailbox simulator, never to the provider.
         provider=Provider.TEST if api_key.test else settings.EMAIL_PROVIDER,
         api_key=api_key,
@@ -300,10 +321,25 @@ def mime_submission_build(*, api_key: ApiKey, recipients: list[str], content: by
     )
     message.group_id = parsed.group_id
     rows = [Recipient(email=address, role=role, group_id=parsed.group_id) for address, role in roles.items()]
+    content = parsed.content
+    if stream.unsubscribe:  # the service's own one-click headers replace the submitter's at sending
+        content = _fields_removed(content, _LIST_UNSUBSCRIBE)
     return MimeSubmission(
         api_key=api_key, dedupe_key=key, submission=_Submission(message=message, recipients=rows, attachments=[]),
-        content=parsed.content,
+        content=content,
     )
+
+
+_LIST_UNSUBSCRIBE = frozenset({"list-unsubscribe", "list-unsubscribe-post"})
+
+
+def _fields_removed(content: bytes, names: frozenset[str]) -> bytes:
+    """The message without the header fields of `names` (lower-case), folded lines included."""
+    head, separator, body = content.partition(b"\r\n\r\n")
+    if not separator:  # headers only
+        return b"".join(text for name, text in _header_fields(content) if name not in names)
+    kept = [text for name, text in _header_fields(head + b"\r\n") if name not in names]
+    return b"".join(kept) + b"\r\n" + body
 
 
 def mime_submissions_store(items: list[MimeSubmission]) -> list[tuple[str, bool]]:
