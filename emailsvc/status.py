@@ -227,7 +227,7 @@ def changes_apply(
         if changed_rows:
             rows_update(Recipient, dict(sorted(changed_rows.items())), at=at)  # in id order, as every writer
         if changes:
-            _changes_record(changes, sending_domains={mid: messages[mid].sending_domain for mid in ids if mid in messages})
+            _changes_record(changes, messages={mid: messages[mid].facts for mid in ids if mid in messages})
 
         by_message: dict[int, list[str]] = {mid: [] for mid in ids}
         for message_id, _email, status in current.values():
@@ -252,7 +252,7 @@ def changes_apply(
     return applied
 
 
-def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, str]) -> None:
+def _changes_record(changes: list[StatusChange], *, messages: dict[int, MessageFacts]) -> None:
     """Append the StatusChange rows of this transaction's transitions, and have
     them read once it commits (`status_changes_committed`): every writer of a
     recipient status goes through here, so what the readers count is exactly
@@ -263,21 +263,30 @@ def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, s
     status_changes_insert(StatusChange, changes)
     # robust: the changes are committed by then; a reader that fails is logged,
     # and must not turn the writer's committed work into an error for its caller.
-    transaction.on_commit(partial(status_changes_committed, changes, sending_domains=sending_domains), robust=True)
+    transaction.on_commit(partial(status_changes_committed, changes, messages=messages), robust=True)
 
 
-def status_changes_committed(changes: Sequence[StatusChange], *, sending_domains: dict[int, str]) -> None:
+def status_changes_committed(changes: Sequence[StatusChange], *, messages: dict[int, MessageFacts]) -> None:
     """Hand committed StatusChange rows to the readers that count them: the
     Prometheus counters and the safety breaker's hourly counts. Runs after the
     writer's transaction commits (a rolled-back change is never counted), never
-    from inside it. `sending_domains`: {message id: sending domain}, as the
-    writer read them."""
+    from inside it. `messages`: {message id: its sending domain and stream},
+    as the writer read them."""
     # A test key's emails never reach the provider: they count in neither the
     # metrics nor the breaker (webhooks still hear of them).
     live = [change for change in changes if not change.test]
-    metrics.status_changes_observe(live)
-    sending_counts_add(changes=live, sending_domains=sending_domains)
+    metrics.status_changes_observe(
+        (change.to_status, messages[change.message_id].stream) for change in live if change.message_id in messages
+    )
+    sending_counts_add(changes=live, messages=messages)
     changes_committed.send(sender=StatusChange, changes=changes)
+
+
+class MessageFacts(NamedTuple):
+    """What the readers of a message's status changes count it by."""
+
+    sending_domain: str
+    stream: str
 
 
 class LockedMessage(NamedTuple):
@@ -289,11 +298,16 @@ class LockedMessage(NamedTuple):
     attempts: int
     claimed_by: str
     provider: str
+    stream: str
+
+    @property
+    def facts(self) -> MessageFacts:
+        return MessageFacts(self.sending_domain, self.stream)
 
 
 def messages_lock(ids: list[int]) -> dict[int, LockedMessage]:
     """Lock the messages (in id order, as every writer does) and read
-    {id: (status, state, sending domain, attempts, claimed_by, provider)}."""
+    {id: (status, state, sending domain, attempts, claimed_by, provider, stream)}."""
     return {row[0]: LockedMessage(*row[1:]) for row in rows_lock(Message, ids, LockedMessage._fields)}
 
 
@@ -411,7 +425,7 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
     (suppressed at the door) — accepted as queued, then suppressed — through
     the one recorder, so they are counted like any other change once the
     submission commits. How many."""
-    rows, sending_domains = [], {}
+    rows, messages = [], {}
     for recipient in sorted(recipients, key=lambda r: r.pk):
         if recipient.status in PENDING_STATUSES:
             continue
@@ -422,9 +436,9 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
                 detail={"reason": recipient.failed_reason}, test=recipient.message.provider == Provider.TEST,
             )
         )
-        sending_domains[recipient.message_id] = recipient.message.sending_domain
+        messages[recipient.message_id] = MessageFacts(recipient.message.sending_domain, recipient.message.stream)
     if rows:
-        _changes_record(rows, sending_domains=sending_domains)
+        _changes_record(rows, messages=messages)
     return len(rows)
 
 
@@ -442,4 +456,4 @@ def unsubscribe_change_record(*, recipient: Recipient, stream: str, at: datetime
         from_status=recipient.status, to_status=UNSUBSCRIBED, at=at, cause="unsubscribe",
         detail={"stream": stream}, test=message.provider == Provider.TEST,
     )
-    _changes_record([change], sending_domains={message.pk: message.sending_domain})
+    _changes_record([change], messages={message.pk: MessageFacts(message.sending_domain, message.stream)})

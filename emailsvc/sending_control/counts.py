@@ -10,19 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from core.sql_engine import counts_add
 from emailsvc.models import PENDING_STATUSES, PRECEDENCE, SendingCounts, Status, StatusChange
+
+if TYPE_CHECKING:
+    from emailsvc.status import MessageFacts
 
 # A recipient handed to the provider leaves the pending states for one of these
 # (an event may move it past `sent` before the worker records it): counted once.
 _ACCEPTED = frozenset(s for s, rank in PRECEDENCE.items() if rank >= PRECEDENCE[Status.SENT])
 
 
-def sending_counts_add(*, changes: Sequence[StatusChange], sending_domains: dict[int, str]) -> None:
+def sending_counts_add(*, changes: Sequence[StatusChange], messages: dict[int, MessageFacts]) -> None:
     """Add committed sends, bounces and complaints to the hourly counts per
     sending domain: one upsert, whatever the number of changes.
-    `sending_domains`: {message id: sending domain} of the changes' messages."""
+    `messages`: {message id: its sending domain and stream} of the changes' messages."""
     counts: dict[tuple[str, datetime], list[int]] = {}
     for change in changes:
         sent = change.from_status in PENDING_STATUSES and change.to_status in _ACCEPTED
@@ -30,7 +34,7 @@ def sending_counts_add(*, changes: Sequence[StatusChange], sending_domains: dict
         complained = change.to_status == Status.COMPLAINED
         if not (sent or bounced or complained):
             continue
-        domain = sending_domains[change.message_id]
+        domain = messages[change.message_id].sending_domain
         row = counts.setdefault((domain, change.at.replace(minute=0, second=0, microsecond=0)), [0, 0, 0])
         row[0] += sent
         row[1] += bounced
