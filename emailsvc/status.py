@@ -320,7 +320,8 @@ _SHOWN_SENDING = (Status.QUEUED, Status.SCHEDULED)
 
 
 def messages_claim(
-    *, priorities: Sequence[str], limit: int, now: datetime, claimed_by: str = "", paused_domains: Sequence[str] = ()
+    *, priorities: Sequence[str], limit: int, now: datetime, claimed_by: str = "", paused_domains: Sequence[str] = (),
+    paused_streams: Sequence[tuple[str, str]] = (),
 ) -> list[int]:
     """Claim up to `limit` due messages, of the first priority first, then the
     next (oldest due first within each).
@@ -330,14 +331,15 @@ def messages_claim(
     statements. A claimed message is `sending`, its attempt counted, names the
     process holding it (`claimed_by`), and shows `sending` unless a recipient
     has already moved on. Messages of
-    `paused_domains` are left (they are normally `held`; this also covers one
-    put back by a chunk that ran while its domain was being paused). Commits
-    before any send.
+    `paused_domains`, and of the (domain, stream) pairs of `paused_streams`,
+    are left (they are normally `held`; this also covers one put back by a
+    chunk that ran while its domain was being paused). Commits before any send.
     """
     with transaction.atomic():
         claimed = rows_claim(
             Message, waiting=CLAIMABLE_STATES, claimed=WorkState.SENDING, shown=_SHOWN_SENDING, showing=Status.SENDING,
             priorities=priorities, limit=limit, now=now, claimed_by=claimed_by, paused_domains=paused_domains,
+            paused_streams=paused_streams,
         )
     return sorted(claimed)
 
@@ -364,29 +366,42 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     return True
 
 
-def _messages_lock_where(**conditions) -> list[int]:
-    """Lock the messages matching `conditions` in id order (PostgreSQL: ORDER
-    BY id … FOR UPDATE, the order every writer takes) and return their ids, sorted."""
-    return list(Message.objects.select_for_update().filter(**conditions).order_by("id").values_list("id", flat=True))
+def _messages_lock_where(*, excluded_streams: Sequence[str] = (), **conditions) -> list[int]:
+    """Lock the messages matching `conditions` (and of none of `excluded_streams`)
+    in id order (PostgreSQL: ORDER BY id … FOR UPDATE, the order every writer
+    takes) and return their ids, sorted."""
+    rows = Message.objects.select_for_update().filter(**conditions)
+    if excluded_streams:
+        rows = rows.exclude(stream__in=excluded_streams)
+    return list(rows.order_by("id").values_list("id", flat=True))
 
 
-def domain_hold(*, domain: str, at: datetime) -> int:
-    """A paused domain's waiting messages (scheduled or queued) become `held`:
-    no claim looks at them. How many. Their statuses do not change."""
+def domain_hold(*, domain: str, stream: str | None = None, at: datetime) -> int:
+    """A paused domain's waiting messages (scheduled or queued; only those of
+    `stream` when given) become `held`: no claim looks at them. How many.
+    Their statuses do not change."""
+    conditions = {"sending_domain": domain, "state__in": CLAIMABLE_STATES}
+    if stream is not None:
+        conditions["stream"] = stream
     with transaction.atomic():
-        ids = _messages_lock_where(sending_domain=domain, state__in=CLAIMABLE_STATES)
+        ids = _messages_lock_where(**conditions)
         if not ids:
             return 0
         return Message.objects.filter(pk__in=ids, state__in=CLAIMABLE_STATES).update(state=WorkState.HELD, updated_at=at)
 
 
-def domain_release(*, domain: str | None, at: datetime) -> list[str]:
-    """`held` messages of a resumed domain (all domains when None) are `queued`
+def domain_release(
+    *, domain: str | None, stream: str | None = None, still_paused_streams: Sequence[str] = (), at: datetime
+) -> list[str]:
+    """`held` messages of a resumed domain (all domains when None; only those
+    of `stream` when given, none of `still_paused_streams`) are `queued`
     again, each still due at its own next_attempt_at. Their priorities, one
     entry per message, so the caller can publish tasks for them."""
     conditions = {"state": WorkState.HELD} if domain is None else {"state": WorkState.HELD, "sending_domain": domain}
+    if stream is not None:
+        conditions["stream"] = stream
     with transaction.atomic():
-        ids = _messages_lock_where(**conditions)
+        ids = _messages_lock_where(excluded_streams=still_paused_streams, **conditions)
         if not ids:
             return []
         held = Message.objects.filter(pk__in=ids, state=WorkState.HELD)
