@@ -284,8 +284,8 @@ IDEMPOTENCY_KEY_TTL_HOURS = _positive_number("IDEMPOTENCY_KEY_TTL_HOURS", 24)
 
 # Deliverability safety (SPEC §6.4). A soft-bounced recipient is sent once more
 # after SOFT_BOUNCE_RETRY_SECONDS; SOFT_BOUNCE_LIMIT soft bounces of one address
-# within SOFT_BOUNCE_WINDOW_DAYS suppress it. The breaker pauses a sending domain
-# (or the account) whose rolling 24 h bounce or complaint rate reaches its line,
+# within SOFT_BOUNCE_WINDOW_DAYS suppress it. The breaker pauses a domain's stream (or the domain,
+# or the account) whose rolling 24 h bounce or complaint rate reaches its line,
 # once at least BREAKER_MIN_SENT recipients were sent; 0 hours = resume by hand.
 SOFT_BOUNCE_RETRY_SECONDS = _positive_number("SOFT_BOUNCE_RETRY_SECONDS", 900)
 SOFT_BOUNCE_LIMIT = int(_positive_number("SOFT_BOUNCE_LIMIT", 15, int))

@@ -80,13 +80,16 @@ class ScrapeSource:
             return self.ok, self.value
 
 
-def _paused_domains() -> set[str]:
-    """The domains paused now: a pause whose wait has ended is not shown (the breaker lifts it)."""
+def _paused_domains() -> set[tuple[str, str]]:
+    """The (domain, stream) paused now (stream "": the domain as a whole): a pause whose wait has ended
+    is not shown (the breaker lifts it)."""
     from django.db import connections
 
     try:
         now = timezone.now()
-        return {p["domain"] for p in probes.sending_pauses() if p["until"] is None or p["until"] > now}
+        return {
+            (p["domain"], p["stream"]) for p in probes.sending_pauses() if p["until"] is None or p["until"] > now
+        }
     finally:
         connections.close_all()  # this thread's connection: a scrape every few seconds does not need one kept
 
@@ -162,11 +165,11 @@ class ScrapeTimeCollector:
         paused = GaugeMetricFamily(
             "emailsvc_sending_paused",
             'Sending domains the breaker (or an operator, or the provider) has paused: 1 per paused domain, "*" for '
-            "the whole account",
-            labels=["domain"],
+            'the whole account; stream: the one message stream of the domain paused, "" for every stream',
+            labels=["domain", "stream"],
         )
-        for domain in sorted(readings.get("breaker") or ()):
-            paused.add_metric([domain], 1)
+        for domain, stream in sorted(readings.get("breaker") or ()):
+            paused.add_metric([domain, stream], 1)
         yield paused
 
 

@@ -109,13 +109,15 @@ def rate_limiter(*, timeout: float) -> dict:
 
 
 def sending_pauses() -> list[dict]:
-    """The pauses not resumed: {domain, cause, reason, paused_at, until} each
-    ("*" is the account). One whose `until` has passed is listed until the
+    """The pauses not resumed: {domain, stream, cause, reason, paused_at, until}
+    each ("*" is the account; stream "": the domain as a whole). One whose `until` has passed is listed until the
     breaker lifts it."""
     from emailsvc.models import SendingPause
 
     return list(
-        SendingPause.objects.filter(resumed_at__isnull=True).values("domain", "cause", "reason", "paused_at", "until")
+        SendingPause.objects.filter(resumed_at__isnull=True).values(
+            "domain", "stream", "cause", "reason", "paused_at", "until"
+        )
     )
 
 

@@ -426,19 +426,28 @@ def address_recipient_ids(*, address: str, limit: int = ADDRESS_MESSAGES_LIMIT) 
 
 def sending_overview() -> dict:
     """The breaker's view (services.breaker.sending_status) with the emails each
-    paused domain holds, and the latest pauses."""
+    paused domain, or paused stream of a domain, holds, and the latest pauses."""
     from emailsvc.sending_control.breaker import sending_status
 
     overview = sending_status()
     entries = [overview["account"], *overview["domains"]]
-    paused = [entry["domain"] for entry in entries if entry["paused"] and entry["domain"] != SendingPause.ACCOUNT]
-    # One query: the (sending_domain, state) index, one range per paused domain.
-    held = dict(
-        Message.objects.filter(sending_domain__in=paused, state=WorkState.HELD)
-        .values("sending_domain").annotate(n=Count("pk")).values_list("sending_domain", "n").order_by()
-    ) if paused else {}
+    with_pauses = sorted({
+        entry["domain"] for entry in overview["domains"]
+        if entry["paused"] or any(stream["paused"] for stream in entry["streams"])
+    })
+    # One query: the (sending_domain, state) index, one range per domain with a pause.
+    held: dict[tuple[str, str], int] = {
+        (domain, stream): n for domain, stream, n in (
+            Message.objects.filter(sending_domain__in=with_pauses, state=WorkState.HELD)
+            .values("sending_domain", "stream").annotate(n=Count("pk")).values_list("sending_domain", "stream", "n")
+            .order_by()
+        )
+    } if with_pauses else {}
     for entry in entries:
-        entry["held"] = held.get(entry["domain"], 0) if entry["domain"] in paused else None
+        domain = entry["domain"]
+        entry["held"] = sum(n for (d, _s), n in held.items() if d == domain) if entry["paused"] else None
+        for stream in entry["streams"]:
+            stream["held"] = held.get((domain, stream["stream"]), 0) if stream["paused"] else None
     overview["history"] = list(SendingPause.objects.order_by("-paused_at", "-id")[:20])
     return overview
 

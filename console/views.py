@@ -187,11 +187,14 @@ def sending_resume_view(request: HttpRequest) -> HttpResponse:
     domain = request.POST.get("domain") or None  # none: every pause, as the API and the command do
     if domain and domain != SendingPause.ACCOUNT:
         domain = domain.strip().lower()
-    resumed = sending_resume(domain=domain, by=_actor(request))
+    # A row's Resume names its stream ("": the domain's pause as a whole); none given: every pause of the domain.
+    stream = request.POST["stream"].strip() if "stream" in request.POST else None
+    resumed = sending_resume(domain=domain, stream=stream, by=_actor(request))
+    what = f"{domain or 'all'} ({stream})" if stream else domain or "all"
     if resumed:
-        messages.success(request, f"Resumed {resumed} pause(s): {domain or 'all'}. Held emails are queued again.")
+        messages.success(request, f"Resumed {resumed} pause(s): {what}. Held emails are queued again.")
     else:
-        messages.warning(request, f"Nothing to resume for {domain or 'any domain'}.")
+        messages.warning(request, f"Nothing to resume for {what if domain or stream else 'any domain'}.")
     return HttpResponseRedirect(reverse("console:sending"))
 
 
@@ -201,12 +204,19 @@ def sending_pause_view(request: HttpRequest) -> HttpResponse:
 
     _require(request, "emailsvc.change_sendingpause")
     domain = (request.POST.get("domain") or "").strip().lower()
+    stream = (request.POST.get("stream") or "").strip()
     reason = (request.POST.get("reason") or "").strip()
     if not domain:
         messages.error(request, 'Give a sending domain, or "*" for the whole account.')
         return HttpResponseRedirect(reverse("console:sending"))
-    sending_pause(domain=domain, cause=SendingPause.Cause.OPERATOR, reason=f"{_actor(request)}: {reason or 'paused'}")
-    messages.success(request, f"Sending paused for {domain}: its emails wait (held) until resumed.")
+    if stream and domain == SendingPause.ACCOUNT:
+        messages.error(request, "The whole account pauses with every stream: give a sending domain for one stream.")
+        return HttpResponseRedirect(reverse("console:sending"))
+    sending_pause(
+        domain=domain, stream=stream, cause=SendingPause.Cause.OPERATOR, reason=f"{_actor(request)}: {reason or 'paused'}"
+    )
+    what = f"{domain} (stream {stream})" if stream else domain
+    messages.success(request, f"Sending paused for {what}: its emails wait (held) until resumed.")
     return HttpResponseRedirect(reverse("console:sending"))
 
 

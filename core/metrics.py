@@ -39,7 +39,6 @@ from prometheus_client import Counter, Histogram, multiprocess, values  # noqa: 
 
 if TYPE_CHECKING:
     from emailsvc.delivery.chunks import ChunkResult
-    from emailsvc.models import StatusChange
     from tracking.drain import DrainResult
 
 logger = logging.getLogger(__name__)
@@ -50,6 +49,9 @@ if _MULTIPROC_DIR and values.ValueClass is values.MutexValue:
     )
 
 PRIORITIES = ("high", "normal", "low")
+# The message streams every install has (emailsvc.streams); operators may create
+# more, each a name they chose: the `stream` label stays a short list.
+STREAMS = ("transactional", "broadcast")
 STATUSES = (
     "scheduled", "queued", "sending", "sent", "delayed", "soft_bounced", "delivered", "opened", "clicked",
     "bounced", "complained", "failed", "suppressed", "cancelled",
@@ -62,13 +64,14 @@ DRAIN_OUTCOMES = ("received", "applied", "duplicate", "unmatched", "malformed", 
 EMAILS_ACCEPTED = Counter(
     "emailsvc_emails_accepted",
     "Emails accepted by the API (202 from POST /emails, or an accepted item of POST /emails/batch) or by SMTP "
-    "submission (endpoint smtp), by priority",
-    ["priority", "endpoint"],
+    "submission (endpoint smtp), by priority and message stream",
+    ["priority", "endpoint", "stream"],
 )
 STATUS_CHANGES = Counter(
     "emailsvc_recipient_status_changes",
-    "Recipient status transitions, by the status moved to (sent, delivered, bounced, complained, failed, suppressed, …)",
-    ["status"],
+    "Recipient status transitions, by the status moved to (sent, delivered, bounced, complained, failed, suppressed, …) "
+    "and the message stream of the email",
+    ["status", "stream"],
 )
 UNSUBSCRIBES = Counter(
     "emailsvc_unsubscribes",
@@ -114,12 +117,13 @@ SMTP_AUTH_FAILURES = Counter(
 
 def _series_create() -> None:
     """Every known label set from 0, so a rate over an idle series reads 0, not nothing."""
-    for priority in PRIORITIES:
-        for endpoint in ("single", "batch", "smtp"):
-            EMAILS_ACCEPTED.labels(priority=priority, endpoint=endpoint)
-    for status in STATUSES:
-        STATUS_CHANGES.labels(status=status)
-    for stream in ("transactional", "broadcast"):
+    for stream in STREAMS:
+        for priority in PRIORITIES:
+            for endpoint in ("single", "batch", "smtp"):
+                EMAILS_ACCEPTED.labels(priority=priority, endpoint=endpoint, stream=stream)
+        for status in STATUSES:
+            STATUS_CHANGES.labels(status=status, stream=stream)
+    for stream in STREAMS:
         UNSUBSCRIBES.labels(stream=stream)
     for error_class in DELIVERY_ERROR_CLASSES:
         DELIVERY_ERRORS.labels(error_class)
@@ -138,12 +142,12 @@ def smtp_auth_failure_observe() -> None:
     SMTP_AUTH_FAILURES.inc()
 
 
-def emails_accepted_observe(*, priorities: Iterable[str], endpoint: str) -> None:
-    """Count accepted emails (their priorities) once the transaction that stored them commits.
+def emails_accepted_observe(*, emails: Iterable[tuple[str, str]], endpoint: str) -> None:
+    """Count accepted emails, each (priority, stream), once the transaction that stored them commits.
     endpoint: "single" (POST /emails), "batch" (POST /emails/batch) or "smtp" (SMTP submission)."""
-    tally = Tally(priorities)
+    tally = Tally(emails)
     if tally:
-        transaction.on_commit(partial(_count, EMAILS_ACCEPTED, "priority", tally, endpoint=endpoint))
+        transaction.on_commit(partial(_count, EMAILS_ACCEPTED, ("priority", "stream"), tally, endpoint=endpoint))
 
 
 def unsubscribe_observe(*, stream: str) -> None:
@@ -151,16 +155,17 @@ def unsubscribe_observe(*, stream: str) -> None:
     transaction.on_commit(lambda: UNSUBSCRIBES.labels(stream=stream).inc())
 
 
-def status_changes_observe(changes: Iterable[StatusChange]) -> None:
-    """Count committed recipient status transitions: called with the StatusChange
-    rows once their transaction has committed (emailsvc.status.status_changes_committed)."""
+def status_changes_observe(changes: Iterable[tuple[str, str]]) -> None:
+    """Count committed recipient status transitions, each (status moved to, the
+    email's stream): called once their transaction has committed
+    (emailsvc.status.status_changes_committed)."""
     # `unsubscribed` is no status (emailsvc.streams): emailsvc_unsubscribes_total counts it.
-    _count(STATUS_CHANGES, "status", Tally(change.to_status for change in changes if change.to_status in STATUSES))
+    _count(STATUS_CHANGES, ("status", "stream"), Tally(change for change in changes if change[0] in STATUSES))
 
 
-def _count(counter: Counter, label: str, tally: Tally, **labels: str) -> None:
-    for value, count in tally.items():
-        counter.labels(**{label: value}, **labels).inc(count)
+def _count(counter: Counter, names: tuple[str, ...], tally: Tally, **labels: str) -> None:
+    for label_values, count in tally.items():
+        counter.labels(**dict(zip(names, label_values, strict=True)), **labels).inc(count)
 
 
 def delivery_chunk_observe(result: ChunkResult) -> None:

@@ -164,14 +164,16 @@ def _literals(values: Sequence[str]) -> str:
 def rows_claim(
     model: type[models.Model], *, waiting: Sequence[str], claimed: str, shown: Sequence[str], showing: str,
     priorities: Sequence[str], limit: int, now: datetime, claimed_by: str, paused_domains: Sequence[str],
+    paused_streams: Sequence[tuple[str, str]] = (),
 ) -> list[int]:
     """Claim up to `limit` due rows of `model` (a message table: columns state,
-    status, priority, next_attempt_at, sending_domain, attempts,
+    status, priority, next_attempt_at, sending_domain, stream, attempts,
     sending_started_at, claimed_by, updated_at), of the first priority first,
     then the next (oldest due first within each); their ids, in no set order.
 
     Due: `state` one of `waiting`, `next_attempt_at` <= `now`, `sending_domain`
-    not one of `paused_domains`. A claimed row's state becomes `claimed`, its
+    not one of `paused_domains`, (`sending_domain`, `stream`) not one of
+    `paused_streams`. A claimed row's state becomes `claimed`, its
     status `showing` if it was one of `shown`, its attempts one more, and it
     names `claimed_by`. The caller holds the status rules and commits.
 
@@ -189,6 +191,10 @@ def rows_claim(
     paused = sorted(paused_domains)
     if paused:
         due += " AND sending_domain NOT IN (" + ", ".join(["%s"] * len(paused)) + ")"
+    paused_pairs = sorted(paused_streams)
+    for _pair in paused_pairs:
+        due += " AND NOT (sending_domain = %s AND stream = %s)"
+    paused += [value for pair in paused_pairs for value in pair]
     rows: list[int] = []
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":

@@ -373,8 +373,10 @@ INTERVALS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 # the row appears when it commits, moments later: a bucket that ended this long
 # ago gets no more rows.
 STATS_SETTLE = timedelta(minutes=10)
-STATS_CACHE_PREFIX = "emailsvc:stats:v1:"
+STATS_CACHE_PREFIX = "emailsvc:stats:v2:"  # v2: a bucket's counts are kept per message stream
 STATS_CACHE_SECONDS = 100 * 24 * 3600
+# The streams every install has (emailsvc.streams): always in the per-stream split.
+STATS_STREAMS = ("transactional", "broadcast")
 
 
 def bucket_floor(moment: datetime, interval: str) -> datetime:
@@ -396,6 +398,9 @@ class TransitionCounts:
     interval: str
     buckets: list[tuple[datetime, dict[str, int]]]
     totals: dict[str, int]
+    # {stream: counts} per bucket (in the order of `buckets`), and over the window.
+    bucket_streams: list[dict[str, dict[str, int]]]
+    streams: dict[str, dict[str, int]]
 
 
 def transition_counts(
@@ -427,7 +432,7 @@ def transition_counts(
     cache_key = _stats_cache_key(interval=interval, group_id=group_id, tag=tag, include_test=include_test, stream=stream)
     found = _stats_cache_get(cache_key, settled)
     missing = [moment for moment in starts if moment not in found]
-    counted: dict[datetime, dict[str, int]] = {}
+    counted: dict[datetime, dict[str, dict[str, int]]] = {}
     for span_start, span_end in _spans(missing, step):
         counted.update(
             _transitions_counted(
@@ -436,14 +441,24 @@ def transition_counts(
         )
     _stats_cache_set(cache_key, {moment: counted.get(moment, {}) for moment in settled if moment in missing})
     found.update(counted)
+    # Every install's streams are always listed (at 0 when idle), any other one once it has a transition in the window.
+    names = {stream} if stream is not None else set(STATS_STREAMS) | {name for by_stream in found.values() for name in by_stream}
     buckets, totals = [], dict.fromkeys(STATUSES, 0)
+    bucket_streams, streams = [], {name: dict.fromkeys(STATUSES, 0) for name in sorted(names)}
     for moment in starts:
         counts = dict.fromkeys(STATUSES, 0)
-        for status, number in found.get(moment, {}).items():
-            counts[status] = number
-            totals[status] += number
+        per_stream = {name: dict.fromkeys(STATUSES, 0) for name in sorted(names)}
+        for name, stream_counts in found.get(moment, {}).items():
+            for status, number in stream_counts.items():
+                counts[status] += number
+                totals[status] += number
+                per_stream[name][status] = number
+                streams[name][status] += number
         buckets.append((moment, counts))
-    return TransitionCounts(start=start, end=end, interval=interval, buckets=buckets, totals=totals)
+        bucket_streams.append(per_stream)
+    return TransitionCounts(
+        start=start, end=end, interval=interval, buckets=buckets, totals=totals, bucket_streams=bucket_streams, streams=streams
+    )
 
 
 def _spans(moments: list[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
@@ -460,8 +475,9 @@ def _spans(moments: list[datetime], step: timedelta) -> list[tuple[datetime, dat
 def _transitions_counted(
     start: datetime, end: datetime, interval: str, *, group_id: str | None, tag: str | None, include_test: bool = False,
     stream: str | None = None,
-) -> dict[datetime, dict[str, int]]:
-    """{bucket start: {status: transitions}} of [start, end), non-zero counts only."""
+) -> dict[datetime, dict[str, dict[str, int]]]:
+    """{bucket start: {stream: {status: transitions}}} of [start, end), non-zero
+    counts only: one grouped statement, whatever the number of streams."""
     rows = StatusChange.objects.filter(at__gte=start, at__lt=end)
     if not include_test:
         rows = rows.filter(test=False)
@@ -475,13 +491,13 @@ def _transitions_counted(
     grouped = (
         rows.order_by()
         .annotate(bucket=trunc("at", tzinfo=UTC))
-        .values_list("bucket", "to_status")
+        .values_list("bucket", "message__stream", "to_status")
         .annotate(number=Count("id"))
     )
-    found: dict[datetime, dict[str, int]] = {}
-    for bucket, to_status, number in grouped:
+    found: dict[datetime, dict[str, dict[str, int]]] = {}
+    for bucket, stream_name, to_status, number in grouped:
         if to_status in _STATUS_SET:  # not `unsubscribed`: an event, not a status (emailsvc.streams)
-            found.setdefault(bucket.astimezone(UTC), {})[to_status] = number
+            found.setdefault(bucket.astimezone(UTC), {}).setdefault(stream_name, {})[to_status] = number
     return found
 
 
@@ -495,7 +511,7 @@ def _stats_cache_key(
     return f"{STATS_CACHE_PREFIX}{interval}:{digest}:"
 
 
-def _stats_cache_get(key: str, moments: list[datetime]) -> dict[datetime, dict[str, int]]:
+def _stats_cache_get(key: str, moments: list[datetime]) -> dict[datetime, dict[str, dict[str, int]]]:
     if not moments:
         return {}
     try:
@@ -506,7 +522,7 @@ def _stats_cache_get(key: str, moments: list[datetime]) -> dict[datetime, dict[s
     return {moment: json.loads(value) for moment, value in zip(moments, values, strict=True) if value is not None}
 
 
-def _stats_cache_set(key: str, counts: dict[datetime, dict[str, int]]) -> None:
+def _stats_cache_set(key: str, counts: dict[datetime, dict[str, dict[str, int]]]) -> None:
     if not counts:
         return
     try:

@@ -392,6 +392,8 @@ class StatusChange(models.Model):
 class SendingPause(models.Model):
     """Sending stopped for one sending domain, or for the whole account (`domain`
     = "*"), until an operator resumes it or its cool-down ends (SPEC §6.4).
+    `stream` narrows a domain's pause to one message stream of it ("": every
+    stream of the domain).
 
     Rows are kept as the history of pauses: the active ones have `resumed_at`
     empty. `figures` holds the rates that tripped the breaker, or the
@@ -407,6 +409,9 @@ class SendingPause(models.Model):
     ACCOUNT = "*"
 
     domain = models.CharField(max_length=255, help_text='A sending domain, or "*" for the whole account')
+    stream = models.CharField(
+        max_length=64, blank=True, default="", help_text="Only this message stream of the domain; empty: every stream"
+    )
     cause = models.CharField(max_length=16, choices=Cause.choices)
     reason = models.TextField(blank=True)
     figures = models.JSONField(default=dict, blank=True)
@@ -417,32 +422,39 @@ class SendingPause(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["domain"], condition=models.Q(resumed_at__isnull=True), name="one_active_pause_per_domain"),
+            models.UniqueConstraint(
+                fields=["domain", "stream"], condition=models.Q(resumed_at__isnull=True), name="one_active_pause_per_domain_stream"
+            ),
         ]
         indexes = [models.Index(fields=["domain", "-paused_at"], name="pause_domain_recent")]
 
     def __str__(self) -> str:
-        return f"{self.domain} paused ({self.cause}) at {self.paused_at:%Y-%m-%d %H:%M}"
+        where = f"{self.domain} ({self.stream})" if self.stream else self.domain
+        return f"{where} paused ({self.cause}) at {self.paused_at:%Y-%m-%d %H:%M}"
 
 
 class SendingCounts(models.Model):
     """Recipients handed to the provider, bounced and complained, per sending
-    domain and hour: the rolling 24 h rates of the safety breaker read ~25 rows
-    of this instead of a day of StatusChange rows. Fed from the StatusChange
-    rows once they commit (emailsvc.sending_control.counts)."""
+    domain, message stream and hour: the rolling 24 h rates of the safety
+    breaker read ~25 rows per domain and stream of this instead of a day of
+    StatusChange rows. Fed from the StatusChange rows once they commit
+    (emailsvc.sending_control.counts)."""
 
     sending_domain = models.CharField(max_length=255)
+    stream = models.CharField(max_length=64, default="transactional")
     hour = models.DateTimeField()
     sent = models.PositiveIntegerField(default=0)
     bounced = models.PositiveIntegerField(default=0)
     complained = models.PositiveIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["sending_domain", "hour"], name="sending_counts_per_hour")]
+        constraints = [
+            models.UniqueConstraint(fields=["sending_domain", "stream", "hour"], name="sending_counts_per_stream_hour")
+        ]
         indexes = [models.Index(fields=["hour"], name="sending_counts_hour")]
 
     def __str__(self) -> str:
-        return f"{self.sending_domain} {self.hour:%Y-%m-%d %H}:00"
+        return f"{self.sending_domain} {self.stream} {self.hour:%Y-%m-%d %H}:00"
 
 
 class DeliveryJournal(models.Model):

@@ -227,7 +227,7 @@ def changes_apply(
         if changed_rows:
             rows_update(Recipient, dict(sorted(changed_rows.items())), at=at)  # in id order, as every writer
         if changes:
-            _changes_record(changes, sending_domains={mid: messages[mid].sending_domain for mid in ids if mid in messages})
+            _changes_record(changes, messages={mid: messages[mid].facts for mid in ids if mid in messages})
 
         by_message: dict[int, list[str]] = {mid: [] for mid in ids}
         for message_id, _email, status in current.values():
@@ -252,7 +252,7 @@ def changes_apply(
     return applied
 
 
-def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, str]) -> None:
+def _changes_record(changes: list[StatusChange], *, messages: dict[int, MessageFacts]) -> None:
     """Append the StatusChange rows of this transaction's transitions, and have
     them read once it commits (`status_changes_committed`): every writer of a
     recipient status goes through here, so what the readers count is exactly
@@ -263,21 +263,30 @@ def _changes_record(changes: list[StatusChange], *, sending_domains: dict[int, s
     status_changes_insert(StatusChange, changes)
     # robust: the changes are committed by then; a reader that fails is logged,
     # and must not turn the writer's committed work into an error for its caller.
-    transaction.on_commit(partial(status_changes_committed, changes, sending_domains=sending_domains), robust=True)
+    transaction.on_commit(partial(status_changes_committed, changes, messages=messages), robust=True)
 
 
-def status_changes_committed(changes: Sequence[StatusChange], *, sending_domains: dict[int, str]) -> None:
+def status_changes_committed(changes: Sequence[StatusChange], *, messages: dict[int, MessageFacts]) -> None:
     """Hand committed StatusChange rows to the readers that count them: the
     Prometheus counters and the safety breaker's hourly counts. Runs after the
     writer's transaction commits (a rolled-back change is never counted), never
-    from inside it. `sending_domains`: {message id: sending domain}, as the
-    writer read them."""
+    from inside it. `messages`: {message id: its sending domain and stream},
+    as the writer read them."""
     # A test key's emails never reach the provider: they count in neither the
     # metrics nor the breaker (webhooks still hear of them).
     live = [change for change in changes if not change.test]
-    metrics.status_changes_observe(live)
-    sending_counts_add(changes=live, sending_domains=sending_domains)
+    metrics.status_changes_observe(
+        (change.to_status, messages[change.message_id].stream) for change in live if change.message_id in messages
+    )
+    sending_counts_add(changes=live, messages=messages)
     changes_committed.send(sender=StatusChange, changes=changes)
+
+
+class MessageFacts(NamedTuple):
+    """What the readers of a message's status changes count it by."""
+
+    sending_domain: str
+    stream: str
 
 
 class LockedMessage(NamedTuple):
@@ -289,11 +298,16 @@ class LockedMessage(NamedTuple):
     attempts: int
     claimed_by: str
     provider: str
+    stream: str
+
+    @property
+    def facts(self) -> MessageFacts:
+        return MessageFacts(self.sending_domain, self.stream)
 
 
 def messages_lock(ids: list[int]) -> dict[int, LockedMessage]:
     """Lock the messages (in id order, as every writer does) and read
-    {id: (status, state, sending domain, attempts, claimed_by, provider)}."""
+    {id: (status, state, sending domain, attempts, claimed_by, provider, stream)}."""
     return {row[0]: LockedMessage(*row[1:]) for row in rows_lock(Message, ids, LockedMessage._fields)}
 
 
@@ -306,7 +320,8 @@ _SHOWN_SENDING = (Status.QUEUED, Status.SCHEDULED)
 
 
 def messages_claim(
-    *, priorities: Sequence[str], limit: int, now: datetime, claimed_by: str = "", paused_domains: Sequence[str] = ()
+    *, priorities: Sequence[str], limit: int, now: datetime, claimed_by: str = "", paused_domains: Sequence[str] = (),
+    paused_streams: Sequence[tuple[str, str]] = (),
 ) -> list[int]:
     """Claim up to `limit` due messages, of the first priority first, then the
     next (oldest due first within each).
@@ -316,14 +331,15 @@ def messages_claim(
     statements. A claimed message is `sending`, its attempt counted, names the
     process holding it (`claimed_by`), and shows `sending` unless a recipient
     has already moved on. Messages of
-    `paused_domains` are left (they are normally `held`; this also covers one
-    put back by a chunk that ran while its domain was being paused). Commits
-    before any send.
+    `paused_domains`, and of the (domain, stream) pairs of `paused_streams`,
+    are left (they are normally `held`; this also covers one put back by a
+    chunk that ran while its domain was being paused). Commits before any send.
     """
     with transaction.atomic():
         claimed = rows_claim(
             Message, waiting=CLAIMABLE_STATES, claimed=WorkState.SENDING, shown=_SHOWN_SENDING, showing=Status.SENDING,
             priorities=priorities, limit=limit, now=now, claimed_by=claimed_by, paused_domains=paused_domains,
+            paused_streams=paused_streams,
         )
     return sorted(claimed)
 
@@ -350,29 +366,42 @@ def message_cancel(*, message_id: int, at: datetime) -> bool:
     return True
 
 
-def _messages_lock_where(**conditions) -> list[int]:
-    """Lock the messages matching `conditions` in id order (PostgreSQL: ORDER
-    BY id … FOR UPDATE, the order every writer takes) and return their ids, sorted."""
-    return list(Message.objects.select_for_update().filter(**conditions).order_by("id").values_list("id", flat=True))
+def _messages_lock_where(*, excluded_streams: Sequence[str] = (), **conditions) -> list[int]:
+    """Lock the messages matching `conditions` (and of none of `excluded_streams`)
+    in id order (PostgreSQL: ORDER BY id … FOR UPDATE, the order every writer
+    takes) and return their ids, sorted."""
+    rows = Message.objects.select_for_update().filter(**conditions)
+    if excluded_streams:
+        rows = rows.exclude(stream__in=excluded_streams)
+    return list(rows.order_by("id").values_list("id", flat=True))
 
 
-def domain_hold(*, domain: str, at: datetime) -> int:
-    """A paused domain's waiting messages (scheduled or queued) become `held`:
-    no claim looks at them. How many. Their statuses do not change."""
+def domain_hold(*, domain: str, stream: str | None = None, at: datetime) -> int:
+    """A paused domain's waiting messages (scheduled or queued; only those of
+    `stream` when given) become `held`: no claim looks at them. How many.
+    Their statuses do not change."""
+    conditions = {"sending_domain": domain, "state__in": CLAIMABLE_STATES}
+    if stream is not None:
+        conditions["stream"] = stream
     with transaction.atomic():
-        ids = _messages_lock_where(sending_domain=domain, state__in=CLAIMABLE_STATES)
+        ids = _messages_lock_where(**conditions)
         if not ids:
             return 0
         return Message.objects.filter(pk__in=ids, state__in=CLAIMABLE_STATES).update(state=WorkState.HELD, updated_at=at)
 
 
-def domain_release(*, domain: str | None, at: datetime) -> list[str]:
-    """`held` messages of a resumed domain (all domains when None) are `queued`
+def domain_release(
+    *, domain: str | None, stream: str | None = None, still_paused_streams: Sequence[str] = (), at: datetime
+) -> list[str]:
+    """`held` messages of a resumed domain (all domains when None; only those
+    of `stream` when given, none of `still_paused_streams`) are `queued`
     again, each still due at its own next_attempt_at. Their priorities, one
     entry per message, so the caller can publish tasks for them."""
     conditions = {"state": WorkState.HELD} if domain is None else {"state": WorkState.HELD, "sending_domain": domain}
+    if stream is not None:
+        conditions["stream"] = stream
     with transaction.atomic():
-        ids = _messages_lock_where(**conditions)
+        ids = _messages_lock_where(excluded_streams=still_paused_streams, **conditions)
         if not ids:
             return []
         held = Message.objects.filter(pk__in=ids, state=WorkState.HELD)
@@ -411,7 +440,7 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
     (suppressed at the door) — accepted as queued, then suppressed — through
     the one recorder, so they are counted like any other change once the
     submission commits. How many."""
-    rows, sending_domains = [], {}
+    rows, messages = [], {}
     for recipient in sorted(recipients, key=lambda r: r.pk):
         if recipient.status in PENDING_STATUSES:
             continue
@@ -422,9 +451,9 @@ def submission_changes_record(*, recipients: Iterable[Recipient], at: datetime) 
                 detail={"reason": recipient.failed_reason}, test=recipient.message.provider == Provider.TEST,
             )
         )
-        sending_domains[recipient.message_id] = recipient.message.sending_domain
+        messages[recipient.message_id] = MessageFacts(recipient.message.sending_domain, recipient.message.stream)
     if rows:
-        _changes_record(rows, sending_domains=sending_domains)
+        _changes_record(rows, messages=messages)
     return len(rows)
 
 
@@ -442,4 +471,4 @@ def unsubscribe_change_record(*, recipient: Recipient, stream: str, at: datetime
         from_status=recipient.status, to_status=UNSUBSCRIBED, at=at, cause="unsubscribe",
         detail={"stream": stream}, test=message.provider == Provider.TEST,
     )
-    _changes_record([change], sending_domains={message.pk: message.sending_domain})
+    _changes_record([change], messages={message.pk: MessageFacts(message.sending_domain, message.stream)})

@@ -393,8 +393,8 @@ class SendingPauseAdmin(admin.ModelAdmin):
     """Every sending pause, active or ended (the breaker's, the provider's, an
     operator's). Resume here or on the sending status page."""
 
-    list_display = ("domain", "active", "cause", "reason", "paused_at", "until", "resumed_at", "resumed_by")
-    list_filter = ("cause", ("resumed_at", admin.EmptyFieldListFilter))
+    list_display = ("domain", "stream", "active", "cause", "reason", "paused_at", "until", "resumed_at", "resumed_by")
+    list_filter = ("cause", "stream", ("resumed_at", admin.EmptyFieldListFilter))
     search_fields = ("=domain",)
     ordering = ("-paused_at", "-id")
     readonly_fields = [f.name for f in SendingPause._meta.fields]
@@ -408,8 +408,12 @@ class SendingPauseAdmin(admin.ModelAdmin):
     def resume(self, request, queryset):
         from emailsvc.sending_control.breaker import sending_resume
 
-        domains = {pause.domain for pause in queryset if pause.resumed_at is None}
-        resumed = sum(sending_resume(domain=domain, by=f"admin:{request.user.get_username()}") for domain in domains)
+        # Exactly the selected pauses: a domain's pause as a whole ("" stream) leaves its streams' pauses alone.
+        selected = {(pause.domain, pause.stream) for pause in queryset if pause.resumed_at is None}
+        resumed = sum(
+            sending_resume(domain=domain, stream=stream, by=f"admin:{request.user.get_username()}")
+            for domain, stream in sorted(selected)
+        )
         self.message_user(request, f"Resumed {resumed} pause(s).", messages.SUCCESS)
 
     def has_add_permission(self, request):

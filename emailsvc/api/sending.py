@@ -19,8 +19,7 @@ class PauseFiguresSerializer(serializers.Serializer):
     complaint_rate = serializers.FloatField(allow_null=True)
 
 
-class SendingDomainStatusSerializer(serializers.Serializer):
-    domain = serializers.CharField(help_text='A sending domain, or "*" for the whole account')
+class PauseStateSerializer(serializers.Serializer):
     paused = serializers.BooleanField()
     cause = serializers.CharField(allow_null=True, help_text="breaker, provider, quota or operator")
     reason = serializers.CharField(allow_blank=True)
@@ -28,6 +27,29 @@ class SendingDomainStatusSerializer(serializers.Serializer):
     until = serializers.DateTimeField(allow_null=True, help_text="When the pause lifts on its own (quota, cool-down)")
     figures_at_pause = serializers.DictField(allow_null=True)
     last_24h = PauseFiguresSerializer()
+
+
+class SendingStreamStatusSerializer(PauseStateSerializer):
+    stream = serializers.CharField(help_text="A message stream of the domain (docs/streams.md)")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        return {"stream": fields.pop("stream"), **fields}
+
+
+class SendingDomainStatusSerializer(PauseStateSerializer):
+    domain = serializers.CharField(help_text='A sending domain, or "*" for the whole account')
+    streams = SendingStreamStatusSerializer(
+        many=True,
+        help_text=(
+            "The domain's message streams that sent in the last 24 h or are paused: each paused on its own by the "
+            "breaker when its rates cross the lines (`paused` above: the domain as a whole). Empty for the account"
+        ),
+    )
+
+    def get_fields(self):
+        fields = super().get_fields()
+        return {"domain": fields.pop("domain"), **fields}
 
 
 class BreakerThresholdsSerializer(serializers.Serializer):
@@ -48,9 +70,19 @@ class SendingResumeInputSerializer(serializers.Serializer):
         required=False, max_length=255, single_line=True, refuse_blank=True,
         help_text='The domain to resume, "*" for the account; leave out to resume every pause',
     )
+    stream = TextField(
+        required=False, max_length=64, single_line=True, allow_blank=True,
+        help_text=(
+            "Only the pause of this message stream (of `domain`, or of every domain); an empty string: only the "
+            "pauses of domains as a whole; leave out to resume the domain's pauses of every stream too"
+        ),
+    )
 
     def validate_domain(self, value):
         return value if value == "*" else value.strip().lower()
+
+    def validate_stream(self, value):
+        return value.strip()
 
 
 class SendingResumeOutputSerializer(serializers.Serializer):
@@ -64,9 +96,9 @@ class SendingStatusApi(APIView):
         operation_id="sending_status",
         responses={200: SendingStatusOutputSerializer, **ERRORS},
         description=(
-            "Whether the account and each sending domain may send: the safety breaker's and the provider's "
-            "pauses (cause, reason, since, until, the figures that tripped it) and the rolling 24 h sent / "
-            "bounced / complained counts and rates, with the thresholds."
+            "Whether the account, each sending domain and each message stream of a domain may send: the safety "
+            "breaker's, operators' and the provider's pauses (cause, reason, since, until, the figures that tripped "
+            "it) and the rolling 24 h sent / bounced / complained counts and rates, with the thresholds."
         ),
     )
     def get(self, request):
@@ -80,11 +112,15 @@ class SendingResumeApi(APIView):
         operation_id="sending_resume",
         request=SendingResumeInputSerializer,
         responses={200: SendingResumeOutputSerializer, **ERRORS},
-        description='Resume a paused sending domain (`"domain": "example.com"`), the account (`"*"`), or every '
-        "active pause (no domain). Held emails are queued again and sent, each once.",
+        description='Resume a paused sending domain (`"domain": "example.com"`: its pause as a whole and its '
+        'streams\' pauses), one stream of it (`"stream": "broadcast"` too), the account (`"*"`), or every active '
+        "pause (nothing given). Held emails no other pause still covers are queued again and sent, each once.",
     )
     def post(self, request):
         serializer = SendingResumeInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        resumed = sending_resume(domain=serializer.validated_data.get("domain"), by=str(request.user))
+        resumed = sending_resume(
+            domain=serializer.validated_data.get("domain"), stream=serializer.validated_data.get("stream"),
+            by=str(request.user),
+        )
         return Response(SendingResumeOutputSerializer({"resumed": resumed}).data)

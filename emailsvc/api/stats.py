@@ -77,6 +77,10 @@ def stats_query_validate(query) -> dict:
 class StatsBucketSerializer(serializers.Serializer):
     start = serializers.DateTimeField(help_text="Start of the bucket (UTC); it ends where the next one starts")
     counts = StatusCountsSerializer(help_text="Transitions to each status recorded in the bucket")
+    streams = serializers.DictField(
+        child=StatusCountsSerializer(),
+        help_text="`counts` split by the emails' message stream: {stream name: transitions to each status}",
+    )
 
 
 class StatsOutputSerializer(serializers.Serializer):
@@ -87,6 +91,14 @@ class StatsOutputSerializer(serializers.Serializer):
     interval = serializers.ChoiceField(choices=["hour", "day"])
     buckets = StatsBucketSerializer(many=True)
     totals = StatusCountsSerializer(help_text="The buckets added up")
+    streams = serializers.DictField(
+        child=StatusCountsSerializer(),
+        help_text=(
+            "`totals` split by the emails' message stream: {stream name: transitions to each status}. "
+            "`transactional` and `broadcast` are always listed, another stream when it has a transition in the "
+            "window; with `stream=`, only that stream"
+        ),
+    )
 
     def get_fields(self):
         return rename_field(super().get_fields(), "from_", "from")
@@ -105,7 +117,8 @@ class StatsApi(APIView):
             "status. A transition counts in the bucket of the moment the service recorded it (StatusChange.at): a "
             "recipient delivered at 10:05 counts in `delivered` of the 10:00 bucket; one that was sent, delivered "
             "and opened counts once in each. A message to three addresses counts three times. `group_id`, `tag` and "
-            "`stream` keep the transitions of the emails that have them. Test keys' emails are left out unless "
+            "`stream` keep the transitions of the emails that have them. `streams` (in the answer and in each bucket) "
+            "splits the counts by the emails' message stream. Test keys' emails are left out unless "
             "`include_test=true`. Bad or unknown parameters: 400 invalid_field naming them."
         ),
     )
@@ -122,7 +135,11 @@ class StatsApi(APIView):
             "from": counted.start,
             "to": counted.end,
             "interval": counted.interval,
-            "buckets": [{"start": start, "counts": counts} for start, counts in counted.buckets],
+            "buckets": [
+                {"start": start, "counts": counts, "streams": streams}
+                for (start, counts), streams in zip(counted.buckets, counted.bucket_streams, strict=True)
+            ],
             "totals": counted.totals,
+            "streams": counted.streams,
         }
         return Response(StatsOutputSerializer(body).data)

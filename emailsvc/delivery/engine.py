@@ -110,8 +110,8 @@ def deliver_due(
         # Streams with a share of the rate (broadcast) send at low priority: a chunk of
         # them holds its process only while its share books (emailsvc.streams.sending).
         size = result.chunk_size = min(size, share_size)
-    paused = breaker.paused_domains()
-    if breaker.ACCOUNT in paused:
+    paused = breaker.pauses_active()
+    if breaker.ACCOUNT in paused.domains:
         result.paused = True  # the tasks published when it is resumed take the work
         return result
     if limit.enabled:
@@ -123,7 +123,7 @@ def deliver_due(
             journal.heartbeat_write()
         claimed = status.messages_claim(
             priorities=PRIORITY_ORDER[: PRIORITY_ORDER.index(priority) + 1], limit=size, now=now,
-            claimed_by=journal.process_token(), paused_domains=paused,
+            claimed_by=journal.process_token(), paused_domains=paused.domains, paused_streams=paused.streams,
         )
         outgoing = chunk_load(claimed) if claimed else {}
     result.claimed = len(claimed)

@@ -3,18 +3,23 @@
 SES reviews an account at a 5 % bounce rate or a 0.1 % complaint rate and
 pauses it at about 10 % / 0.5 %; a paused account stops every application of
 the organisation. The breaker pauses sending earlier, from our own figures —
-rolling 24 h rates per sending domain (`SendingCounts`, fed by counts.py
-from the status changes once they commit) — and only for the domain at fault: its messages wait
-(`held`), nothing fails, the API keeps accepting, other domains keep sending.
-The account as a whole is paused when the domains still sending cross the lines
-together, and when the provider says the account stopped sending (a probe of
-SES `GetAccount` lifts that) or its daily quota is spent (lifted when the
-rolling window frees up, from our own send history).
+rolling 24 h rates per message stream of each sending domain (`SendingCounts`,
+fed by counts.py from the status changes once they commit) — and only for the
+stream of the domain at fault: its messages wait (`held`), nothing fails, the
+API keeps accepting, the domain's other streams and other domains keep sending
+(a broadcast complaint spike does not hold the domain's password resets). A
+domain as a whole is paused when its streams still sending cross the lines
+together; the account when the domains still sending do, when the provider
+says the account stopped sending (a probe of SES `GetAccount` lifts that), or
+when its daily quota is spent (lifted when the rolling window frees up, from
+our own send history).
 
 An operator resumes a pause from the admin, the API or
-`python manage.py resume_sending [--domain D]`; breaker pauses may also lift
+`python manage.py resume_sending [--domain D] [--stream S]`; breaker pauses may also lift
 on their own after BREAKER_AUTO_RESUME_HOURS.
 """
+
+from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
@@ -37,49 +42,80 @@ WINDOW = timedelta(hours=24)
 # --- Pauses ------------------------------------------------------------------------
 
 
-def paused_domains(*, now: datetime | None = None) -> set[str]:
-    """Domains (and "*" for the whole account) that must not send now.
+@dataclass(frozen=True)
+class ActivePauses:
+    """What must not send now: whole domains (and "*" for the account), and
+    single message streams of a domain, as (domain, stream)."""
 
-    Pauses whose `until` has passed are lifted here, so a quota or cool-down
-    wait ends without a beat task. One indexed query when nothing is paused.
-    """
+    domains: frozenset[str] = frozenset()
+    streams: frozenset[tuple[str, str]] = frozenset()
+
+    def holds(self, domain: str, stream: str) -> bool:
+        """Whether an email of `stream` from `domain` waits (the account's pause aside)."""
+        return domain in self.domains or (domain, stream) in self.streams
+
+
+NOTHING_PAUSED = ActivePauses()
+
+
+def pauses_active(*, now: datetime | None = None) -> ActivePauses:
+    """The pauses in force now. Pauses whose `until` has passed are lifted
+    here, so a quota or cool-down wait ends without a beat task. One indexed
+    query when nothing is paused."""
     if not any_null(SendingPause, "resumed_at"):  # the usual answer, nothing paused, without building a query
-        return set()
+        return NOTHING_PAUSED
     now = now or timezone.now()
-    active = list(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "until"))
-    expired = [domain for domain, until in active if until is not None and until <= now]
-    for domain in expired:
-        sending_resume(domain=domain, by="its wait ended")
-    return {domain for domain, until in active if domain not in expired}
+    active = list(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "stream", "until"))
+    expired = [(domain, stream) for domain, stream, until in active if until is not None and until <= now]
+    for domain, stream in expired:
+        sending_resume(domain=domain, stream=stream, by="its wait ended")
+    live = [(domain, stream) for domain, stream, _until in active if (domain, stream) not in expired]
+    return ActivePauses(
+        domains=frozenset(domain for domain, stream in live if not stream),
+        streams=frozenset((domain, stream) for domain, stream in live if stream),
+    )
+
+
+def paused_domains(*, now: datetime | None = None) -> set[str]:
+    """Domains (and "*" for the whole account) that must not send now, as a
+    whole (a pause of one of a domain's streams: `pauses_active`)."""
+    return set(pauses_active(now=now).domains)
 
 
 def sending_pause(
-    *, domain: str, cause: str, reason: str, figures: dict | None = None, until: datetime | None = None
+    *, domain: str, stream: str = "", cause: str, reason: str, figures: dict | None = None, until: datetime | None = None
 ) -> SendingPause:
-    """Pause a sending domain ("*": the account). Idempotent: an active pause
-    of that domain is returned as it is. A domain's waiting messages are held."""
+    """Pause a sending domain ("*": the account), or only one message stream
+    of it (`stream`). Idempotent: an active pause of that domain and stream is
+    returned as it is. The waiting messages it covers are held."""
+    if domain == ACCOUNT and stream:
+        raise ValueError("the account is paused as a whole, not per stream")
     now = timezone.now()
     try:
         with transaction.atomic():
             pause = SendingPause.objects.create(
-                domain=domain, cause=cause, reason=reason[:2000], figures=figures or {}, paused_at=now, until=until
+                domain=domain, stream=stream, cause=cause, reason=reason[:2000], figures=figures or {}, paused_at=now,
+                until=until,
             )
             if domain != ACCOUNT:
-                held = status.domain_hold(domain=domain, at=now)
+                held = status.domain_hold(domain=domain, stream=stream or None, at=now)
             else:
                 held = 0
-    except IntegrityError:  # already paused (one active pause per domain)
-        return SendingPause.objects.get(domain=domain, resumed_at__isnull=True)
+    except IntegrityError:  # already paused (one active pause per domain and stream)
+        return SendingPause.objects.get(domain=domain, stream=stream, resumed_at__isnull=True)
     logger.error(
-        "ALERT sending paused domain=%s cause=%s held=%d until=%s: %s figures=%s",
-        domain, cause, held, until.isoformat() if until else "-", reason, figures or {},
+        "ALERT sending paused domain=%s stream=%s cause=%s held=%d until=%s: %s figures=%s",
+        domain, stream or "*", cause, held, until.isoformat() if until else "-", reason, figures or {},
     )
     return pause
 
 
-def sending_resume(*, domain: str | None = None, by: str) -> int:
-    """Resume a domain ("*": the account; None: every active pause); how many
-    pauses ended. Held messages are queued again and delivery tasks published."""
+def sending_resume(*, domain: str | None = None, stream: str | None = None, by: str) -> int:
+    """End active pauses; how many ended. `domain`: that domain's ("*": the
+    account's), None: every domain's. `stream`: only the pause of that stream
+    ("": only the pause of the domain as a whole), None: every pause of the
+    domain. Held messages no other pause still covers are queued again and
+    delivery tasks published."""
     from emailsvc.delivery.queueing import deliveries_enqueue, due_work_enqueue
 
     now = timezone.now()
@@ -87,26 +123,51 @@ def sending_resume(*, domain: str | None = None, by: str) -> int:
         pauses = SendingPause.objects.select_for_update().filter(resumed_at__isnull=True)
         if domain is not None:
             pauses = pauses.filter(domain=domain)
-        ended = list(pauses.values_list("domain", flat=True))
-        # What the domain had sent, bounced and complained when resumed: from
-        # now on it is judged on what it does after (see figures_24h).
-        window = figures_24h(now=now)
+        if stream is not None:
+            pauses = pauses.filter(stream=stream)
+        ended = list(pauses.values_list("domain", "stream"))
+        if not ended:
+            return 0
+        # What each paused domain or stream had sent, bounced and complained when
+        # resumed (its whole window, earlier resumes aside): from now on it is
+        # judged on what it does after (see stream_figures_24h).
+        window = stream_figures_24h(now=now, since_resumes=False)
         for pause in pauses:
-            at_resume = (window.get(pause.domain) or DomainFigures(pause.domain)).as_dict()
-            pause.figures = {**pause.figures, "at_resume": at_resume}
+            pause.figures = {**pause.figures, "at_resume": _at_resume(window, pause.domain, pause.stream)}
             pause.resumed_at, pause.resumed_by = now, by[:200]
             pause.save(update_fields=["figures", "resumed_at", "resumed_by"])
+        still = set(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "stream"))
         released: list[str] = []
-        for name in ended:
-            if name != ACCOUNT:
-                released += status.domain_release(domain=name, at=now)
-    for name in ended:
-        logger.warning("sending resumed domain=%s by=%s", name, by)
+        for name, stream_name in ended:
+            if name == ACCOUNT or (name, "") in still:  # the account holds nothing; a domain still paused keeps its emails
+                continue
+            if stream_name:
+                released += status.domain_release(domain=name, stream=stream_name, at=now)
+            else:
+                kept = sorted(other for paused, other in still if paused == name and other)
+                released += status.domain_release(domain=name, still_paused_streams=kept, at=now)
+    for name, stream_name in ended:
+        logger.warning("sending resumed domain=%s stream=%s by=%s", name, stream_name or "*", by)
     if released:
         transaction.on_commit(lambda: deliveries_enqueue(priorities=released))
-    if ACCOUNT in ended:
+    if (ACCOUNT, "") in ended:
         transaction.on_commit(due_work_enqueue)
     return len(ended)
+
+
+def _at_resume(window: dict[tuple[str, str], DomainFigures], domain: str, stream: str) -> dict:
+    """The figures a resumed pause keeps as its baseline: the stream's, or the
+    domain's with each of its streams' (every one of them restarts)."""
+    if stream:
+        return (window.get((domain, stream)) or DomainFigures(domain)).as_dict()
+    total = DomainFigures(domain)
+    streams = {}
+    for (name, stream_name), figures in window.items():
+        if name == domain or domain == ACCOUNT:
+            total.add(figures)
+            if name == domain:
+                streams[stream_name] = figures.as_dict()
+    return {**total.as_dict(), "streams": streams}
 
 
 # --- The breaker -------------------------------------------------------------------------
@@ -127,6 +188,11 @@ class DomainFigures:
     def complaint_rate(self) -> float | None:
         return round(self.complained / self.sent, 6) if self.sent else None
 
+    def add(self, other: DomainFigures) -> None:
+        self.sent += other.sent
+        self.bounced += other.bounced
+        self.complained += other.complained
+
     def as_dict(self) -> dict:
         return {
             "sent": self.sent, "bounced": self.bounced, "complained": self.complained,
@@ -137,37 +203,70 @@ class DomainFigures:
 @dataclass
 class BreakerResult:
     figures: dict[str, DomainFigures] = field(default_factory=dict)
+    streams: dict[tuple[str, str], DomainFigures] = field(default_factory=dict)
     account: DomainFigures | None = None
-    paused: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)  # domains paused as a whole, "*" for the account
+    paused_streams: list[tuple[str, str]] = field(default_factory=list)  # (domain, stream) paused
 
 
-def figures_24h(*, now: datetime | None = None) -> dict[str, DomainFigures]:
-    """Sent, bounced and complained per sending domain over the rolling 24 h
-    (hourly counts; the oldest hour counts whole). Counting restarts for a
-    domain at its last resume, so a resumed domain is judged on what it sent since."""
+def stream_figures_24h(
+    *, now: datetime | None = None, since_resumes: bool = True
+) -> dict[tuple[str, str], DomainFigures]:
+    """Sent, bounced and complained per (sending domain, message stream) over
+    the rolling 24 h (hourly counts; the oldest hour counts whole). Counting
+    restarts for a stream at its last resume, or its domain's, so a resumed
+    stream is judged on what it sent since (`since_resumes`=False: the whole
+    window, as the baselines a resume keeps are taken)."""
     now = now or timezone.now()
     since = (now - WINDOW).replace(minute=0, second=0, microsecond=0)
     rows = SendingCounts.objects.filter(hour__gte=since).values_list(
-        "sending_domain", "hour", "sent", "bounced", "complained"
+        "sending_domain", "stream", "sent", "bounced", "complained"
     )
-    figures: dict[str, DomainFigures] = {}
-    for domain, _hour, sent, bounced, complained in rows:
-        entry = figures.setdefault(domain, DomainFigures(domain))
+    figures: dict[tuple[str, str], DomainFigures] = {}
+    for domain, stream, sent, bounced, complained in rows:
+        entry = figures.setdefault((domain, stream), DomainFigures(domain))
         entry.sent += sent or 0
         entry.bounced += bounced or 0
         entry.complained += complained or 0
-    # A domain resumed within the window is judged on what it did since: its
-    # figures at the resume are taken off (never below zero as old hours leave).
-    resumes = SendingPause.objects.filter(resumed_at__gte=now - WINDOW).order_by("resumed_at")
-    latest = dict(resumes.values_list("domain", "figures"))  # the last resume of each domain counts
-    for domain, pause_figures in latest.items():
+    if not since_resumes:
+        return figures
+    # A stream resumed within the window (itself, or its domain as a whole) is
+    # judged on what it did since: its figures at the resume are taken off
+    # (never below zero as old hours leave). The latest resume counts.
+    baselines: dict[tuple[str, str], dict] = {}
+    resumes = SendingPause.objects.filter(resumed_at__gte=now - WINDOW).exclude(domain=ACCOUNT).order_by("resumed_at", "id")
+    for domain, stream, pause_figures in resumes.values_list("domain", "stream", "figures"):
         baseline = (pause_figures or {}).get("at_resume")
-        if baseline and domain in figures:
-            entry = figures[domain]
+        if not baseline:
+            continue
+        if stream:
+            baselines[(domain, stream)] = baseline
+            continue
+        for key in [key for key in baselines if key[0] == domain]:
+            del baselines[key]
+        # A domain resumed before streams were counted apart: its figures were transactional's.
+        for stream_name, stream_baseline in baseline.get("streams", {"transactional": baseline}).items():
+            baselines[(domain, stream_name)] = stream_baseline
+    for key, baseline in baselines.items():
+        if key in figures:
+            entry = figures[key]
             entry.sent = max(0, entry.sent - baseline.get("sent", 0))
             entry.bounced = max(0, entry.bounced - baseline.get("bounced", 0))
             entry.complained = max(0, entry.complained - baseline.get("complained", 0))
     return figures
+
+
+def figures_24h(*, now: datetime | None = None) -> dict[str, DomainFigures]:
+    """Sent, bounced and complained per sending domain over the rolling 24 h:
+    its streams' figures (stream_figures_24h) added up."""
+    return _by_domain(stream_figures_24h(now=now))
+
+
+def _by_domain(streams: dict[tuple[str, str], DomainFigures]) -> dict[str, DomainFigures]:
+    domains: dict[str, DomainFigures] = {}
+    for (domain, _stream), figures in sorted(streams.items()):
+        domains.setdefault(domain, DomainFigures(domain)).add(figures)
+    return domains
 
 
 def _over(figures: DomainFigures) -> str:
@@ -185,36 +284,50 @@ def _over(figures: DomainFigures) -> str:
 
 
 def breaker_check(*, now: datetime | None = None) -> BreakerResult:
-    """Pause every sending domain whose rolling 24 h bounce or complaint rate
-    crossed its line (with at least BREAKER_MIN_SENT sent), then the account if
-    the domains still sending cross it together; lift breaker pauses older than
+    """Pause every message stream of a sending domain whose rolling 24 h
+    bounce or complaint rate crossed its line (with at least BREAKER_MIN_SENT
+    sent) — only that stream of that domain; then every domain whose streams
+    still sending cross it together; then the account if the domains still
+    sending cross it together. Lift breaker pauses older than
     BREAKER_AUTO_RESUME_HOURS (when set). Beat runs this every
     BREAKER_INTERVAL_SECONDS, and the event drain after applying bounces."""
     now = now or timezone.now()
     result = BreakerResult()
     if settings.BREAKER_AUTO_RESUME_HOURS:
         cutoff = now - timedelta(hours=settings.BREAKER_AUTO_RESUME_HOURS)
-        for domain in SendingPause.objects.filter(
+        for domain, stream in SendingPause.objects.filter(
             resumed_at__isnull=True, cause=SendingPause.Cause.BREAKER, paused_at__lte=cutoff
-        ).values_list("domain", flat=True):
-            sending_resume(domain=domain, by="auto-resume after cool-down")
-    paused = paused_domains(now=now)
-    result.figures = figures_24h(now=now)
+        ).values_list("domain", "stream"):
+            sending_resume(domain=domain, stream=stream, by="auto-resume after cool-down")
+    paused = pauses_active(now=now)
+    result.streams = stream_figures_24h(now=now)
+    result.figures = _by_domain(result.streams)
     account = DomainFigures(ACCOUNT)
-    for domain, figures in sorted(result.figures.items()):
-        if domain in paused:
+    for domain in sorted(result.figures):
+        if domain in paused.domains:
             continue
-        why = _over(figures)
+        sending = DomainFigures(domain)
+        for (name, stream), figures in sorted(result.streams.items()):
+            if name != domain or (domain, stream) in paused.streams:
+                continue
+            why = _over(figures)
+            if why:
+                sending_pause(
+                    domain=domain, stream=stream, cause=SendingPause.Cause.BREAKER, reason=f"stream {stream}: {why}",
+                    figures=figures.as_dict(),
+                )
+                result.paused_streams.append((domain, stream))
+                continue
+            sending.add(figures)
+        why = _over(sending)
         if why:
-            sending_pause(domain=domain, cause=SendingPause.Cause.BREAKER, reason=why, figures=figures.as_dict())
+            sending_pause(domain=domain, cause=SendingPause.Cause.BREAKER, reason=why, figures=sending.as_dict())
             result.paused.append(domain)
             continue
-        account.sent += figures.sent
-        account.bounced += figures.bounced
-        account.complained += figures.complained
+        account.add(sending)
     result.account = account
     why = _over(account)
-    if why and ACCOUNT not in paused:
+    if why and ACCOUNT not in paused.domains:
         sending_pause(domain=ACCOUNT, cause=SendingPause.Cause.BREAKER, reason=why, figures=account.as_dict())
         result.paused.append(ACCOUNT)
     return result
@@ -271,30 +384,39 @@ def provider_probe() -> bool:
 
 
 def sending_status(*, now: datetime | None = None) -> dict:
-    """The account's and every known domain's pause state, with their 24 h figures."""
+    """The account's and every known domain's pause state, with their 24 h
+    figures, and each domain's message streams alike."""
     now = now or timezone.now()
-    active = {p.domain: p for p in SendingPause.objects.filter(resumed_at__isnull=True)}
-    figures = figures_24h(now=now)
+    active = {(p.domain, p.stream): p for p in SendingPause.objects.filter(resumed_at__isnull=True)}
+    streams = stream_figures_24h(now=now)
+    figures = _by_domain(streams)
 
-    def entry(domain: str, figure: DomainFigures | None) -> dict:
-        pause = active.get(domain)
+    def pause_state(pause: SendingPause | None, figure: DomainFigures) -> dict:
         return {
-            "domain": domain,
             "paused": pause is not None,
             "cause": pause.cause if pause else None,
             "reason": pause.reason if pause else "",
             "since": pause.paused_at if pause else None,
             "until": pause.until if pause else None,
             "figures_at_pause": pause.figures if pause else None,
-            "last_24h": (figure or DomainFigures(domain)).as_dict(),
+            "last_24h": figure.as_dict(),
+        }
+
+    def entry(domain: str, figure: DomainFigures | None) -> dict:
+        names = sorted({s for d, s in streams if d == domain} | {s for d, s in active if d == domain and s})
+        return {
+            "domain": domain,
+            **pause_state(active.get((domain, "")), figure or DomainFigures(domain)),
+            "streams": [
+                {"stream": name, **pause_state(active.get((domain, name)), streams.get((domain, name)) or DomainFigures(domain))}
+                for name in names
+            ] if domain != ACCOUNT else [],
         }
 
     total = DomainFigures(ACCOUNT)
     for figure in figures.values():
-        total.sent += figure.sent
-        total.bounced += figure.bounced
-        total.complained += figure.complained
-    domains = sorted(set(figures) | (set(active) - {ACCOUNT}))
+        total.add(figure)
+    domains = sorted(set(figures) | ({domain for domain, _stream in active} - {ACCOUNT}))
     return {
         "account": entry(ACCOUNT, total),
         "domains": [entry(domain, figures.get(domain)) for domain in domains],

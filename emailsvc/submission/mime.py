@@ -399,7 +399,9 @@ def mime_submissions_store(items: list[MimeSubmission]) -> list[tuple[str, bool]
                 SubmittedMime(message=item.submission.message, content=item.content)
                 for item in fresh if item.content is not None
             ])
-            metrics.emails_accepted_observe(priorities=[item.submission.message.priority for item in fresh], endpoint="smtp")
+            metrics.emails_accepted_observe(
+                emails=[(item.submission.message.priority, item.submission.message.stream) for item in fresh], endpoint="smtp"
+            )
     except IntegrityError:
         for item in fresh:  # rolled back: stored again from scratch
             item.submission.message.pk = None

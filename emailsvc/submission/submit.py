@@ -28,7 +28,7 @@ from emailsvc.models import (
 )
 from emailsvc.providers.tracking_links import track_requested, tracked_links
 from emailsvc.selectors import suppressed_addresses
-from emailsvc.sending_control.breaker import paused_domains
+from emailsvc.sending_control.breaker import pauses_active
 from emailsvc.streams.sending import stream_send_check, stream_suppressed_recipients
 from emailsvc.submission.policy import check_sender_policy
 from templates_app.errors import TemplateNotFound
@@ -255,14 +255,14 @@ def _submissions_store(submissions: list[_Submission], *, now: datetime, groups_
     unsubscribed = stream_suppressed_recipients(
         messages=[(s.message.stream, [r.email for r in s.recipients]) for s in submissions]
     )
-    paused = paused_domains(now=now)
+    paused = pauses_active(now=now)
     for submission, held in zip(submissions, unsubscribed, strict=True):
         message = submission.message
         scheduled = message.send_at is not None and message.send_at > now
         status.submission_statuses(
             message=message, recipients=submission.recipients, suppressed={**held, **suppressed} if held else suppressed,
             scheduled=scheduled,
-            held=message.sending_domain in paused,  # accepted, and waits for its domain to be resumed
+            held=paused.holds(message.sending_domain, message.stream),  # accepted; waits for the resume
         )
         if message.state == WorkState.QUEUED:
             message.queued_at = now

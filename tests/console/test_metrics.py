@@ -73,15 +73,15 @@ def test_a_send_through_a_real_worker_moves_the_counters(client, api, token, set
         after = scrape(client)
         worker_side = (
             value(after, "emailsvc_delivery_attempts_total") > value(before, "emailsvc_delivery_attempts_total")
-            and value(after, "emailsvc_recipient_status_changes_total", status="sent")
-            > value(before, "emailsvc_recipient_status_changes_total", status="sent")
+            and value(after, "emailsvc_recipient_status_changes_total", status="sent", stream="transactional")
+            > value(before, "emailsvc_recipient_status_changes_total", status="sent", stream="transactional")
         )
         return after if worker_side else None
 
     # The worker counts right after its transaction commits, a moment after the status is visible.
     after = wait_until(moved, timeout=15, interval=0.2)
     assert after, celery_worker.log()[-3000:]
-    accepted = ("emailsvc_emails_accepted_total", {"priority": "normal", "endpoint": "single"})
+    accepted = ("emailsvc_emails_accepted_total", {"priority": "normal", "endpoint": "single", "stream": "transactional"})
     assert value(after, accepted[0], **accepted[1]) - value(before, accepted[0], **accepted[1]) == 1
     # Only the worker process delivers in this test: its figures reached this process's scrape.
     assert value(after, "emailsvc_delivery_attempts_total") - value(before, "emailsvc_delivery_attempts_total") >= 1
@@ -115,9 +115,59 @@ def test_a_batch_is_counted_by_priority(client, api, token):
 
     def delta(priority: str) -> float:
         name = "emailsvc_emails_accepted_total"
-        return value(after, name, priority=priority, endpoint="batch") - value(before, name, priority=priority, endpoint="batch")
+        labels = {"priority": priority, "endpoint": "batch", "stream": "transactional"}
+        return value(after, name, **labels) - value(before, name, **labels)
 
     assert (delta("high"), delta("normal"), delta("low")) == (1, 0, 2)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_accepted_emails_and_status_changes_are_counted_by_stream(client, api, token, settings, celery_worker, smtp_server):
+    settings.EMAIL_PROVIDER = "smtp"
+    later = {"send_at": (timezone.now() + timedelta(days=1)).isoformat(), "subject": "s", "text": "x"}
+    before = scrape(client)
+    batch = api.post(
+        "/api/v1/emails/batch",
+        json.dumps({"emails": [
+            {**later, "to": "a@example.com", "stream": "broadcast"},
+            {**later, "to": "b@example.com", "stream": "broadcast"},
+            {**later, "to": "c@example.com"},
+        ]}),
+        content_type="application/json",
+    )
+    assert batch.status_code == 200 and not batch.json()["errors"], batch.content
+    cancelled = api.post(f"/api/v1/emails/{batch.json()['data'][0]['email_id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.content
+    now = api.post(
+        "/api/v1/emails",
+        json.dumps({"to": "d@example.com", "subject": "Now", "text": "x", "stream": "broadcast"}),
+        content_type="application/json",
+    )
+    assert now.status_code == 202, now.content
+    assert wait_for_status(now.json()["email_id"]).status == "sent", celery_worker.log()[-3000:]
+
+    def delta(samples: dict, name: str, **labels) -> float:
+        return value(samples, name, **labels) - value(before, name, **labels)
+
+    changes = "emailsvc_recipient_status_changes_total"
+    after = wait_until(
+        lambda: (lambda s: s if delta(s, changes, status="sent", stream="broadcast") >= 1 else None)(scrape(client)),
+        timeout=15, interval=0.2,
+    )
+    assert after, celery_worker.log()[-3000:]
+    accepted = "emailsvc_emails_accepted_total"
+    # broadcast's default priority is low (emailsvc.streams)
+    assert delta(after, accepted, priority="low", endpoint="batch", stream="broadcast") == 2
+    assert delta(after, accepted, priority="normal", endpoint="batch", stream="transactional") == 1
+    assert delta(after, accepted, priority="low", endpoint="single", stream="broadcast") == 1
+    assert delta(after, accepted, priority="low", endpoint="single", stream="transactional") == 0
+    assert delta(after, changes, status="sent", stream="broadcast") == 1
+    assert delta(after, changes, status="sent", stream="transactional") == 0
+    assert delta(after, changes, status="cancelled", stream="broadcast") == 1
+    assert delta(after, changes, status="cancelled", stream="transactional") == 0
+    # Every install's streams are shown from the start, at 0 until something happens.
+    assert (changes, frozenset({("status", "complained"), ("stream", "broadcast")})) in after
 
 
 # --- read at scrape time ---------------------------------------------------------------
@@ -126,13 +176,17 @@ def test_a_batch_is_counted_by_priority(client, api, token):
 @pytest.mark.django_db(transaction=True)
 def test_paused_domains_and_the_drain_report_are_read_at_scrape_time(client, token, fresh):
     sending_pause(domain="bounces.example", cause="operator", reason="metrics test")
+    sending_pause(domain="news.example", stream="broadcast", cause="breaker", reason="metrics test")
     drain_report_save({"at": time.time() - 3, "waiting": 7, "in_flight": 2, "lag_seconds": 42.5, "received": 10})
     try:
         samples = scrape(client)
     finally:
         sending_resume(domain="bounces.example", by="metrics test")
+        sending_resume(domain="news.example", by="metrics test")
 
-    assert value(samples, "emailsvc_sending_paused", domain="bounces.example") == 1
+    assert value(samples, "emailsvc_sending_paused", domain="bounces.example", stream="") == 1
+    assert value(samples, "emailsvc_sending_paused", domain="news.example", stream="broadcast") == 1
+    assert ("emailsvc_sending_paused", frozenset({("domain", "news.example"), ("stream", "")})) not in samples
     assert value(samples, "emailsvc_drain_lag_seconds") == 42.5
     assert value(samples, "emailsvc_drain_waiting_events") == 7
     assert value(samples, "emailsvc_drain_in_flight_events") == 2
@@ -140,7 +194,7 @@ def test_paused_domains_and_the_drain_report_are_read_at_scrape_time(client, tok
     assert {value(samples, "emailsvc_metrics_source_up", source=s) for s in ("broker", "drain", "breaker")} == {1}
 
     resumed = scrape(client)
-    assert ("emailsvc_sending_paused", frozenset({("domain", "bounces.example")})) not in resumed
+    assert not [key for key in resumed if key[0] == "emailsvc_sending_paused"]
 
 
 def test_the_tracking_hits_buffer_is_read_at_scrape_time(client, token, fresh):

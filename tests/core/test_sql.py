@@ -400,8 +400,10 @@ def test_rows_lock_reads_what_the_orm_reads():
 
 def test_rows_claim_takes_the_due_rows_the_orm_reads_in_the_same_order():
     now = AT + timedelta(hours=1)
-    plan = [  # priority, state, status, due (minutes before now; negative: not due yet), domain
+    plan = [  # priority, state, status, due (minutes before now; negative: not due yet), domain[/stream]
         ("high", "queued", "queued", 5, "a.example"),
+        ("high", "queued", "queued", 45, "a.example/broadcast"),  # that stream of the domain is paused
+        ("high", "queued", "queued", 44, "b.example/broadcast"),
         ("high", "scheduled", "scheduled", 50, "a.example"),
         ("high", "queued", "delivered", 30, "b.example"),  # shows what its recipients did
         ("high", "queued", "queued", 40, "paused.example"),
@@ -413,17 +415,21 @@ def test_rows_claim_takes_the_due_rows_the_orm_reads_in_the_same_order():
         ("low", "queued", "queued", 90, "a.example"),
     ]
     messages = [
-        Message(email_id=f"claim-{index}", from_email="sender@example.com", sending_domain=domain, provider="console",
+        Message(email_id=f"claim-{index}", from_email="sender@example.com", sending_domain=domain.partition("/")[0],
+                stream=domain.partition("/")[2] or "transactional", provider="console",
                 text="hello", priority=priority, state=state, status=status_name, attempts=1,
                 next_attempt_at=now - timedelta(minutes=minutes))
         for index, (priority, state, status_name, minutes, domain) in enumerate(plan)
     ]
     Message.objects.bulk_create(messages)
-    priorities, paused, limit = ["high", "normal", "low"], ["paused.example"], 5
+    priorities, paused, limit = ["high", "normal", "low"], ["paused.example"], 6
+    paused_streams = [("a.example", "broadcast"), ("c.example", "transactional")]
     expected: list[int] = []
     for priority in priorities:
         due = Message.objects.filter(state__in=["scheduled", "queued"], priority=priority, next_attempt_at__lte=now)
         due = due.exclude(sending_domain__in=paused).order_by("next_attempt_at")
+        for domain, stream in paused_streams:
+            due = due.exclude(sending_domain=domain, stream=stream)
         expected += list(due.values_list("id", flat=True)[: limit - len(expected)])
     before = {m.pk: m for m in Message.objects.filter(pk__in=[m.pk for m in messages])}
 
@@ -431,7 +437,7 @@ def test_rows_claim_takes_the_due_rows_the_orm_reads_in_the_same_order():
         claimed = sql_engine.rows_claim(
             Message, waiting=("scheduled", "queued"), claimed="sending", shown=("queued", "scheduled"),
             showing="sending", priorities=priorities, limit=limit, now=now, claimed_by="worker-7",
-            paused_domains=paused,
+            paused_domains=paused, paused_streams=paused_streams,
         )
 
     assert sorted(claimed) == sorted(expected) and len(expected) == limit
@@ -545,23 +551,25 @@ def test_any_null_answers_what_exists_answers():
 def test_counts_add_writes_what_update_or_create_with_f_adds_writes():
     hour = AT.replace(minute=0, second=0, microsecond=0)
     batches = [
-        [("a.example", hour, 3, 0, 1), ("b.example", hour, 1, 1, 0)],
-        [("a.example", hour, 2, 1, 0), ("a.example", hour + timedelta(hours=1), 5, 0, 0)],
+        [("a.example", "transactional", hour, 3, 0, 1), ("b.example", "transactional", hour, 1, 1, 0)],
+        [("a.example", "transactional", hour, 2, 1, 0), ("a.example", "broadcast", hour, 4, 0, 2),
+         ("a.example", "transactional", hour + timedelta(hours=1), 5, 0, 0)],
     ]
     counters = ("sent", "bounced", "complained")
     for batch in batches:
-        for domain, at, *added in batch:
+        for domain, stream, at, *added in batch:
             row, created = SendingCounts.objects.get_or_create(
-                sending_domain=domain, hour=at, defaults=dict(zip(counters, added))
+                sending_domain=domain, stream=stream, hour=at, defaults=dict(zip(counters, added))
             )
             if not created:
                 SendingCounts.objects.filter(pk=row.pk).update(
                     **{name: F(name) + value for name, value in zip(counters, added)}
                 )
-    columns = ("sending_domain", "hour", *counters)
-    by_orm = list(SendingCounts.objects.order_by("sending_domain", "hour").values_list(*columns))
+    columns = ("sending_domain", "stream", "hour", *counters)
+    by_orm = list(SendingCounts.objects.order_by(*columns[:3]).values_list(*columns))
     SendingCounts.objects.all().delete()
     for batch in batches:
-        sql_engine.counts_add(SendingCounts, batch, key=("sending_domain", "hour"), counters=counters)
-    assert list(SendingCounts.objects.order_by("sending_domain", "hour").values_list(*columns)) == by_orm
-    assert by_orm[0] == ("a.example", hour, 5, 1, 1)
+        sql_engine.counts_add(SendingCounts, batch, key=("sending_domain", "stream", "hour"), counters=counters)
+    assert list(SendingCounts.objects.order_by(*columns[:3]).values_list(*columns)) == by_orm
+    assert by_orm[0] == ("a.example", "broadcast", hour, 4, 0, 2)
+    assert by_orm[1] == ("a.example", "transactional", hour, 5, 1, 1)

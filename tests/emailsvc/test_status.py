@@ -331,11 +331,12 @@ def test_the_scan_sees_each_kind_of_status_write(tmp_path):
 def _status_changes_counted(client, status_name: str) -> float:
     response = client.get("/metrics", HTTP_AUTHORIZATION="Bearer status-test-token-0123456789")
     assert response.status_code == 200, response.content
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            if sample.name == "emailsvc_recipient_status_changes_total" and sample.labels == {"status": status_name}:
-                return sample.value
-    return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.content.decode())
+        for sample in family.samples
+        if sample.name == "emailsvc_recipient_status_changes_total" and sample.labels.get("status") == status_name
+    )
 
 
 @pytest.mark.django_db(transaction=True)

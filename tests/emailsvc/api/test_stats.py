@@ -129,6 +129,44 @@ def test_group_and_tag_keep_their_emails_transitions(make_client, history):
     assert nothing["totals"] == counts() and len(nothing["buckets"]) == 5
 
 
+def test_the_split_by_stream_matches_the_stored_transitions_and_the_stream_filter(api, make_client, history):
+    reader = make_client(ApiKey.Permission.READ_ONLY)
+    base = history
+    last = StatusChange.objects.order_by("-id").values_list("id", flat=True).first()
+    first = send(api, "n1@example.com", stream="broadcast")
+    second = send(api, "n2@example.com", stream="broadcast")
+    assert deliver_now() == 2
+    first.refresh_from_db(), second.refresh_from_db()
+    apply(event(second, "Complaint", ["n2@example.com"], seconds=30))
+    happened_at(base + timedelta(hours=1, minutes=5), last)
+    window = f"from={iso(base)}&to={iso(base + timedelta(hours=5))}"
+
+    body = reader.get(f"/api/v1/stats?{window}").json()
+
+    stored: dict[str, dict] = {}
+    for stream, status in StatusChange.objects.filter(at__gte=base, at__lt=base + timedelta(hours=5)).values_list(
+        "message__stream", "to_status"
+    ):
+        stored.setdefault(stream, counts())[status] += 1
+    assert body["streams"] == stored
+    assert body["streams"]["broadcast"] == counts(sent=2, complained=1)
+    assert body["streams"]["transactional"] == counts(
+        sent=4, suppressed=1, delivered=3, bounced=1, opened=1, complained=1, cancelled=1
+    )
+    assert body["totals"] == counts(sent=6, suppressed=1, delivered=3, bounced=1, opened=1, complained=2, cancelled=1)
+    assert body["buckets"][1]["streams"] == {"broadcast": counts(sent=2, complained=1), "transactional": counts()}
+    assert body["buckets"][0]["streams"]["transactional"] == counts(sent=4, suppressed=1)
+    for bucket in body["buckets"]:  # the split adds up to the bucket
+        assert {s: sum(c[s] for c in bucket["streams"].values()) for s in STATUSES} == bucket["counts"]
+    # The filter answers as before, its split holding its one stream.
+    filtered = reader.get(f"/api/v1/stats?{window}&stream=broadcast").json()
+    assert filtered["totals"] == body["streams"]["broadcast"]
+    assert filtered["streams"] == {"broadcast": body["streams"]["broadcast"]}
+    # A stream created later shows once it has transitions; an idle window still lists the built-in ones.
+    empty = reader.get(f"/api/v1/stats?from={iso(base - timedelta(days=2))}&to={iso(base - timedelta(days=1))}").json()
+    assert empty["streams"] == {"broadcast": counts(), "transactional": counts()}
+
+
 def test_daily_buckets_and_a_window_widened_to_whole_buckets(make_client, history):
     reader = make_client(ApiKey.Permission.READ_ONLY)
     moments = {  # when each phase happened, and what it counted

@@ -105,9 +105,11 @@ def test_the_fifteenth_soft_bounce_in_thirty_days_suppresses_the_address(api, sm
 # --- The breaker ------------------------------------------------------------------------
 
 
-def sent_from(api, domain: str, count: int, *, bounced: int = 0, complained: int = 0) -> list[Message]:
+def sent_from(api, domain: str, count: int, *, bounced: int = 0, complained: int = 0, **fields) -> list[Message]:
     run = uuid.uuid4().hex[:8]  # fresh addresses: a bounce suppresses its address
-    messages = [accept(api, **{"from": f"news@{domain}", "to": f"r{n}-{run}@example.org"}) for n in range(count)]
+    messages = [
+        accept(api, **{"from": f"news@{domain}", "to": f"r{n}-{run}@example.org", **fields}) for n in range(count)
+    ]
     deliver_now()
     for message in messages[:bounced]:
         apply(message, "Bounce", message.recipients.get().email, bounce_type="Permanent", bounce_subtype="General")
@@ -137,8 +139,10 @@ def test_the_breaker_waits_for_the_minimum_volume_then_trips_at_the_line(api, sm
     sent_from(api, "bad.example", 1)  # 20 sent, 2 bounced: 10 %, on the line
     result = breaker_check()
 
-    assert result.paused == ["bad.example"]
+    # The stream at fault is paused, not the domain's other streams.
+    assert (result.paused, result.paused_streams) == ([], [("bad.example", "transactional")])
     pause = SendingPause.objects.get(domain="bad.example", resumed_at__isnull=True)
+    assert pause.stream == "transactional"
     assert pause.cause == "breaker" and pause.figures["bounce_rate"] == 0.1 and pause.figures["sent"] == 20
     assert "bounce rate 10.00%" in pause.reason
 
@@ -146,13 +150,13 @@ def test_the_breaker_waits_for_the_minimum_volume_then_trips_at_the_line(api, sm
 @committed
 def test_a_complaint_rate_over_its_line_trips_too(api, smtp, breaker):
     sent_from(api, "bad.example", 20, complained=1)  # 5 %
-    assert breaker_check().paused == ["bad.example"]
+    assert breaker_check().paused_streams == [("bad.example", "transactional")]
 
 
 @committed
 def test_a_paused_domain_waits_while_another_delivers_and_resume_sends_each_once(api, smtp, breaker):
     sent_from(api, "bad.example", 20, bounced=3)
-    assert breaker_check().paused == ["bad.example"]
+    assert breaker_check().paused_streams == [("bad.example", "transactional")]
 
     waiting = [accept(api, **{"from": "news@bad.example", "to": f"w{n}@example.org"}) for n in range(3)]
     going = accept(api, **{"from": "help@good.example", "to": "reset@example.org", "priority": "high"})
@@ -164,8 +168,9 @@ def test_a_paused_domain_waits_while_another_delivers_and_resume_sends_each_once
     assert all(smtp.matching(m.email_id) == [] for m in waiting)
     status = api.get("/api/v1/sending-status").json()
     bad = next(d for d in status["domains"] if d["domain"] == "bad.example")
-    assert (bad["paused"], bad["cause"], status["account"]["paused"]) == (True, "breaker", False)
-    assert bad["last_24h"]["bounced"] == 3
+    assert (bad["paused"], status["account"]["paused"]) == (False, False)  # one stream of it is
+    assert [(s["stream"], s["paused"], s["cause"]) for s in bad["streams"]] == [("transactional", True, "breaker")]
+    assert bad["last_24h"]["bounced"] == bad["streams"][0]["last_24h"]["bounced"] == 3
 
     assert sending_resume(domain="bad.example", by="test") == 1
     assert deliver_now() == 3

@@ -1,0 +1,155 @@
+"""The breaker per message stream, with real SMTP and SES events: a broadcast
+complaint spike pauses broadcast of that domain while its transactional email
+still goes out (counted at the SMTP sink); the domain as a whole still pauses
+when its streams cross the line together; a stream's pause resumes on its own
+through the API, the command and the admin, each held email sent once."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from emailsvc.models import ApiKey, Message, SendingCounts, SendingPause
+from emailsvc.sending_control.breaker import (
+    breaker_check,
+    pauses_active,
+    sending_pause,
+    sending_resume,
+    stream_figures_24h,
+)
+from tests.conftest import deliver_now
+from tests.emailsvc.sending_control.test_breaker import accept, breaker, committed, sent_from, smtp  # noqa: F401
+
+pytestmark = pytest.mark.django_db
+
+
+def held(*messages: Message) -> set[str]:
+    return set(Message.objects.filter(pk__in=[m.pk for m in messages]).values_list("state", flat=True))
+
+
+@committed
+def test_a_broadcast_complaint_spike_pauses_broadcast_of_that_domain_while_its_transactional_email_goes(
+    api, make_client, smtp, breaker
+):
+    sent_from(api, "bad.example", 20, complained=2, stream="broadcast")  # 10 % complaints: over 5 %
+    sent_from(api, "bad.example", 20)  # transactional of the same domain: clean
+    assert set(SendingCounts.objects.values_list("sending_domain", "stream", "sent", "complained")) == {
+        ("bad.example", "broadcast", 20, 2), ("bad.example", "transactional", 20, 0),
+    }
+
+    result = breaker_check()
+
+    assert (result.paused, result.paused_streams) == ([], [("bad.example", "broadcast")])
+    pause = SendingPause.objects.get(resumed_at__isnull=True)
+    assert (pause.domain, pause.stream, pause.cause) == ("bad.example", "broadcast", "breaker")
+    assert pause.figures["complained"] == 2 and "complaint rate 10.000%" in pause.reason
+    newsletter = [accept(api, **{"from": "news@bad.example", "to": f"n{n}@example.org", "stream": "broadcast"}) for n in range(2)]
+    reset = accept(api, **{"from": "help@bad.example", "to": "reset@example.org", "priority": "high"})
+    assert held(*newsletter) == {"held"} and held(reset) == {"queued"}
+
+    assert deliver_now() == 1
+    assert len(smtp.wait_for(reset.email_id)) == 1
+    assert all(smtp.matching(m.email_id) == [] for m in newsletter)
+    # The API shows the stream paused, the domain and its other stream sending, with each one's figures.
+    status = make_client(ApiKey.Permission.READ_ONLY).get("/api/v1/sending-status").json()
+    bad = next(d for d in status["domains"] if d["domain"] == "bad.example")
+    assert bad["paused"] is False and bad["last_24h"]["sent"] == 41
+    streams = {s["stream"]: s for s in bad["streams"]}
+    assert (streams["broadcast"]["paused"], streams["broadcast"]["cause"]) == (True, "breaker")
+    assert streams["broadcast"]["last_24h"] == {
+        "sent": 20, "bounced": 0, "complained": 2, "bounce_rate": 0.0, "complaint_rate": 0.1,
+    }
+    assert (streams["transactional"]["paused"], streams["transactional"]["last_24h"]["sent"]) == (False, 21)
+
+    out = StringIO()
+    call_command("resume_sending", "--domain", "bad.example", "--stream", "broadcast", stdout=out)
+    assert "Resumed 1 pause(s): bad.example (broadcast)." in out.getvalue()
+    assert deliver_now() == 2
+    assert [len(smtp.wait_for(m.email_id)) for m in newsletter] == [1, 1]
+    assert deliver_now() == 0
+    # Judged again only on what broadcast sends after its resume.
+    assert stream_figures_24h()[("bad.example", "broadcast")].complained == 0
+    assert breaker_check().paused_streams == []
+
+
+@committed
+def test_the_domain_pauses_as_a_whole_when_its_streams_cross_the_line_together(api, smtp, breaker):
+    # Neither stream reaches the minimum volume alone; together they do, at 10 % bounces.
+    sent_from(api, "bad.example", 10, bounced=1, stream="broadcast")
+    sent_from(api, "bad.example", 10, bounced=1)
+
+    result = breaker_check()
+
+    assert (result.paused, result.paused_streams) == (["bad.example"], [])
+    assert SendingPause.objects.get(resumed_at__isnull=True).stream == ""
+    assert pauses_active().holds("bad.example", "transactional") and pauses_active().holds("bad.example", "broadcast")
+
+
+def test_a_domain_resumed_keeps_the_emails_of_its_stream_still_paused(api, make_client, smtp):
+    sending_pause(domain="bad.example", stream="broadcast", cause="operator", reason="checking the list")
+    sending_pause(domain="bad.example", cause="operator", reason="everything")
+    newsletter = accept(api, **{"from": "news@bad.example", "to": "n@example.org", "stream": "broadcast"})
+    reset = accept(api, **{"from": "help@bad.example", "to": "reset@example.org"})
+    other = accept(api, **{"from": "news@good.example", "to": "o@example.org", "stream": "broadcast"})
+    assert held(newsletter, reset) == {"held"} and held(other) == {"queued"}
+    full = make_client(ApiKey.Permission.FULL)
+
+    # "": the domain's pause as a whole only.
+    response = full.post("/api/v1/sending-status/resume", {"domain": "bad.example", "stream": ""}, format="json")
+
+    assert (response.status_code, response.json()) == (200, {"resumed": 1})
+    assert held(newsletter) == {"held"}
+    assert deliver_now() == 2
+    assert len(smtp.wait_for(reset.email_id)) == 1 and len(smtp.wait_for(other.email_id)) == 1
+    assert smtp.matching(newsletter.email_id) == []
+
+    response = full.post("/api/v1/sending-status/resume", {"domain": "bad.example", "stream": "broadcast"}, format="json")
+    assert (response.status_code, response.json()) == (200, {"resumed": 1})
+    assert deliver_now() == 1
+    assert len(smtp.wait_for(newsletter.email_id)) == 1
+
+
+def test_a_stream_paused_on_its_own_while_its_domain_is_paused_waits_for_both(api, smtp):
+    sending_pause(domain="bad.example", cause="operator", reason="everything")
+    newsletter = accept(api, **{"from": "news@bad.example", "to": "n@example.org", "stream": "broadcast"})
+    sending_pause(domain="bad.example", stream="broadcast", cause="operator", reason="and the newsletter")
+
+    assert sending_resume(domain="bad.example", stream="broadcast", by="test") == 1
+    assert held(newsletter) == {"held"}  # its domain is still paused
+    assert deliver_now() == 0
+    assert sending_resume(domain="bad.example", by="test") == 1
+    assert deliver_now() == 1
+    assert len(smtp.wait_for(newsletter.email_id)) == 1
+
+
+def test_the_admin_resumes_exactly_the_selected_pause(admin_client, api, smtp):
+    stream_pause = sending_pause(domain="bad.example", stream="broadcast", cause="breaker", reason="x")
+    domain_pause = sending_pause(domain="bad.example", cause="operator", reason="y")
+
+    response = admin_client.post(
+        "/admin/emailsvc/sendingpause/", {"action": "resume", "_selected_action": [stream_pause.pk]}, follow=True
+    )
+
+    assert response.status_code == 200
+    assert SendingPause.objects.get(pk=stream_pause.pk).resumed_at is not None
+    assert SendingPause.objects.get(pk=domain_pause.pk).resumed_at is None
+
+
+def test_the_sending_page_shows_a_paused_stream_under_its_domain_and_resumes_it_alone(admin_client, api, smtp):
+    sending_pause(domain="bad.example", stream="broadcast", cause="breaker", reason="complaints")
+    sending_pause(domain="bad.example", cause="operator", reason="everything")
+    accept(api, **{"from": "news@bad.example", "to": "n@example.org", "stream": "broadcast"})
+
+    page = admin_client.get("/admin/operations/sending/").content.decode()
+    assert 'data-domain="bad.example" data-stream="broadcast"' in page and "stream broadcast" in page
+
+    response = admin_client.post("/admin/operations/sending/resume/", {"domain": "bad.example", "stream": "broadcast"})
+    assert response.status_code == 302
+    assert list(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "stream")) == [
+        ("bad.example", "")
+    ]
+
+
+def test_the_account_pauses_as_a_whole_only():
+    with pytest.raises(ValueError):
+        sending_pause(domain="*", stream="broadcast", cause="operator", reason="x")
