@@ -71,12 +71,20 @@ def _problem(error: Exception) -> str | None:
     """The one line that explains `error`, if it is a settings or connection problem."""
     from botocore.exceptions import EndpointConnectionError
     from django.conf import settings
-    from django.core.exceptions import ImproperlyConfigured
+    from django.core.exceptions import AppRegistryNotReady, ImproperlyConfigured
     from django.db import OperationalError as DatabaseError
     from kombu.exceptions import OperationalError
     from kombu.utils.url import maybe_sanitize_url
     from redis.exceptions import ConnectionError as RedisConnectionError
 
+    if isinstance(error, AppRegistryNotReady):
+        # Django keeps a settings error of its set-up for later; a command that needs
+        # the apps (makemigrations, migrate) then fails with this instead: name the cause.
+        try:
+            settings.INSTALLED_APPS  # noqa: B018 - imports the settings module again, raising its error
+        except Exception as cause:  # whatever the settings module raised
+            return _problem(cause)
+        return None
     if (name := _setting_name(error)) and name not in str(error):
         return f"{name} is not valid ({error}); fix or unset it"
     if isinstance(error, ImproperlyConfigured):

@@ -73,8 +73,9 @@ def stopped_sandbox(tmp_path) -> Path:
     return tmp_path
 
 
-def test_without_settings_or_make_run_state_a_command_names_secret_key_and_make_run(tmp_path):
-    result = manage("create_api_key", "--name", "ci", sandbox=tmp_path / "never-ran")
+@pytest.mark.parametrize("command", [("create_api_key", "--name", "ci"), ("makemigrations", "--check"), ("migrate",)])
+def test_without_settings_or_make_run_state_a_command_names_secret_key_and_make_run(tmp_path, command):
+    result = manage(*command, sandbox=tmp_path / "never-ran")
 
     assert one_line(result) == (
         "SECRET_KEY must be set (or DEBUG=true for local use); "
