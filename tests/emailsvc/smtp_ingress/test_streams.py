@@ -13,6 +13,7 @@ from django.test import Client
 
 from emailsvc.keys import api_key_create
 from tests.conftest import _worker_env, start_worker, stop, wait_for_status
+from tests.console.test_metrics import TOKEN, scrape, value
 from tests.emailsvc.smtp_ingress.conftest import start_ingress
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -73,11 +74,22 @@ def received(smtp_server, run: str) -> email.message.EmailMessage:
     return email.message_from_bytes(arrived.data, policy=policy.default)
 
 
-def test_a_broadcast_submission_carries_the_services_one_click_headers_only(ingress, worker, smtp_server, key, api):
+def accepted_over_smtp(client: Client, stream: str) -> float:
+    """emailsvc_emails_accepted_total of SMTP submissions on `stream` (the smtp
+    process counts in the metrics directory this process's /metrics adds up)."""
+    return value(scrape(client), "emailsvc_emails_accepted_total", priority="low", endpoint="smtp", stream=stream)
+
+
+def test_a_broadcast_submission_carries_the_services_one_click_headers_only(
+    ingress, worker, smtp_server, key, api, settings
+):
+    settings.METRICS_TOKEN, settings.METRICS_PUBLIC = TOKEN, False
+    counted = accepted_over_smtp(Client(), "broadcast")
     run = "broadcast-smtp"
     content = mime(run, X_Emailsvc_Stream="broadcast", List_Unsubscribe="<mailto:old@example.com>")
     code, reply = data(ingress, key, ["reader@example.org"], content)
     assert code == 250, reply
+    assert accepted_over_smtp(Client(), "broadcast") == counted + 1
     email_id = reply.split(" as ", 1)[1].split()[0]
 
     message = received(smtp_server, run)
