@@ -120,23 +120,28 @@ def sending_resume(*, domain: str | None = None, stream: str | None = None, by: 
 
     now = timezone.now()
     with transaction.atomic():
-        pauses = SendingPause.objects.select_for_update().filter(resumed_at__isnull=True)
+        # Every active pause of the domain (of every domain when None) is locked and
+        # read once, not only those that end: a resume of another of its pauses
+        # waits for this one's commit and then reads what this one left, so two
+        # resumes never each leave the other's emails held; what stays paused is
+        # known from this same read (a pause created meanwhile holds its own).
+        active = SendingPause.objects.select_for_update().filter(resumed_at__isnull=True).order_by("id")
         if domain is not None:
-            pauses = pauses.filter(domain=domain)
-        if stream is not None:
-            pauses = pauses.filter(stream=stream)
-        ended = list(pauses.values_list("domain", "stream"))
-        if not ended:
+            active = active.filter(domain=domain)
+        active = list(active)
+        ending = [pause for pause in active if stream is None or pause.stream == stream]
+        if not ending:
             return 0
+        ended = [(pause.domain, pause.stream) for pause in ending]
         # What each paused domain or stream had sent, bounced and complained when
         # resumed (its whole window, earlier resumes aside): from now on it is
         # judged on what it does after (see stream_figures_24h).
         window = stream_figures_24h(now=now, since_resumes=False)
-        for pause in pauses:
+        for pause in ending:
             pause.figures = {**pause.figures, "at_resume": _at_resume(window, pause.domain, pause.stream)}
             pause.resumed_at, pause.resumed_by = now, by[:200]
             pause.save(update_fields=["figures", "resumed_at", "resumed_by"])
-        still = set(SendingPause.objects.filter(resumed_at__isnull=True).values_list("domain", "stream"))
+        still = {(pause.domain, pause.stream) for pause in active if pause.resumed_at is None}
         released: list[str] = []
         for name, stream_name in ended:
             if name == ACCOUNT or (name, "") in still:  # the account holds nothing; a domain still paused keeps its emails

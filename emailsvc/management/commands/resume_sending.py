@@ -23,7 +23,7 @@ class Command(BaseCommand):
         paused = [d["domain"] for d in [before["account"], *before["domains"]] if d["paused"]]
         paused += [f"{d['domain']} ({s['stream']})" for d in before["domains"] for s in d["streams"] if s["paused"]]
         resumed = sending_resume(
-            domain=domain.lower() if domain and domain != "*" else domain, stream=stream.strip() if stream else None,
+            domain=domain.lower() if domain and domain != "*" else domain, stream=stream.strip() if stream is not None else None,
             by="resume_sending command",
         )
         if not resumed:

@@ -153,3 +153,37 @@ def test_the_sending_page_shows_a_paused_stream_under_its_domain_and_resumes_it_
 def test_the_account_pauses_as_a_whole_only():
     with pytest.raises(ValueError):
         sending_pause(domain="*", stream="broadcast", cause="operator", reason="x")
+
+
+@committed
+def test_two_resumes_of_one_domain_at_once_leave_no_email_held(api, smtp):
+    """The domain's pause and its stream's pause resumed at the same moment
+    (the auto-resume and an operator's button): whichever commits second sees
+    what the first left, so neither leaves the other's emails held."""
+    import threading
+
+    from django.db import connections
+
+    for round_ in range(5):
+        sending_pause(domain="bad.example", cause="operator", reason=f"everything {round_}")
+        sending_pause(domain="bad.example", stream="broadcast", cause="operator", reason=f"newsletter {round_}")
+        newsletter = accept(api, **{"from": "news@bad.example", "to": f"n{round_}@example.org", "stream": "broadcast"})
+        reset = accept(api, **{"from": "help@bad.example", "to": f"r{round_}@example.org"})
+        assert held(newsletter, reset) == {"held"}
+        start, counts = threading.Barrier(2), []
+
+        def resume(stream: str) -> None:
+            try:
+                start.wait()
+                counts.append(sending_resume(domain="bad.example", stream=stream, by="concurrent test"))
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=resume, args=(stream,)) for stream in ("", "broadcast")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(counts) == [1, 1]
+        assert not SendingPause.objects.filter(domain="bad.example", resumed_at__isnull=True).exists()
+        assert held(newsletter, reset) == {"queued"}, round_
