@@ -133,12 +133,13 @@ def sending_resume(*, domain: str | None = None, stream: str | None = None, by: 
         if not ending:
             return 0
         ended = [(pause.domain, pause.stream) for pause in ending]
-        # What each paused domain or stream had sent, bounced and complained when
-        # resumed (its whole window, earlier resumes aside): from now on it is
-        # judged on what it does after (see stream_figures_24h).
-        window = stream_figures_24h(now=now, since_resumes=False)
+        # From now on a resumed domain or stream is judged on what it does after
+        # (stream_figures_24h): on its hourly counts from this hour on, less what
+        # this hour had counted when it was resumed.
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        this_hour = _hour_figures(hour)
         for pause in ending:
-            pause.figures = {**pause.figures, "at_resume": _at_resume(window, pause.domain, pause.stream)}
+            pause.figures = {**pause.figures, "at_resume": _at_resume(this_hour, hour, pause.domain, pause.stream)}
             pause.resumed_at, pause.resumed_by = now, by[:200]
             pause.save(update_fields=["figures", "resumed_at", "resumed_by"])
         still = {(pause.domain, pause.stream) for pause in active if pause.resumed_at is None}
@@ -160,19 +161,24 @@ def sending_resume(*, domain: str | None = None, stream: str | None = None, by: 
     return len(ended)
 
 
-def _at_resume(window: dict[tuple[str, str], DomainFigures], domain: str, stream: str) -> dict:
-    """The figures a resumed pause keeps as its baseline: the stream's, or the
-    domain's with each of its streams' (every one of them restarts)."""
+def _hour_figures(hour: datetime) -> dict[tuple[str, str], DomainFigures]:
+    """The counts of one hour per (sending domain, message stream)."""
+    figures = {}
+    for domain, stream, sent, bounced, complained in SendingCounts.objects.filter(hour=hour).values_list(
+        "sending_domain", "stream", "sent", "bounced", "complained"
+    ):
+        figures[(domain, stream)] = DomainFigures(domain, sent or 0, bounced or 0, complained or 0)
+    return figures
+
+
+def _at_resume(this_hour: dict[tuple[str, str], DomainFigures], hour: datetime, domain: str, stream: str) -> dict:
+    """The baseline a resumed pause keeps: the hour it was resumed in and what
+    that hour had counted then — the stream's, or each stream's of the domain
+    (every one of them restarts)."""
     if stream:
-        return (window.get((domain, stream)) or DomainFigures(domain)).as_dict()
-    total = DomainFigures(domain)
-    streams = {}
-    for (name, stream_name), figures in window.items():
-        if name == domain or domain == ACCOUNT:
-            total.add(figures)
-            if name == domain:
-                streams[stream_name] = figures.as_dict()
-    return {**total.as_dict(), "streams": streams}
+        return {"hour": hour.isoformat(), **(this_hour.get((domain, stream)) or DomainFigures(domain)).as_dict()}
+    streams = {name: figures.as_dict() for (paused, name), figures in this_hour.items() if paused == domain}
+    return {"hour": hour.isoformat(), "streams": streams}
 
 
 # --- The breaker -------------------------------------------------------------------------
@@ -224,11 +230,11 @@ def stream_figures_24h(
     window, as the baselines a resume keeps are taken)."""
     now = now or timezone.now()
     since = (now - WINDOW).replace(minute=0, second=0, microsecond=0)
-    rows = SendingCounts.objects.filter(hour__gte=since).values_list(
-        "sending_domain", "stream", "sent", "bounced", "complained"
-    )
+    rows = list(SendingCounts.objects.filter(hour__gte=since).values_list(
+        "sending_domain", "stream", "hour", "sent", "bounced", "complained"
+    ))
     figures: dict[tuple[str, str], DomainFigures] = {}
-    for domain, stream, sent, bounced, complained in rows:
+    for domain, stream, _hour, sent, bounced, complained in rows:
         entry = figures.setdefault((domain, stream), DomainFigures(domain))
         entry.sent += sent or 0
         entry.bounced += bounced or 0
@@ -236,8 +242,8 @@ def stream_figures_24h(
     if not since_resumes:
         return figures
     # A stream resumed within the window (itself, or its domain as a whole) is
-    # judged on what it did since: its figures at the resume are taken off
-    # (never below zero as old hours leave). The latest resume counts.
+    # judged on what it did since: its hours from the resume's hour on, less
+    # what that hour had counted at the resume. The latest resume counts.
     baselines: dict[tuple[str, str], dict] = {}
     resumes = SendingPause.objects.filter(resumed_at__gte=now - WINDOW).exclude(domain=ACCOUNT).order_by("resumed_at", "id")
     for domain, stream, pause_figures in resumes.values_list("domain", "stream", "figures"):
@@ -249,15 +255,31 @@ def stream_figures_24h(
             continue
         for key in [key for key in baselines if key[0] == domain]:
             del baselines[key]
+        if "hour" in baseline:  # every stream of the domain restarts at that hour, those without counts then too
+            for key in {key for key in figures if key[0] == domain}:
+                baselines[key] = {"hour": baseline["hour"]}
+            for stream_name, stream_baseline in baseline.get("streams", {}).items():
+                baselines[(domain, stream_name)] = {"hour": baseline["hour"], **stream_baseline}
+            continue
         # A domain resumed before streams were counted apart: its figures were transactional's.
         for stream_name, stream_baseline in baseline.get("streams", {"transactional": baseline}).items():
             baselines[(domain, stream_name)] = stream_baseline
     for key, baseline in baselines.items():
-        if key in figures:
-            entry = figures[key]
-            entry.sent = max(0, entry.sent - baseline.get("sent", 0))
-            entry.bounced = max(0, entry.bounced - baseline.get("bounced", 0))
-            entry.complained = max(0, entry.complained - baseline.get("complained", 0))
+        if key not in figures:
+            continue
+        entry = figures[key]
+        if "hour" in baseline:
+            start = datetime.fromisoformat(baseline["hour"])
+            entry.sent = entry.bounced = entry.complained = 0
+            for domain, stream, hour, sent, bounced, complained in rows:
+                if (domain, stream) == key and hour >= start:
+                    entry.sent += sent or 0
+                    entry.bounced += bounced or 0
+                    entry.complained += complained or 0
+        # A baseline kept before resumes kept their hour is a whole window's figures.
+        entry.sent = max(0, entry.sent - baseline.get("sent", 0))
+        entry.bounced = max(0, entry.bounced - baseline.get("bounced", 0))
+        entry.complained = max(0, entry.complained - baseline.get("complained", 0))
     return figures
 
 

@@ -187,3 +187,24 @@ def test_two_resumes_of_one_domain_at_once_leave_no_email_held(api, smtp):
         assert sorted(counts) == [1, 1]
         assert not SendingPause.objects.filter(domain="bad.example", resumed_at__isnull=True).exists()
         assert held(newsletter, reset) == {"queued"}, round_
+
+
+def test_a_resumed_stream_is_judged_on_what_it_sends_after_even_once_its_past_leaves_the_window(breaker):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    SendingCounts.objects.create(sending_domain="bad.example", stream="broadcast", hour=hour - timedelta(hours=10), sent=10_000)
+    SendingCounts.objects.create(sending_domain="bad.example", stream="broadcast", hour=hour, sent=40, bounced=8)
+    sending_pause(domain="bad.example", stream="broadcast", cause="operator", reason="list cleaned")
+    assert sending_resume(domain="bad.example", stream="broadcast", by="test") == 1
+    # What the resume's hour counts after the resume counts; what it had counted before does not.
+    SendingCounts.objects.filter(stream="broadcast", hour=hour).update(sent=45, bounced=8)
+    later = hour + timedelta(hours=15)  # the 10,000 sent before the resume have left the 24 h window
+    SendingCounts.objects.create(sending_domain="bad.example", stream="broadcast", hour=later - timedelta(hours=1), sent=3_000, bounced=310)
+
+    figures = stream_figures_24h(now=later)[("bad.example", "broadcast")]
+    assert (figures.sent, figures.bounced) == (3_005, 310)  # 10.3 % bounced
+    assert breaker_check(now=later).paused_streams == [("bad.example", "broadcast")]
