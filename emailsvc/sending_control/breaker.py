@@ -261,8 +261,8 @@ def stream_figures_24h(
             for stream_name, stream_baseline in baseline.get("streams", {}).items():
                 baselines[(domain, stream_name)] = {"hour": baseline["hour"], **stream_baseline}
             continue
-        # A domain resumed before streams were counted apart: its figures were transactional's.
-        for stream_name, stream_baseline in baseline.get("streams", {"transactional": baseline}).items():
+        # A domain resumed before streams were counted apart: its figures are the stream-less hours'.
+        for stream_name, stream_baseline in baseline.get("streams", {"": baseline}).items():
             baselines[(domain, stream_name)] = stream_baseline
     for key, baseline in baselines.items():
         if key not in figures:
@@ -336,6 +336,9 @@ def breaker_check(*, now: datetime | None = None) -> BreakerResult:
         sending = DomainFigures(domain)
         for (name, stream), figures in sorted(result.streams.items()):
             if name != domain or (domain, stream) in paused.streams:
+                continue
+            if not stream:  # hours counted before streams were counted apart: the domain's as a whole
+                sending.add(figures)
                 continue
             why = _over(figures)
             if why:
@@ -430,7 +433,8 @@ def sending_status(*, now: datetime | None = None) -> dict:
         }
 
     def entry(domain: str, figure: DomainFigures | None) -> dict:
-        names = sorted({s for d, s in streams if d == domain} | {s for d, s in active if d == domain and s})
+        # Hours counted before streams were counted apart ("") count in the domain's figures only.
+        names = sorted({s for d, s in streams if d == domain and s} | {s for d, s in active if d == domain and s})
         return {
             "domain": domain,
             **pause_state(active.get((domain, "")), figure or DomainFigures(domain)),

@@ -1,6 +1,6 @@
 """The breaker's rows stored before it counted and paused per message stream:
-the hours counted are the `transactional` stream's, and a pause covers its
-whole domain (stream "")."""
+the hours counted keep no stream ("": their domain's as a whole, as the
+breaker judged them before), and a pause covers its whole domain (stream "")."""
 
 import pytest
 from django.db import connection
@@ -9,7 +9,7 @@ from django.utils import timezone
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_hours_counted_before_streams_are_transactionals_and_old_pauses_cover_the_whole_domain():
+def test_the_hours_counted_before_streams_are_the_domains_and_old_pauses_cover_the_whole_domain():
     before, after = [("emailsvc", "0018_stream_tracking_defaults")], [("emailsvc", "0019_sending_control_per_stream")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
@@ -23,7 +23,7 @@ def test_the_hours_counted_before_streams_are_transactionals_and_old_pauses_cove
         new = executor.loader.project_state(after).apps
         counts = new.get_model("emailsvc", "SendingCounts").objects.get()
         pause = new.get_model("emailsvc", "SendingPause").objects.get()
-        assert (counts.stream, counts.sent, counts.bounced) == ("transactional", 7, 1)
+        assert (counts.stream, counts.sent, counts.bounced) == ("", 7, 1)
         assert pause.stream == ""
     finally:
         executor = MigrationExecutor(connection)

@@ -15,6 +15,7 @@ from emailsvc.sending_control.breaker import (
     pauses_active,
     sending_pause,
     sending_resume,
+    sending_status,
     stream_figures_24h,
 )
 from tests.conftest import deliver_now
@@ -208,3 +209,21 @@ def test_a_resumed_stream_is_judged_on_what_it_sends_after_even_once_its_past_le
     figures = stream_figures_24h(now=later)[("bad.example", "broadcast")]
     assert (figures.sent, figures.bounced) == (3_005, 310)  # 10.3 % bounced
     assert breaker_check(now=later).paused_streams == [("bad.example", "broadcast")]
+
+
+def test_hours_counted_before_streams_count_toward_their_domain_as_a_whole_only(breaker):
+    """Counts stored before the breaker counted per stream (migration 0019
+    leaves them stream "") charge no stream: over the line, they pause the
+    domain as a whole, as the breaker did when they were counted."""
+    from django.utils import timezone
+
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    SendingCounts.objects.create(sending_domain="bad.example", stream="", hour=hour, sent=30, complained=3)
+    SendingCounts.objects.create(sending_domain="bad.example", stream="broadcast", hour=hour, sent=10)
+
+    result = breaker_check()
+
+    assert (result.paused, result.paused_streams) == (["bad.example"], [])
+    domain = next(d for d in sending_status()["domains"] if d["domain"] == "bad.example")
+    assert domain["paused"] is True and domain["last_24h"]["sent"] == 40
+    assert [s["stream"] for s in domain["streams"]] == ["broadcast"]
