@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.db import connections
+from django.test import Client
 
 from config.devservices import free_port, procfile_command
+from emailsvc.keys import api_key_create
 from emailsvc.smtp_ingress.certificate import self_signed_certificate
 from tests.conftest import BASE_DIR, wait_until
 
@@ -134,3 +136,17 @@ def wait_for_count(fetch, count: int, *, timeout: float = 30):
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
+
+
+@pytest.fixture
+def key(transactional_db) -> str:
+    """An API key that may send: the SMTP password of this package's clients."""
+    return api_key_create(name="smtp client", permission="sending")[1]
+
+
+@pytest.fixture
+def api(key):
+    """The REST API with that same key."""
+    client = Client()
+    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client

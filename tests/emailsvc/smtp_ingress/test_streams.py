@@ -36,18 +36,6 @@ def worker(django_db_setup, django_db_blocker, smtp_server, moto_server, tmp_pat
     stop(started.process)
 
 
-@pytest.fixture
-def key(transactional_db) -> str:
-    return api_key_create(name="smtp streams", permission="sending")[1]
-
-
-@pytest.fixture
-def api(key):
-    client = Client()
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return client
-
-
 def mime(run: str, *, to: str = "reader@example.org", **headers: str) -> bytes:
     message = EmailMessage()
     message["From"] = "news@example.com"

@@ -35,18 +35,6 @@ def run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-@pytest.fixture
-def key(transactional_db) -> str:
-    return api_key_create(name="smtp client", permission="sending")[1]
-
-
-@pytest.fixture
-def api(key):
-    client = Client()
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-    return client
-
-
 def simple(run: str, *, sender="app@example.com", to="reader@example.org", message_id=None) -> bytes:
     message = EmailMessage()
     message["From"] = sender
