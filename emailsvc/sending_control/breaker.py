@@ -177,6 +177,11 @@ def _at_resume(this_hour: dict[tuple[str, str], DomainFigures], hour: datetime, 
     (every one of them restarts)."""
     if stream:
         return {"hour": hour.isoformat(), **(this_hour.get((domain, stream)) or DomainFigures(domain)).as_dict()}
+    if domain == ACCOUNT:  # every domain and stream restarts with the account
+        domains: dict[str, dict] = {}
+        for (name, stream_name), figures in this_hour.items():
+            domains.setdefault(name, {})[stream_name] = figures.as_dict()
+        return {"hour": hour.isoformat(), "domains": domains}
     streams = {name: figures.as_dict() for (paused, name), figures in this_hour.items() if paused == domain}
     return {"hour": hour.isoformat(), "streams": streams}
 
@@ -245,10 +250,22 @@ def stream_figures_24h(
     # judged on what it did since: its hours from the resume's hour on, less
     # what that hour had counted at the resume. The latest resume counts.
     baselines: dict[tuple[str, str], dict] = {}
-    resumes = SendingPause.objects.filter(resumed_at__gte=now - WINDOW).exclude(domain=ACCOUNT).order_by("resumed_at", "id")
-    for domain, stream, pause_figures in resumes.values_list("domain", "stream", "figures"):
+    resumes = SendingPause.objects.filter(resumed_at__gte=now - WINDOW).order_by("resumed_at", "id")
+    for domain, stream, cause, pause_figures in resumes.values_list("domain", "stream", "cause", "figures"):
         baseline = (pause_figures or {}).get("at_resume")
         if not baseline:
+            continue
+        if domain == ACCOUNT:
+            # Only the breaker's own account pause restarts the figures when it is resumed
+            # (a provider stop or a spent quota lifting says nothing of bounces), and only
+            # one resumed since resumes kept their hour.
+            if cause != SendingPause.Cause.BREAKER or "hour" not in baseline:
+                continue
+            # A resumed account is judged on what it sends after, every domain and stream alike.
+            baselines = {key: {"hour": baseline["hour"]} for key in figures}
+            for name, streams in baseline.get("domains", {}).items():
+                for stream_name, stream_baseline in streams.items():
+                    baselines[(name, stream_name)] = {"hour": baseline["hour"], **stream_baseline}
             continue
         if stream:
             baselines[(domain, stream)] = baseline

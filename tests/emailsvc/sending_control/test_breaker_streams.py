@@ -227,3 +227,25 @@ def test_hours_counted_before_streams_count_toward_their_domain_as_a_whole_only(
     domain = next(d for d in sending_status()["domains"] if d["domain"] == "bad.example")
     assert domain["paused"] is True and domain["last_24h"]["sent"] == 40
     assert [s["stream"] for s in domain["streams"]] == ["broadcast"]
+
+
+def test_a_resumed_account_breaker_pause_is_judged_on_what_is_sent_after_and_a_provider_resume_restarts_nothing(breaker):
+    from django.utils import timezone
+
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    # Two domains each under BREAKER_MIN_SENT, together over it with 10 % bounces: the account pauses.
+    for domain in ("a.example", "b.example"):
+        SendingCounts.objects.create(sending_domain=domain, stream="transactional", hour=hour, sent=15, bounced=2)
+    assert breaker_check().paused == ["*"]
+
+    assert sending_resume(domain="*", by="operator") == 1
+    assert breaker_check().paused == []  # judged on what is sent after the resume: nothing yet
+    # 12 more from each (under BREAKER_MIN_SENT alone), 3 of the 24 bounced: 12.5 % together.
+    SendingCounts.objects.filter(sending_domain="a.example").update(sent=27, bounced=4)
+    SendingCounts.objects.filter(sending_domain="b.example").update(sent=27, bounced=3)
+    assert breaker_check().paused == ["*"]
+
+    # A provider stop lifted is no verdict on bounces: the figures go on from where they were.
+    SendingPause.objects.filter(resumed_at__isnull=True).update(cause="provider")
+    assert sending_resume(domain="*", by="provider probe") == 1
+    assert breaker_check().paused == ["*"]
