@@ -431,8 +431,8 @@ def sns_notification_apply(*, message: dict) -> list[AppliedEvent]:
 
 
 def simulated_events_apply(*, envelopes: Sequence[dict], **kwargs) -> list[AppliedEvent]:
-    """The SES mailbox simulator's events of test keys' emails, once their record
-    commits (emailsvc.providers.testmode.simulated_events): applied as SES's own
+    """The SES mailbox simulator's events of test keys' emails, in the
+    transaction that records them (emailsvc.providers.testmode.simulated_events): applied as SES's own
     are — statuses, timeline, suppressions, webhooks — and stored with source
     `simulator`. The breaker is not asked: test emails do not count in it."""
     events = [event for envelope in envelopes for event in ses_envelope_parse(envelope)]

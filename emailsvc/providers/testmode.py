@@ -1,8 +1,8 @@
 """The emails of a test key (docs/api-keys.md#test-keys): stored, checked and
 claimed like any other, built into MIME, but never handed to a provider. The
 "send" answers at once with a provider message id of its own (`test-…`), takes
-no rate-limit tokens, and once it is recorded the events the SES mailbox
-simulator would publish for it (emailsvc.providers.sandbox.sandbox_events) are
+no rate-limit tokens, and with its record (in the same transaction) the events
+the SES mailbox simulator would publish for it (emailsvc.providers.sandbox.sandbox_events) are
 handed to the tracking side (`simulated_events`), which applies them as it
 applies SES's own: statuses, the timeline, suppressions, webhooks.
 
@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Sent once a recorded chunk's test emails are committed, with `envelopes`: the
-# SNS envelopes of the SES events the simulator publishes for them. The
-# tracking side applies them (tracking.apps connects the receiver).
+# Sent inside the transaction that records a chunk's test emails, with
+# `envelopes`: the SNS envelopes of the SES events the simulator publishes for
+# them. The tracking side applies them (tracking.apps connects the receiver).
 simulated_events = Signal()
 
 
@@ -47,8 +47,8 @@ class SimulatedBackend(ProviderBackend):
 
 
 def simulated_sends_publish(sends: Sequence[tuple[Outgoing, SendOutcome]]) -> int:
-    """After the record of test emails commits: hand the simulator's events of
-    each one's sent recipients to the tracking side. How many envelopes."""
+    """Within the transaction that records test emails: hand the simulator's
+    events of each one's sent recipients to the tracking side. How many envelopes."""
     envelopes: list[dict] = []
     for message, outcome in sends:
         sent = set(outcome.sent)

@@ -90,3 +90,30 @@ def test_a_test_key_scoped_to_a_domain_is_refused_elsewhere(settings):
     body = {"from": "ci@other.example", "to": "jane@example.org", "subject": "Hi", "text": "Hi"}
     response = client.post("/api/v1/emails", json.dumps(body), content_type="application/json")
     assert (response.status_code, response.json()["error"]) == (403, "key_domain_not_allowed")
+
+
+def test_a_test_emails_outcome_is_recorded_with_its_send_in_one_transaction():
+    """No commit stands between the record of a test email and its simulated
+    outcome: with no on-commit callback run at all, it is already delivered."""
+    email_id = send(key_client(test=True), "user@example.org")
+    assert deliver_now(priority="low") == 1  # this test's transaction: on-commit callbacks never run
+    message = Message.objects.get(email_id=email_id)
+    assert (message.status, message.recipients.get().status) == ("delivered", "delivered")
+
+
+def test_simulated_events_that_fail_leave_the_record_of_the_send(caplog):
+    from emailsvc.providers.testmode import simulated_events
+
+    def broken(**kwargs):
+        raise ValueError("a simulated event that cannot be applied")
+
+    simulated_events.connect(broken, dispatch_uid="tests.broken")
+    try:
+        email_id = send(key_client(test=True), "user@example.org")
+        assert deliver_now(priority="low") == 1
+    finally:
+        simulated_events.disconnect(dispatch_uid="tests.broken")
+    message = Message.objects.get(email_id=email_id)
+    assert (message.status, message.recipients.get().status) == ("sent", "sent")
+    assert message.provider_message_id.startswith("test-")
+    assert any("simulated events of 1 test emails were not applied" in r.getMessage() for r in caplog.records)
