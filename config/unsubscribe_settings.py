@@ -26,10 +26,13 @@ def unsubscribe_settings(env, *, debug: bool, provider: str) -> dict:
         raise ImproperlyConfigured("UNSUBSCRIBE_TOKEN_DAYS must be a whole number of days") from None
     if days < 60:
         raise ImproperlyConfigured("UNSUBSCRIBE_TOKEN_DAYS must be at least 60 (mailbox providers expect links to last)")
+    mailto = env.str("UNSUBSCRIBE_MAILTO", default="").strip()
+    if not mailto.isascii() or " " in mailto:
+        raise ImproperlyConfigured("UNSUBSCRIBE_MAILTO must be a plain ASCII address (it goes into a mail header as written)")
     return {
         "PUBLIC_BASE_URL": public,
         "UNSUBSCRIBE_BASE_URL": base,
         # A mailbox that takes unsubscribe requests by email (a mailto: beside the URL); empty: none.
-        "UNSUBSCRIBE_MAILTO": env.str("UNSUBSCRIBE_MAILTO", default="").strip(),
+        "UNSUBSCRIBE_MAILTO": mailto,
         "UNSUBSCRIBE_TOKEN_DAYS": days,
     }

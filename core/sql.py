@@ -411,25 +411,29 @@ def read_snapshot() -> Iterator[None]:
     several statements (an email, its recipients, its events) never shows a
     commit that landed between two of them.
 
-    PostgreSQL: a READ ONLY, REPEATABLE READ transaction. SQLite: a deferred
-    transaction (in WAL mode a reader's snapshot, taken at its first read,
-    blocks no writer; the project's IMMEDIATE transactions would). Inside a
-    transaction already open, that transaction's own view is kept.
+    A transaction of Django's own (nesting, errors and the end of a request
+    handled as for any other): on PostgreSQL READ ONLY, REPEATABLE READ; on
+    SQLite begun DEFERRED (in WAL mode a reader's snapshot, taken at its first
+    read, blocks no writer; the project's IMMEDIATE transactions would). Inside
+    a transaction already open, that transaction's own view is kept.
     """
     if connection.in_atomic_block:
         yield
         return
+    # Opened (and health-checked) before the transaction: its first statement must be the SET.
+    with connection.cursor():
+        pass
     if is_postgresql():
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             yield
         return
-    connection.ensure_connection()
-    with connection.cursor() as cursor:
-        cursor.execute("BEGIN DEFERRED")
+    mode = connection.transaction_mode
+    connection.transaction_mode = "DEFERRED"  # read once, as atomic() begins the transaction
     try:
-        yield
+        with transaction.atomic():
+            connection.transaction_mode = mode
+            yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("COMMIT")
+        connection.transaction_mode = mode

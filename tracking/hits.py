@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -87,17 +88,29 @@ def hit_record(*, token: TrackingToken, user_agent: str, ip: str, url: str = "")
 
 
 _redis_outage = outage("Redis")
+# Hits one web process applies itself at once while Redis is away: a burst of
+# opens then waits its turn (DIRECT_APPLY_WAIT_SECONDS at most) instead of taking
+# every database connection the API needs.
+DIRECT_APPLY_MAX = 4
+DIRECT_APPLY_WAIT_SECONDS = 2.0
+_direct_applies = threading.BoundedSemaphore(DIRECT_APPLY_MAX)
 
 
 def _hit_apply_now(fields: dict) -> None:
     """Apply one hit in the request (Redis unavailable): the same events as a
-    buffered hit's, through the same apply path, so a later buffered copy of it
-    (there is none) or a replay would be a duplicate, not a second open."""
+    buffered hit's, through the same apply path, so a copy of it that reached
+    the buffer after all (Redis failed after the XADD) is a duplicate, not a
+    second open."""
     entry = (f"direct-{fields['id']}", {key: str(value) for key, value in fields.items()})
+    if not _direct_applies.acquire(timeout=DIRECT_APPLY_WAIT_SECONDS):
+        logger.error("tracking hit lost: Redis unavailable and %d hits already being applied here", DIRECT_APPLY_MAX)
+        return
     try:
         events_apply(events=hits_events([entry]), source=EngagementEvent.Source.TRACKING)
     except (DatabaseError, ValueError, KeyError) as error:
         logger.error("tracking hit lost: Redis and the database unavailable: %s", error)
+    finally:
+        _direct_applies.release()
 
 
 def click_destination(token: TrackingToken) -> str | None:

@@ -18,7 +18,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from core.outages import outage
@@ -188,15 +188,15 @@ def _record(
         if outgoing[pk].provider == Provider.TEST and outcome.sent and pk in locked
     ]
     if simulated:
-        # Their simulated events are applied in the record's own transaction: a test
-        # email is never left `sent` for want of its outcome (a database that drops
-        # between two commits). A failure of those events alone (a bug, not the
-        # database) is logged and the record stands without them.
+        # Their simulated events are applied in the record's own transaction (in a
+        # savepoint): a test email is never left `sent` for want of its outcome (a
+        # database that drops between two commits). Whatever fails in them alone is
+        # logged and the record of the chunk stands, live emails with it; a
+        # connection that is gone fails the record's next statement, which the
+        # recorder tries again.
         try:
             with transaction.atomic():
                 simulated_sends_publish(simulated)
-        except (OperationalError, InterfaceError):
-            raise
         except Exception:
             logger.exception("the simulated events of %d test emails were not applied", len(simulated))
     if journaled:

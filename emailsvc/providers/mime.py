@@ -365,7 +365,11 @@ def _submitted_email(message, recipients, content: bytes) -> SubmittedEmail:
     configuration_set = getattr(message, "configuration_set", "") or settings.SES_CONFIGURATION_SET
     if configuration_set:
         added.append((CONFIGURATION_SET_HEADER, configuration_set))
-    added += [(name, value) for name, value in (message.headers or {}).items() if name.lower().startswith("list-unsubscribe")]
+    # Folded after each link: a header line stays within 998 octets whatever the address in the token.
+    added += [
+        (name, value.replace(", ", ",\r\n "))
+        for name, value in (message.headers or {}).items() if name.lower().startswith("list-unsubscribe")
+    ]
     head = content.split(b"\r\n\r\n", 1)[0] + b"\r\n"
     found = _MESSAGE_ID.search(head)  # the submission added one when the submitter did not
     by_role: dict[str, list[str]] = {"to": [], "cc": [], "bcc": []}

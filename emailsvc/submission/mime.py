@@ -54,6 +54,7 @@ MAX_LINE = 998  # RFC 5322 §2.1.1, without the CRLF
 _DEDUPE_HASH = hashlib.sha256(b"smtp submission").hexdigest()
 _DEDUPE_PREFIX = "smtp-message-id:"
 
+_REMOVED = frozenset({"bcc", "x-ses-configuration-set"})
 _LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (MAX_LINE + 1))
 _BARE_LINE_BREAK = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+")
@@ -130,7 +131,9 @@ def mime_parse(content: bytes) -> ParsedMime:
         parsed = _fields_read(headers)
     except (HeaderParseError, ValueError, IndexError, TypeError) as error:
         raise _refused(f"A header cannot be read: {error}", "invalid_header") from None
-    kept = [text for name, text in fields if name != "bcc" and not name.startswith("x-emailsvc-")]
+    # Bcc, the service's own headers, and SES's configuration set header: the service names
+    # the set (its stream's), so the events of the email reach it.
+    kept = [text for name, text in fields if name not in _REMOVED and not name.startswith("x-emailsvc-")]
     names = {name for name, _ in fields}
     domain = parsed.from_email.rpartition("@")[2]
     if "message-id" not in names:

@@ -352,6 +352,13 @@ def test_read_snapshot_does_not_see_a_commit_made_between_its_statements():
     assert Recipient.objects.filter(message_id=message.pk).count() == before + 1  # committed, seen after
     with transaction.atomic(), sql.read_snapshot():  # inside a transaction: that transaction's view, no error
         assert Recipient.objects.filter(message_id=message.pk).count() == before + 1
+    with sql.read_snapshot(), sql.read_snapshot(), transaction.atomic():  # nested, and a write's savepoint inside
+        assert Message.objects.filter(pk=message.pk).exists()
+    with pytest.raises(ZeroDivisionError), sql.read_snapshot():  # an error inside ends the transaction
+        Message.objects.filter(pk=message.pk).exists()
+        1 / 0  # noqa: B018
+    assert not connection.in_atomic_block and connection.get_autocommit()
+    Recipient.objects.filter(email="late@example.org").delete()  # the connection writes again, in autocommit
 
 
 # --- The status writer's statements (called by emailsvc.status only) ---------------------------

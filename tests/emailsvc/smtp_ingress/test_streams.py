@@ -30,7 +30,7 @@ def ingress(django_db_setup, django_db_blocker, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(django_db_setup, django_db_blocker, smtp_server, moto_server, tmp_path_factory):
-    env = {**_worker_env(smtp_server, moto_server), "UNSUBSCRIBE_BASE_URL": BASE}
+    env = {**_worker_env(smtp_server, moto_server), "UNSUBSCRIBE_BASE_URL": BASE, "UNSUBSCRIBE_MAILTO": "leave@example.com"}
     started = start_worker(env, tmp_path_factory.mktemp("streams-worker") / "worker.log")
     yield started
     stop(started.process)
@@ -59,7 +59,9 @@ def data(ingress, key: str, recipients: list[str], content: bytes) -> tuple[int,
 
 def received(smtp_server, run: str) -> email.message.EmailMessage:
     (arrived,) = smtp_server.wait_for(f"Body of {run}.")
-    return email.message_from_bytes(arrived.data, policy=policy.default)
+    message = email.message_from_bytes(arrived.data, policy=policy.default)
+    message.raw = arrived.data
+    return message
 
 
 def accepted_over_smtp(client: Client, stream: str) -> float:
@@ -74,7 +76,9 @@ def test_a_broadcast_submission_carries_the_services_one_click_headers_only(
     settings.METRICS_TOKEN, settings.METRICS_PUBLIC = TOKEN, False
     counted = accepted_over_smtp(Client(), "broadcast")
     run = "broadcast-smtp"
-    content = mime(run, X_Emailsvc_Stream="broadcast", List_Unsubscribe="<mailto:old@example.com>")
+    content = mime(
+        run, X_Emailsvc_Stream="broadcast", List_Unsubscribe="<mailto:old@example.com>", X_SES_Configuration_Set="elsewhere"
+    )
     code, reply = data(ingress, key, ["reader@example.org"], content)
     assert code == 250, reply
     assert accepted_over_smtp(Client(), "broadcast") == counted + 1
@@ -85,6 +89,10 @@ def test_a_broadcast_submission_carries_the_services_one_click_headers_only(
     links = [link.strip().strip("<>") for link in message["List-Unsubscribe"].split(",")]
     assert any(link.startswith(f"{BASE}/u/") for link in links), links
     assert "mailto:old@example.com" not in links  # the submitter's own is replaced
+    assert any(link.startswith("mailto:leave@example.com?subject=") for link in links), links
+    assert b",\r\n <mailto:leave@example.com" in message.raw  # folded between its links
+    assert all(len(line) <= 998 for line in message.raw.split(b"\r\n"))
+    assert message["X-SES-Configuration-Set"] is None  # the service names the set: its events reach it
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert message["X-Emailsvc-Stream"] is None
 
