@@ -403,7 +403,8 @@ def mime_submissions_store(items: list[MimeSubmission]) -> list[tuple[str, bool]
                 for item in fresh if item.content is not None
             ])
             metrics.emails_accepted_observe(
-                emails=[(item.submission.message.priority, item.submission.message.stream) for item in fresh], endpoint="smtp"
+                emails=[(m.priority, m.stream) for m in (item.submission.message for item in fresh) if not m.is_test],
+                endpoint="smtp",
             )
     except IntegrityError:
         for item in fresh:  # rolled back: stored again from scratch

@@ -117,3 +117,25 @@ def test_simulated_events_that_fail_leave_the_record_of_the_send(caplog):
     assert (message.status, message.recipients.get().status) == ("sent", "sent")
     assert message.provider_message_id.startswith("test-")
     assert any("simulated events of 1 test emails were not applied" in r.getMessage() for r in caplog.records)
+
+
+def test_a_test_keys_emails_are_not_counted_as_accepted_in_metrics(settings, django_capture_on_commit_callbacks):
+    from django.test import Client
+
+    from tests.console.test_metrics import TOKEN, scrape, value
+
+    settings.METRICS_TOKEN, settings.METRICS_PUBLIC = TOKEN, False
+
+    def accepted(endpoint: str) -> float:
+        return value(scrape(Client()), "emailsvc_emails_accepted_total", priority="normal", endpoint=endpoint, stream="transactional")
+
+    single, batch = accepted("single"), accepted("batch")
+    test_client = key_client(test=True)
+    body = {"emails": [{"from": "ci@example.com", "to": f"u{n}@example.org", "subject": "Hi", "text": "Hi"} for n in range(3)]}
+    with django_capture_on_commit_callbacks(execute=True):  # counted once committed
+        send(test_client, "user@example.org")
+        assert test_client.post("/api/v1/emails/batch", json.dumps(body), content_type="application/json").status_code == 200
+    assert (accepted("single"), accepted("batch")) == (single, batch)
+    with django_capture_on_commit_callbacks(execute=True):
+        send(key_client(), "live@example.org")
+    assert accepted("single") == single + 1
